@@ -1,0 +1,238 @@
+"""Run configuration: one dataclass per concern, a docstring under every field.
+
+Design choices:
+- Defaults are sized for the embedded task on a 2-core CPU; `preset("paper")` gives the paper's
+  Qwen3-4B settings (SPEC.md, "Reference settings").
+- A config round-trips through plain dicts (`to_dict` / `from_dict`) so a run directory can save the
+  resolved config and a replay or resume can rebuild it; unknown keys are an error, not ignored.
+- `validate()` checks values before anything starts and names the offending field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("sdpg", "grpo")
+REF_MODES = ("urkl", "ufkl", "rkl", "fkl", "k3")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedded"
+    """"embedded" (the built-in tiny Qwen3 model, warm-started on the embedded task), an HF model id
+    such as "Qwen/Qwen3-0.6B", or a local directory in `save_pretrained` format"""
+    dtype: str = "float32"
+    """parameter dtype for training: "float32" or "bfloat16" """
+    trust_remote_code: bool = False
+    """allow model code shipped with the checkpoint to run (off unless you trust the source)"""
+    enable_thinking: bool = False
+    """passed to chat templates that support it (Qwen3): let the model emit <think> blocks"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass to save memory"""
+
+
+@dataclass
+class DataConfig:
+    train: str = "embedded"
+    """"embedded" (the synthetic arithmetic task) or a .parquet / .jsonl file in verl's layout"""
+    val: str = "embedded"
+    """held-out prompts: "embedded" or a file in the same layout"""
+    digits: tuple[int, int] = (3, 3)
+    """embedded task: digits of the two addends (the difficulty knob)"""
+    n_train: int = 20000
+    """embedded task: number of training problems generated"""
+    n_val: int = 256
+    """embedded task: number of held-out problems (disjoint from training)"""
+    skip_bad_rows: bool = False
+    """when loading files: skip malformed rows (and report how many) instead of failing"""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """rollout engine: "hf" (transformers generate)"""
+    prompts_per_step: int = 16
+    """prompts sampled per training step"""
+    group_size: int = 8
+    """responses sampled per prompt (G)"""
+    temperature: float = 1.0
+    """sampling temperature (also applied to the student's logits in the loss)"""
+    top_p: float = 1.0
+    """nucleus sampling threshold (1.0 = off)"""
+    max_new_tokens: int = 24
+    """response length limit in tokens"""
+    max_prompt_tokens: int = 512
+    """prompts longer than this (in tokens, teacher side included) are an error"""
+
+
+@dataclass
+class RewardConfig:
+    timeout_s: float = 5.0
+    """per-answer verifier time limit in seconds; a timeout scores 0 and is counted in `reward/timeouts`"""
+    workers: int = 1
+    """verifier worker processes"""
+    overlong_buffer: int = 0
+    """DAPO soft overlong penalty: tokens before max_new_tokens where the penalty ramps in (0 = off)"""
+    overlong_penalty: float = 1.0
+    """DAPO soft overlong penalty at the length limit"""
+
+
+@dataclass
+class LossConfig:
+    method: str = "sdpg"
+    """training method: one of METHODS"""
+    beta: float = 0.05
+    """weight of the full-vocabulary self-distillation KL (beta_base in the paper)"""
+    alpha: float = 1e-3
+    """weight of the reference-model anchor L_K"""
+    ref_mode: str = "urkl"
+    """reference anchor: "urkl" (paper default), "ufkl", "rkl", "fkl", or "k3" (GRPO's estimator)"""
+    gate: bool = True
+    """count the distillation KL only on responses with positive advantage"""
+    beta_warmup: int = 0
+    """steps over which beta ramps up linearly (T_warm; 0 = no ramp)"""
+    beta_decay: int = 0
+    """steps before the end over which beta ramps down to 0 (T_decay; 0 = no decay)"""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1"""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1 (DAPO clip-higher uses 0.28)"""
+    clip_c: float | None = None
+    """dual-clip cap for negative advantages (10 in the authors' script; None = off)"""
+    adv_scale: str = "std"
+    """group advantage: "std" divides by the group's std (GRPO), "none" only centres (Dr.GRPO)"""
+    agg: str = "token-mean"
+    """loss aggregation: one of AGG_MODES"""
+    fused_kl: bool = True
+    """compute KL, log-probs and entropy chunk by chunk from hidden states (never the full logits)"""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """AdamW learning rate"""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """gradient-norm clip"""
+    warmup_steps: int = 0
+    """linear learning-rate warmup in steps"""
+    micro_batch: int = 64
+    """sequences per forward/backward pass; gradients accumulate over a step's batch"""
+
+
+@dataclass
+class RunConfig:
+    steps: int = 200
+    """training steps (one optimizer step per rollout batch)"""
+    seed: int = 0
+    """seed for data order, sampling and the embedded model"""
+    run_dir: str = ""
+    """where records and checkpoints go ("" = runs/<method>-<timestamp>)"""
+    eval_every: int = 25
+    """held-out evaluation every N steps (0 = only at start and end)"""
+    eval_samples: int = 4
+    """samples per held-out prompt: pass@1 is their mean, pass@k is any-correct"""
+    save_every: int = 50
+    """checkpoint every N steps (0 = only on stop/finish)"""
+    record_groups: int = 2
+    """groups per step kept as per-token rollout records"""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and top up with fresh prompts"""
+    max_resample: int = 3
+    """dynamic sampling: extra rollout rounds per step at most"""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub_cls = f.default_factory().__class__
+            values = dict(d.get(f.name, {}))
+            known = {sf.name for sf in dataclasses.fields(sub_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise ValueError(f"config section '{f.name}' has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            for sf in dataclasses.fields(sub_cls):
+                if sf.name in values and isinstance(values[sf.name], list):
+                    values[sf.name] = tuple(values[sf.name])
+            parts[f.name] = sub_cls(**values)
+        return cls(**parts)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad field; return self when all is well."""
+        checks = [
+            ("loss.method", self.loss.method in METHODS, f"must be one of {METHODS}"),
+            ("loss.ref_mode", self.loss.ref_mode in REF_MODES, f"must be one of {REF_MODES}"),
+            ("loss.agg", self.loss.agg in AGG_MODES, f"must be one of {AGG_MODES}"),
+            ("loss.adv_scale", self.loss.adv_scale in ("std", "none"), "must be 'std' or 'none'"),
+            ("loss.beta", self.loss.beta >= 0, "must be >= 0"),
+            ("loss.alpha", self.loss.alpha >= 0, "must be >= 0"),
+            ("loss.beta_warmup", self.loss.beta_warmup >= 0, "must be >= 0"),
+            ("loss.beta_decay", self.loss.beta_decay >= 0, "must be >= 0"),
+            ("loss.clip_low", 0 <= self.loss.clip_low < 1, "must be in [0, 1)"),
+            ("loss.clip_high", self.loss.clip_high >= 0, "must be >= 0"),
+            ("loss.clip_c", self.loss.clip_c is None or self.loss.clip_c > 1, "must be > 1 or None"),
+            ("model.dtype", self.model.dtype in ("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
+            ("rollout.engine", self.rollout.engine in ("hf",), "must be 'hf'"),
+            ("rollout.group_size", self.rollout.group_size >= 1, "must be >= 1"),
+            ("rollout.prompts_per_step", self.rollout.prompts_per_step >= 1, "must be >= 1"),
+            ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
+            ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
+            ("rollout.max_new_tokens", self.rollout.max_new_tokens >= 1, "must be >= 1"),
+            ("reward.timeout_s", self.reward.timeout_s > 0, "must be > 0"),
+            ("reward.workers", self.reward.workers >= 1, "must be >= 1"),
+            ("reward.overlong_buffer", 0 <= self.reward.overlong_buffer < self.rollout.max_new_tokens,
+             "must be in [0, rollout.max_new_tokens)"),
+            ("optim.lr", self.optim.lr > 0, "must be > 0"),
+            ("optim.grad_clip", self.optim.grad_clip > 0, "must be > 0"),
+            ("optim.micro_batch", self.optim.micro_batch >= 1, "must be >= 1"),
+            ("run.steps", self.run.steps >= 1, "must be >= 1"),
+            ("run.eval_every", self.run.eval_every >= 0, "must be >= 0"),
+            ("run.eval_samples", self.run.eval_samples >= 1, "must be >= 1"),
+            ("run.save_every", self.run.save_every >= 0, "must be >= 0"),
+            ("run.record_groups", self.run.record_groups >= 0, "must be >= 0"),
+            ("data.digits", len(self.data.digits) == 2 and all(1 <= d <= 9 for d in self.data.digits),
+             "must be two digit counts in 1..9"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                value = operator.attrgetter(name)(self)
+                raise ValueError(f"config {name}={value!r} is invalid: {why}")
+        return self
+
+
+def preset(name: str) -> TrainConfig:
+    """Named settings: "cpu" (embedded task defaults) or "paper" (SPEC.md reference settings, Qwen3-4B)."""
+    if name == "cpu":
+        return TrainConfig()
+    if name == "paper":
+        cfg = TrainConfig()
+        cfg.model = ModelConfig(name="Qwen/Qwen3-4B", dtype="bfloat16", gradient_checkpointing=True)
+        cfg.rollout = RolloutConfig(prompts_per_step=128, group_size=8, temperature=1.0,
+                                    max_new_tokens=4096, max_prompt_tokens=2048)
+        cfg.loss = LossConfig(method="sdpg", beta=1e-3, alpha=1e-3, ref_mode="urkl", gate=True,
+                              beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2)
+        cfg.optim = OptimConfig(lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1, grad_clip=1.0,
+                                warmup_steps=10, micro_batch=8)
+        cfg.run = RunConfig(steps=400, eval_every=25, eval_samples=32, save_every=50)
+        return cfg
+    raise ValueError(f"unknown preset {name!r}; known: 'cpu', 'paper'")

@@ -1,0 +1,188 @@
+"""The record stream: the only thing the engine shares with the dashboard, notebooks and replays.
+
+Design choices:
+- Three kinds of record, all plain JSON-able dicts:
+  * metrics  — one flat dict per training step with namespaced keys (`reward/mean`, `kl/distill_mean`,
+    `eval/pass@1`, ...) plus `step` and `time` (seconds since the run started). Keys may be absent
+    from a row (evaluation runs only every N steps).
+  * rollouts — per step, a few whole groups with per-token arrays (see `ROLLOUT_FIELDS`).
+  * events   — lifecycle: start, pause, resume, stop, finish, error, checkpoint, resume_from.
+- Every record is appended to a JSON-lines file in the run directory as it is emitted (line-buffered
+  and flushed), so a crashed run keeps everything up to the crash, and kept in a bounded in-memory
+  buffer for live views. `RecordStream.open(run_dir)` replays a finished or crashed run from disk;
+  `refresh()` tails the files, so a view can follow a run written by another process.
+- Thread-safe: the training thread writes, UI threads read copies.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
+EVENTS_FILE = "events.jsonl"
+CONFIG_FILE = "config.json"
+
+ROLLOUT_FIELDS = {
+    "step": "training step the group was sampled at",
+    "group": "index of the group within the step",
+    "prompt": "student prompt text", "context": "privileged context (teacher only)", "answer": "gold answer",
+    "responses": "list of per-response dicts, see RESPONSE_FIELDS",
+}
+RESPONSE_FIELDS = {
+    "text": "decoded response", "reward": "verifier reward (after any overlong penalty)",
+    "correct": "verifier verdict", "status": "verifier status: ok, no_answer, timeout, error",
+    "advantage": "group advantage A_i", "gate": "A_i > 0 (the distillation gate passes)",
+    "tokens": "response tokens as text, one per position",
+    "student_logp": "log p(y_t) under the student (current policy, sampling temperature)",
+    "teacher_logp": "log q(y_t) under the teacher (privileged prompt)",
+    "old_logp": "log-prob under the policy that sampled the response",
+    "ref_logp": "log-prob under the frozen reference model (absent when alpha = 0 and not needed)",
+    "kl": "per-token KL(p_t || q_t) over the full vocabulary", "entropy": "student entropy per token",
+    "student_topk": "per position, [[token, prob], ...] top-k of the student",
+    "teacher_topk": "per position, [[token, prob], ...] top-k of the teacher",
+}
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as None so every reader can parse the files."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RecordStream:
+    """Bounded in-memory record buffers mirrored to append-only JSON-lines files."""
+
+    def __init__(self, run_dir: str | Path | None, *, max_rollout_groups: int = 4000, write: bool = True):
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._lock = threading.Lock()
+        self._metrics: list[dict] = []
+        self._rollouts: deque[dict] = deque(maxlen=max_rollout_groups)
+        self._events: list[dict] = []
+        self._offsets = {METRICS_FILE: 0, ROLLOUTS_FILE: 0, EVENTS_FILE: 0}
+        self._write = write and self.run_dir is not None
+        self._t0 = time.time()
+        if self._write:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._load_existing()
+
+    # ---- writing (training thread) ----
+    def emit_metrics(self, step: int, metrics: dict[str, float]) -> dict:
+        row = _clean({"step": int(step), "time": round(time.time() - self._t0, 3), **metrics})
+        self._append(METRICS_FILE, self._metrics, row)
+        return row
+
+    def emit_rollouts(self, step: int, groups: list[dict]) -> None:
+        for g in groups:
+            self._append(ROLLOUTS_FILE, self._rollouts, _clean({"step": int(step), **g}))
+
+    def emit_event(self, kind: str, **info: Any) -> dict:
+        row = _clean({"event": kind, "wall": time.time(), **info})
+        self._append(EVENTS_FILE, self._events, row)
+        return row
+
+    def write_config(self, config: dict) -> None:
+        if self._write:
+            (self.run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    def _append(self, fname: str, buf, row: dict) -> None:
+        with self._lock:
+            buf.append(row)
+            if self._write:
+                line = json.dumps(row) + "\n"
+                with open(self.run_dir / fname, "a") as f:
+                    f.write(line)
+                self._offsets[fname] += len(line.encode())
+
+    def _load_existing(self) -> None:
+        """A resumed run keeps its history: read what is on disk, dropping a half-written last line."""
+        for fname, buf in self._buffers():
+            path = self.run_dir / fname
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                path.write_bytes(data[:end])
+            buf.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
+            self._offsets[fname] = end
+
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics and rollouts newer than `step` (a resumed run redoes those steps); events stay."""
+        with self._lock:
+            for fname, buf in self._buffers()[:2]:
+                kept = [r for r in buf if r["step"] <= step]
+                buf.clear()
+                buf.extend(kept)
+                if self._write:
+                    text = "".join(json.dumps(r) + "\n" for r in kept)
+                    (self.run_dir / fname).write_text(text)
+                    self._offsets[fname] = len(text.encode())
+
+    def _buffers(self) -> list[tuple[str, Any]]:
+        return [(METRICS_FILE, self._metrics), (ROLLOUTS_FILE, self._rollouts), (EVENTS_FILE, self._events)]
+
+    # ---- reading (any thread) ----
+    def metrics(self) -> list[dict]:
+        with self._lock:
+            return list(self._metrics)
+
+    def rollouts(self, step: int | None = None) -> list[dict]:
+        with self._lock:
+            rows = list(self._rollouts)
+        return rows if step is None else [r for r in rows if r["step"] == step]
+
+    def rollout_steps(self) -> list[int]:
+        with self._lock:
+            return sorted({r["step"] for r in self._rollouts})
+
+    def events(self) -> list[dict]:
+        with self._lock:
+            return list(self._events)
+
+    def config(self) -> dict:
+        path = self.run_dir / CONFIG_FILE if self.run_dir else None
+        return json.loads(path.read_text()) if path and path.exists() else {}
+
+    # ---- replay ----
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "RecordStream":
+        """Load a run directory written by a (finished, stopped or crashed) run for browsing."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run directory {run_dir} does not exist")
+        if not any((run_dir / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE)):
+            raise ValueError(f"{run_dir} holds no run records ({METRICS_FILE}, {EVENTS_FILE} or {CONFIG_FILE})")
+        stream = cls(run_dir, write=False)
+        stream.refresh()
+        return stream
+
+    def refresh(self) -> int:
+        """Read records appended to the files since the last call (for streams opened with `open`)."""
+        if self._write or self.run_dir is None:
+            return 0
+        added = 0
+        for fname, buf in self._buffers():
+            path = self.run_dir / fname
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(self._offsets[fname])
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a half-written last line waits for the next refresh
+            rows = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+            with self._lock:
+                buf.extend(rows)
+                self._offsets[fname] += end
+            added += len(rows)
+        return added
