@@ -1,0 +1,231 @@
+"""Supervised warm start of the embedded model: from random weights to a policy RL can improve.
+
+Shapes: B sequences, L tokens per padded sequence, V vocabulary.
+
+Design choices:
+- Teacher forcing on the response only: `\\boxed{answer}` + EOS after the chat-rendered prompt; the
+  prompt tokens carry no loss.
+- A fixed share of each batch (`hinted_fraction`) is rendered from the teacher prompt (question plus
+  privileged hint) so the model learns to read the hint: in SDPG the teacher is this same model. The
+  hint's column sums also speed up the student's own learning of addition.
+- Every example is a distinct problem from the train split (one pass, no repeats while the split is
+  large enough), so the model must generalise rather than memorise.
+- Training stops on a skill target, never on time: every `check_every` steps the student's greedy
+  pass rate on unseen problems is measured, and training ends once it reaches `stop_at` (else after
+  `steps`). Near the learning transition the pass rate jumps within a few dozen steps, at a step
+  that varies with the seed and even with the CPU thread count, so a fixed step count lands anywhere
+  between "nothing learned" and "solved"; a time cap would add machine load on top.
+- Sequences are right-padded with no attention mask while training: causal attention already keeps
+  real tokens from seeing the padding after them, and the loss mask drops the padded positions.
+- Held-out figures are measured the way RL sees the model: pass@1 as the mean over samples at
+  temperature 1 with the student prompt, and with the teacher prompt; answers are compared to the
+  gold as exact strings inside `\\boxed{}` (the reward module's math-verify agrees on this task).
+- Reproducible by seed; the caller's RNG state is left as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sdpg.data import PromptRow
+from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompts
+from sdpg.task import make_rows, target_text
+
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Everything that shapes the embedded model; its hash keys the cache entry."""
+
+    digits: tuple[int, int] = (3, 3)
+    """embedded task: digits of the two addends"""
+    steps: int = 600
+    """most optimizer steps (the cosine schedule spans them; training may stop earlier, see stop_at)"""
+    stop_at: float = 1.0
+    """stop once the student's greedy pass rate on `check_prompts` unseen problems reaches this
+    (1.0 = run all steps)"""
+    check_every: int = 20
+    """steps between those checks"""
+    check_prompts: int = 128
+    """unseen train-split problems scored greedily by the stopping check"""
+    batch_size: int = 128
+    """sequences per step"""
+    hinted_fraction: float = 0.3
+    """share of each batch rendered with the teacher's hint"""
+    lr: float = 3e-3
+    """AdamW peak learning rate"""
+    warmup_steps: int = 20
+    """linear learning-rate warmup before the cosine decay to zero"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """gradient-norm clip"""
+    seed: int = 0
+    """seed for the initial weights, the problems, the hint draw and the evaluation samples"""
+    eval_prompts: int = 256
+    """held-out (val split) problems for the reported pass rates"""
+    eval_samples: int = 4
+    """samples per held-out problem at temperature 1; pass@1 is their mean"""
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """shape of the tiny Qwen3 model"""
+
+
+def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = True
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Train a fresh embedded model on the addition task; return it (eval mode), its tokenizer and a report.
+
+    The report holds the settings, `eval/student_pass@1` and `eval/teacher_pass@1` (sampled at T=1),
+    their greedy counterparts, the last training loss and the wall time.
+    """
+    _check(cfg)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(tokenizer, cfg.model)
+        losses = _train(model, tokenizer, cfg, progress)
+        train_s = time.perf_counter() - start
+        val_rows = make_rows(cfg.eval_prompts, digits=cfg.digits, seed=0, split="val")
+        figures = evaluate(model, tokenizer, val_rows, samples=cfg.eval_samples)
+    report = {
+        "settings": dataclasses.asdict(cfg),
+        **figures,
+        "train/steps": len(losses),
+        "train/loss_final": sum(losses[-20:]) / len(losses[-20:]),
+        "time/train_s": round(train_s, 1),
+        "time/warm_start_s": round(time.perf_counter() - start, 1),
+    }
+    return model, tokenizer, report
+
+
+def _check(cfg: WarmStartConfig) -> None:
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError(f"warm start: steps and batch_size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+    if not 0.0 <= cfg.hinted_fraction <= 1.0:
+        raise ValueError(f"warm start: hinted_fraction must be in [0, 1], got {cfg.hinted_fraction}")
+    if min(cfg.eval_prompts, cfg.eval_samples, cfg.check_every, cfg.check_prompts) < 1:
+        raise ValueError(f"warm start: eval_prompts, eval_samples, check_every and check_prompts must be >= 1, got "
+                         f"{cfg.eval_prompts}, {cfg.eval_samples}, {cfg.check_every} and {cfg.check_prompts}")
+
+
+def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: WarmStartConfig, progress: bool) -> list[float]:
+    """Train until `cfg.steps` or until the stopping check passes; return the per-step losses."""
+    rows = make_rows(cfg.steps * cfg.batch_size + cfg.check_prompts, digits=cfg.digits, seed=cfg.seed, split="train")
+    check_rows = rows[cfg.steps * cfg.batch_size:]
+    n_hinted = round(cfg.hinted_fraction * cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
+    losses, student = [], 0.0
+    bar = tqdm(range(cfg.steps), desc="warm start (runs once, then cached)", disable=not progress)
+    for step in bar:
+        model.train()
+        losses.append(_train_step(model, tokenizer, optimizer, rows[step * cfg.batch_size:(step + 1) * cfg.batch_size],
+                                  n_hinted, cfg.grad_clip))
+        scheduler.step()
+        if cfg.stop_at < 1.0 and (step + 1) % cfg.check_every == 0:
+            model.eval()
+            student = _pass_rate(model, tokenizer, [r.prompt for r in check_rows], [r.answer for r in check_rows],
+                                 1, 256, sample=False)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", student=f"{student:.2f}", refresh=False)
+        if student >= cfg.stop_at:
+            break
+    bar.close()
+    model.eval()
+    return losses
+
+
+def _train_step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, optimizer: torch.optim.Optimizer,
+                batch: list[PromptRow], n_hinted: int, grad_clip: float) -> float:
+    """One AdamW step on the token-mean response NLL of `batch`, its first `n_hinted` rows with the hint."""
+    # Rows come in random order, so the first n_hinted form a random hinted subset. Hinted prompts are
+    # about twice as long: padding them apart from the plain ones saves a third of the compute.
+    hinted, plain = batch[:n_hinted], batch[n_hinted:]
+    batches = [_teacher_forcing_batch(tokenizer, texts, [row.answer for row in part])
+               for part, texts in ((hinted, [row.teacher_prompt for row in hinted]),
+                                   (plain, [row.prompt for row in plain])) if part]
+    n_tokens = sum(int(mask.sum()) for _, mask in batches)
+    optimizer.zero_grad(set_to_none=True)
+    loss = 0.0
+    for input_ids, loss_mask in batches:
+        part_loss = _response_nll_sum(model, input_ids, loss_mask) / n_tokens
+        part_loss.backward()
+        loss += part_loss.item()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss
+
+
+def _lr_factor(step: int, cfg: WarmStartConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _teacher_forcing_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], answers: list[str]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered prompt + target + EOS per example, right-padded; the mask marks the target tokens."""
+    prompt_ids = tokenizer(render_prompts(tokenizer, texts), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer([target_text(a) for a in answers], add_special_tokens=False)["input_ids"]
+    sequences = [p + t + [tokenizer.eos_token_id] for p, t in zip(prompt_ids, target_ids)]
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), tokenizer.pad_token_id)  # (B, L)
+    loss_mask = torch.zeros((len(sequences), length), dtype=torch.bool)  # (B, L)
+    for i, (prompt, seq) in enumerate(zip(prompt_ids, sequences)):
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        loss_mask[i, len(prompt):len(seq)] = True
+    return input_ids, loss_mask
+
+
+def _response_nll_sum(model: PreTrainedModel, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Summed negative log-likelihood of the masked (response) tokens, each predicted from its prefix."""
+    logits = model(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, L-1)
+    return (nll * loss_mask[:, 1:]).sum()
+
+
+@torch.no_grad()
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[PromptRow], *,
+             samples: int = 4, batch_size: int = 256) -> dict[str, float]:
+    """Held-out pass rates with the student prompt and with the teacher prompt.
+
+    `eval/<role>_pass@1` is the mean correctness over `samples` samples per problem at temperature 1;
+    `eval/<role>_greedy` is the greedy answer's. Correct means the first `\\boxed{}` holds the gold string.
+    """
+    figures = {}
+    for role in ("student", "teacher"):
+        texts = [row.teacher_prompt if role == "teacher" else row.prompt for row in rows]
+        answers = [row.answer for row in rows]
+        figures[f"eval/{role}_pass@1"] = _pass_rate(model, tokenizer, texts, answers, samples, batch_size, sample=True)
+        figures[f"eval/{role}_greedy"] = _pass_rate(model, tokenizer, texts, answers, 1, batch_size, sample=False)
+    return figures
+
+
+def _pass_rate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], answers: list[str],
+               samples: int, batch_size: int, *, sample: bool) -> float:
+    max_new = max(len(tokenizer(target_text(a), add_special_tokens=False)["input_ids"]) for a in answers) + 2
+    per_batch = max(1, batch_size // samples)
+    correct = 0
+    for lo in range(0, len(texts), per_batch):
+        enc = tokenizer(render_prompts(tokenizer, texts[lo:lo + per_batch]), add_special_tokens=False,
+                        padding=True, return_tensors="pt").to(model.device)
+        sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
+        out = model.generate(**enc, max_new_tokens=max_new, num_return_sequences=samples, **sampling)  # (b*samples, L)
+        decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        gold = [a for a in answers[lo:lo + per_batch] for _ in range(samples)]
+        correct += sum(_boxed(text) == g for text, g in zip(decoded, gold))
+    return correct / (len(texts) * samples)
+
+
+def _boxed(text: str) -> str | None:
+    match = BOXED.search(text)
+    return match.group(1) if match else None

@@ -1,0 +1,143 @@
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import sdpg.warmstart as warmstart
+from sdpg.config import DataConfig, ModelConfig
+from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_key, embedded_settings, load_model_and_tokenizer,
+                         read_warmstart_report, render_prompts)
+from sdpg.task import make_row, target_text
+from sdpg.warmstart import WarmStartConfig, evaluate, warm_start
+
+TINY = WarmStartConfig(
+    digits=(1, 1), steps=3, batch_size=8, warmup_steps=1, eval_prompts=4, eval_samples=2,
+    model=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64),
+)
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])  # (P,)
+
+
+def test_report_and_model_state():
+    model, tokenizer, report = warm_start(TINY, progress=False)
+    assert not model.training
+    assert report["settings"]["steps"] == 3 and report["settings"]["model"]["num_layers"] == 1
+    for key in ("eval/student_pass@1", "eval/teacher_pass@1", "eval/student_greedy", "eval/teacher_greedy"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["time/warm_start_s"] >= report["time/train_s"] >= 0
+    json.dumps(report)
+
+
+def test_reproducible_by_seed_and_leaves_caller_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)  # (3,)
+    torch.manual_seed(123)
+    first, _, report_a = warm_start(TINY, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+    second, _, report_b = warm_start(TINY, progress=False)
+    other, _, _ = warm_start(replace(TINY, seed=1), progress=False)
+    assert torch.equal(weights(first), weights(second)) and report_a["eval/student_pass@1"] == report_b["eval/student_pass@1"]
+    assert not torch.equal(weights(first), weights(other))
+
+
+def test_training_lowers_the_loss_below_uniform_guessing():
+    cfg = replace(TINY, steps=40, batch_size=16, warmup_steps=5)
+    model, tokenizer, report = warm_start(cfg, progress=False)
+    # The response format (\boxed{, }, EOS) is fully predictable, so the loss must fall well below log V.
+    assert report["train/loss_final"] < 0.5 * math.log(len(tokenizer))
+
+
+def test_teacher_forcing_batch_masks_exactly_the_response():
+    tokenizer = build_char_tokenizer()
+    input_ids, loss_mask = warmstart._teacher_forcing_batch(tokenizer, ["Q:1+2\n", "Q:10+20\n"], ["3", "30"])
+    assert input_ids.shape == (2, len("Q:10+20\nA:\\boxed{30}") + 1)
+    assert tokenizer.decode(input_ids[0]) == "Q:1+2\nA:\\boxed{3}<eos><pad><pad><pad>"
+    assert tokenizer.decode(input_ids[0][loss_mask[0]]) == "\\boxed{3}<eos>"
+    assert tokenizer.decode(input_ids[1][loss_mask[1]]) == "\\boxed{30}<eos>"
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    cfg = WarmStartConfig(steps=10, warmup_steps=2)
+    factors = [warmstart._lr_factor(step, cfg) for step in range(11)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert factors[-1] == pytest.approx(0.0) and factors[6] == pytest.approx(0.5)
+
+
+class AlwaysAnswers:
+    """A stand-in policy that answers \\boxed{<answer>} to every prompt."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer, answer):
+        self.response = tokenizer(target_text(answer) + "<eos>", add_special_tokens=False)["input_ids"]
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences, **sampling):
+        response = torch.tensor(self.response).expand(input_ids.shape[0], -1)  # (b, T)
+        return torch.cat([input_ids, response], 1).repeat_interleave(num_return_sequences, 0)  # (b*samples, N)
+
+
+def test_evaluate_scores_boxed_answers_against_gold():
+    tokenizer = build_char_tokenizer()
+    rows = [make_row(2, 3), make_row(1, 1), make_row(4, 1), make_row(3, 3)]
+    figures = evaluate(AlwaysAnswers(tokenizer, "5"), tokenizer, rows, samples=3, batch_size=6)
+    assert figures == {"eval/student_pass@1": 0.5, "eval/student_greedy": 0.5,
+                       "eval/teacher_pass@1": 0.5, "eval/teacher_greedy": 0.5}
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="hinted_fraction"):
+        warm_start(WarmStartConfig(hinted_fraction=1.5), progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        warm_start(WarmStartConfig(steps=0), progress=False)
+
+
+def test_embedded_model_is_cached_and_reused(tmp_path, monkeypatch):
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
+    entries = list(tmp_path.iterdir())
+    assert len(entries) == 1 and read_warmstart_report(entries[0])["settings"]["steps"] == TINY.steps
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached entry should have been loaded")
+
+    monkeypatch.setattr(warmstart, "warm_start", no_training)
+    again, again_tok = load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
+    ids = torch.tensor([tokenizer(render_prompts(tokenizer, ["Q:1+2\n"])[0])["input_ids"]])  # (1, N)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+    assert again_tok.padding_side == "left" and render_prompts(again_tok, ["x"]) == ["xA:"]
+
+
+def test_cache_key_follows_settings_and_task_digits():
+    assert embedded_key(TINY) == embedded_key(replace(TINY))
+    assert embedded_key(replace(TINY, seed=1)) != embedded_key(TINY)
+    assert embedded_key(replace(TINY, model=replace(TINY.model, num_layers=2))) != embedded_key(TINY)
+    from_data = embedded_settings(TINY, DataConfig(digits=(2, 1)))
+    assert from_data == replace(TINY, digits=(2, 1)) and embedded_settings(TINY, None) == TINY
+
+
+def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
+    def crash(cfg, progress):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(warmstart, "warm_start", crash)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
+    real = warmstart.warm_start
+
+    def save_fails(cfg, progress):
+        model, tokenizer, report = real(cfg, progress=progress)
+        report["unserialisable"] = object()
+        return model, tokenizer, report
+
+    monkeypatch.setattr(warmstart, "warm_start", save_fails)
+    with pytest.raises(TypeError):
+        load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
+    assert list(tmp_path.iterdir()) == []
