@@ -14,7 +14,6 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("sdpg", "grpo")
 REF_MODES = ("urkl", "ufkl", "rkl", "fkl", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
@@ -83,7 +82,7 @@ class RewardConfig:
 @dataclass
 class LossConfig:
     method: str = "sdpg"
-    """training method: one of METHODS"""
+    """training method: a name registered in `sdpg.methods.METHODS` ("sdpg", "grpo", ...)"""
     beta: float = 0.05
     """weight of the full-vocabulary self-distillation KL (beta_base in the paper)"""
     alpha: float = 1e-3
@@ -108,6 +107,12 @@ class LossConfig:
     """loss aggregation: one of AGG_MODES"""
     fused_kl: bool = True
     """compute KL, log-probs and entropy chunk by chunk from hidden states (never the full logits)"""
+    rlsd_lambda: float = 0.5
+    """RLSD: weight in [0, 1] of the teacher-evidence factor in the token advantage at step 0 (0 = plain GRPO)"""
+    rlsd_lambda_decay_steps: int = 50
+    """RLSD: steps over which rlsd_lambda decays linearly to 0 (0 = constant)"""
+    rlsd_eps_w: float = 0.2
+    """RLSD: the evidence weight exp(sign(A) * (log q - log p_old)) is clipped to [1 - eps_w, 1 + eps_w]"""
 
 
 @dataclass
@@ -179,8 +184,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first bad field; return self when all is well."""
+        from sdpg.methods import METHODS  # the registry imports this module
+
         checks = [
-            ("loss.method", self.loss.method in METHODS, f"must be one of {METHODS}"),
+            ("loss.method", self.loss.method in METHODS, f"must be one of {sorted(METHODS)}"),
             ("loss.ref_mode", self.loss.ref_mode in REF_MODES, f"must be one of {REF_MODES}"),
             ("loss.agg", self.loss.agg in AGG_MODES, f"must be one of {AGG_MODES}"),
             ("loss.adv_scale", self.loss.adv_scale in ("std", "none"), "must be 'std' or 'none'"),
@@ -191,6 +198,11 @@ class TrainConfig:
             ("loss.clip_low", 0 <= self.loss.clip_low < 1, "must be in [0, 1)"),
             ("loss.clip_high", self.loss.clip_high >= 0, "must be >= 0"),
             ("loss.clip_c", self.loss.clip_c is None or self.loss.clip_c > 1, "must be > 1 or None"),
+            ("loss.beta", self.loss.beta > 0 or not _distill_only(self.loss.method, METHODS),
+             f"must be > 0 for method {self.loss.method!r}, whose only term is the distillation KL"),
+            ("loss.rlsd_lambda", 0 <= self.loss.rlsd_lambda <= 1, "must be in [0, 1]"),
+            ("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps >= 0, "must be >= 0"),
+            ("loss.rlsd_eps_w", 0 <= self.loss.rlsd_eps_w < 1, "must be in [0, 1)"),
             ("model.dtype", self.model.dtype in ("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
             ("rollout.engine", self.rollout.engine in ("hf",), "must be 'hf'"),
             ("rollout.group_size", self.rollout.group_size >= 1, "must be >= 1"),
@@ -218,6 +230,12 @@ class TrainConfig:
                 value = operator.attrgetter(name)(self)
                 raise ValueError(f"config {name}={value!r} is invalid: {why}")
         return self
+
+
+def _distill_only(method: str, methods: dict) -> bool:
+    """A registered method whose loss is the distillation KL alone (so beta = 0 would train nothing)."""
+    spec = methods.get(method)
+    return spec is not None and spec.distills and not spec.outcome
 
 
 def preset(name: str) -> TrainConfig:

@@ -1,0 +1,69 @@
+"""Checkpoints: `save_pretrained` weights + optimizer, scheduler, RNG, sampler, step and config.
+
+Design choices:
+- Written atomically: everything goes to a temporary sibling directory that is renamed into place only
+  when complete, so a crash mid-save never leaves a half checkpoint that resume would pick up.
+- `latest_checkpoint(run_dir)` finds the highest complete `checkpoints/step_XXXXXX`; older ones beyond
+  `keep` are pruned after a successful save.
+- Resume restores the trained weights into a model built from the original config, so the frozen
+  reference is still the initial policy, not the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "trainer_state.pt"
+
+
+def save_checkpoint(trainer, run_dir: str | Path, *, keep: int = 2) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{trainer.step:06d}"
+    tmp = root / f".tmp_step_{trainer.step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainer.model.save_pretrained(tmp / "model")
+    trainer.tokenizer.save_pretrained(tmp / "model")
+    torch.save({
+        "step": trainer.step,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "sampler": trainer.sampler.state(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+    }, tmp / STATE_FILE)
+    (tmp / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob("step_*"))
+    complete = [c for c in ckpts if (c / STATE_FILE).exists()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(trainer, ckpt: str | Path) -> int:
+    """Restore weights and training state into `trainer`; returns the step it continues from."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = Path(ckpt)
+    if not (ckpt / STATE_FILE).exists():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE})")
+    saved = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=trainer.model.dtype)
+    trainer.model.load_state_dict(saved.state_dict())
+    state = torch.load(ckpt / STATE_FILE, weights_only=False)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.sampler.load_state(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    trainer.step = state["step"]
+    return trainer.step

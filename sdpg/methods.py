@@ -1,0 +1,250 @@
+"""Training methods by name: each is a small loss function over the same per-token inputs.
+
+Legend: B sequences, T response tokens.
+
+Design choices:
+- The trainer computes the per-token quantities a method declares it needs (`MethodSpec.needs`) and calls
+  `spec.loss(inputs, cfg, beta_k)`; adding a method is one function and one registry entry, and the CLI,
+  the config check and the dashboard list whatever is registered.
+- `beta_k` is the scheduled distillation weight for this step (`sdpg.losses.beta_schedule`) for methods
+  with `distills=True`, 0 for the others.
+- Every loss goes through `sdpg.losses.sdpg_loss` with the terms it does not use switched off (beta = 0,
+  alpha = 0, or an all-zero outcome advantage), so every method returns the same metric names
+  (`loss/total`, `loss/pg`, `loss/distill`, `loss/ref_kl`, `gate/fraction`, clip fractions) and the same
+  input checks. Terms a method does not have report 0.0.
+- `kl/distill_mean` is always the KL to the *live* teacher (current weights, privileged prompt), which the
+  trainer computes for every method, so curves of different methods measure the same thing. OPSD's
+  frozen teacher gets its own key, `kl/ref_teacher_mean`.
+- Ablations of SDPG are settings, not methods: `loss.alpha = 0`, `loss.beta = 0`, `loss.gate = False`,
+  `loss.beta_warmup = loss.beta_decay = 0` all go through `sdpg`.
+- The per-token weights of RLSD and OPSD live here, once; `sdpg.whatif` imports them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from sdpg.config import LossConfig
+from sdpg.losses import masked_mean, sdpg_loss
+
+OPSD_CLAMP = 20.0
+"""upper bound of the OPSD fork's token weight (its code clamps log q - log p_old to [0, 20])"""
+
+
+@dataclass
+class LossInputs:
+    """Per-token tensors of one micro-batch; optional ones are None unless the method asked for them."""
+
+    logp: torch.Tensor
+    """(B, T) student log-prob of the sampled tokens (gradient flows)"""
+    old_logp: torch.Tensor
+    """(B, T) log-prob under the sampling policy"""
+    adv: torch.Tensor
+    """(B,) group advantages"""
+    mask: torch.Tensor
+    """(B, T) 1 on response tokens"""
+    distill_kl: torch.Tensor
+    """(B, T) KL(p_student || SG[q_teacher]) over the full vocabulary (gradient flows to the student)"""
+    temperature: float
+    """sampling temperature (applied to the student's logits)"""
+    correct: torch.Tensor
+    """(B,) verifier verdicts"""
+    ref_logp: torch.Tensor | None = None
+    """(B, T) frozen reference model's log-prob of the sampled tokens (student prompt)"""
+    teacher_logp: torch.Tensor | None = None
+    """(B, T) live teacher's log q of the sampled tokens (privileged prompt, no gradient, no temperature)"""
+    ref_teacher_logp: torch.Tensor | None = None
+    """(B, T) frozen reference's log-prob of the sampled tokens on the privileged prompt"""
+    ref_distill_kl: torch.Tensor | None = None
+    """(B, T) KL(p_student || SG[q_ref]) over the full vocabulary, q_ref the frozen reference on the
+    privileged prompt (its own LM head); gradient flows to the student"""
+    step: int = 0
+    """training steps completed before this one (0 on the first step), for per-step schedules"""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    loss: Callable[[LossInputs, LossConfig, float], tuple[torch.Tensor, dict]]
+    description: str
+    needs: frozenset[str] = frozenset()
+    """optional LossInputs fields the trainer must fill: "ref_logp", "teacher_logp", "ref_teacher_logp",
+    "ref_distill_kl" """
+    distills: bool = False
+    """whether the method's loss uses the distillation KL (others only monitor it)"""
+    outcome: bool = True
+    """whether the loss has an outcome (verifier reward) term; without one, beta is its only weight"""
+
+
+# ----------------------------------------------------------------------------- token weights
+
+def rlsd_lambda(step: int, lam: float, decay_steps: int) -> float:
+    """RLSD's mixing weight at step k: lam * max(0, 1 - k / decay_steps); decay_steps = 0 keeps it constant."""
+    if not 0 <= lam <= 1 or decay_steps < 0:
+        raise ValueError(f"RLSD needs lam in [0, 1] and decay_steps >= 0, got lam={lam}, decay_steps={decay_steps}")
+    return lam * max(0.0, 1.0 - step / decay_steps) if decay_steps else lam
+
+
+def rlsd_evidence_weight(adv: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """u = exp(sign(A) * SG[log q(y) - log p_old(y)]), before clipping; `adv` broadcasts against the log-probs.
+
+    A token the teacher finds likelier than the sampler gets u > 1 in a good response (pushed up harder)
+    and u < 1 in a bad one (pushed down more gently).
+    """
+    if teacher_logp.shape != old_logp.shape:
+        raise ValueError(f"teacher_logp {tuple(teacher_logp.shape)} must match old_logp {tuple(old_logp.shape)}")
+    evidence = (teacher_logp - old_logp).detach()  # (B, T) or (T,)
+    return torch.exp(torch.sign(adv.detach()) * evidence)  # (B, T) or (T,)
+
+
+def rlsd_token_advantage(adv: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Tensor, *,
+                         lam: float, eps_w: float) -> torch.Tensor:
+    """RLSD's token advantage A * ((1 - lam) + lam * clip(u, 1 - eps_w, 1 + eps_w)), u from `rlsd_evidence_weight`.
+
+    `adv` broadcasts against the log-probs ((B, 1) or (B, T) for (B, T) inputs). The factor is positive, so
+    the sign of every token's advantage is the response's: the teacher only rescales credit.
+    """
+    if not 0 <= lam <= 1 or not 0 <= eps_w < 1:
+        raise ValueError(f"RLSD needs lam in [0, 1] and eps_w in [0, 1), got lam={lam}, eps_w={eps_w}")
+    u = rlsd_evidence_weight(adv, teacher_logp, old_logp)  # (B, T) or (T,)
+    return adv * ((1 - lam) + lam * u.clamp(1 - eps_w, 1 + eps_w))  # (B, T) or (T,)
+
+
+def opsd_fork_token_weight(teacher_logp: torch.Tensor, old_logp: torch.Tensor, passes: torch.Tensor) -> torch.Tensor:
+    """OPSD (authors' fork): clamp(SG[log q(y) - log p_old(y)], 0, OPSD_CLAMP) where `passes`, else 0.
+
+    `passes` is a bool tensor broadcasting against the log-probs ((B, 1) per response, or a scalar).
+    """
+    if teacher_logp.shape != old_logp.shape:
+        raise ValueError(f"teacher_logp {tuple(teacher_logp.shape)} must match old_logp {tuple(old_logp.shape)}")
+    w = (teacher_logp - old_logp).detach().clamp(0.0, OPSD_CLAMP)  # (B, T) or (T,)
+    return torch.where(passes, w, torch.zeros_like(w))  # (B, T) or (T,)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _common(inputs: LossInputs, cfg: LossConfig) -> dict:
+    return dict(logp=inputs.logp, old_logp=inputs.old_logp, adv=inputs.adv, mask=inputs.mask,
+                temperature=inputs.temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                clip_c=cfg.clip_c, agg=cfg.agg)
+
+
+def _need(inputs: LossInputs, field: str, method: str) -> torch.Tensor:
+    value = getattr(inputs, field)
+    if value is None:
+        raise ValueError(f"method {method!r} needs LossInputs.{field}, which the trainer did not fill "
+                         f"(is {field!r} in the method's `needs`?)")
+    return value
+
+
+def sdpg(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """L_out + beta_k * gate * KL(p || SG[q]) + alpha * L_K (the paper's SDPG)."""
+    return sdpg_loss(**_common(inputs, cfg), ref_logp=inputs.ref_logp, distill_kl=inputs.distill_kl,
+                     beta=beta_k, alpha=cfg.alpha, ref_mode=cfg.ref_mode, gate=cfg.gate)
+
+
+def grpo(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """GRPO/DAPO: the clipped outcome policy gradient, plus alpha * the chosen reference KL when alpha > 0.
+    The distillation KL is passed with weight 0: it is monitored, never trained on."""
+    return sdpg_loss(**_common(inputs, cfg), ref_logp=inputs.ref_logp, distill_kl=inputs.distill_kl.detach(),
+                     beta=0.0, alpha=cfg.alpha, ref_mode=cfg.ref_mode, gate=cfg.gate)
+
+
+def rlsd(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """RLSD (arXiv 2604.03128): the clipped surrogate with the token advantage of `rlsd_token_advantage`.
+
+    Teacher: the live model on the privileged prompt (`teacher_logp`); lam decays with `inputs.step` as in
+    `rlsd_lambda` (the authors' fork counts verl's global step, which starts at 1, so its lam is one decay
+    step ahead of ours). No KL term and no reference anchor; the distillation KL is only monitored.
+    """
+    teacher_logp = _need(inputs, "teacher_logp", "rlsd")
+    lam = rlsd_lambda(inputs.step, cfg.rlsd_lambda, cfg.rlsd_lambda_decay_steps)
+    adv = rlsd_token_advantage(inputs.adv[:, None], teacher_logp, inputs.old_logp, lam=lam, eps_w=cfg.rlsd_eps_w)  # (B, T)
+    loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": adv}), distill_kl=inputs.distill_kl.detach(),
+                            beta=0.0, alpha=0.0, gate=cfg.gate)
+    with torch.no_grad():
+        u = rlsd_evidence_weight(inputs.adv[:, None], teacher_logp, inputs.old_logp)  # (B, T)
+        eps = cfg.rlsd_eps_w
+        stats |= {"rlsd/lambda": lam,
+                  "rlsd/weight_mean": float(masked_mean(u.clamp(1 - eps, 1 + eps), inputs.mask)),
+                  "rlsd/weight_clipfrac": float(masked_mean(((u < 1 - eps) | (u > 1 + eps)).float(), inputs.mask))}
+    return loss, stats
+
+
+def opsd_fork(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """OPSD as the SDPG authors' fork runs it: a PPO ratio-clipped surrogate whose token advantage is
+    `opsd_fork_token_weight`, with the frozen reference on the privileged prompt as teacher.
+
+    As in the fork there is no outcome term and no KL loss: the reward only opens the gate. The fork gates on
+    GRPO advantage > 0 (with 0/1 rewards: correct, in a group that is not all correct); we also require the
+    verifier's verdict, so a reward-shaping term (the overlong penalty) can never open the gate for a wrong
+    answer. Differences from the fork: the loss is averaged over all response tokens of the batch (the fork's
+    verl engine does the same; its legacy path divides by the gated tokens only, a different scale), and the
+    fork's script adds an entropy bonus (coefficient 0.02), which this engine has no term for.
+    """
+    teacher_logp = _need(inputs, "ref_teacher_logp", "opsd_fork")
+    passes = inputs.correct.bool() & (inputs.adv > 0)  # (B,)
+    weight = opsd_fork_token_weight(teacher_logp, inputs.old_logp, passes[:, None])  # (B, T)
+    loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": weight}), distill_kl=inputs.distill_kl.detach(),
+                            beta=0.0, alpha=0.0, gate=False)
+    with torch.no_grad():
+        gated = inputs.mask.bool() & passes[:, None]  # (B, T)
+        any_gated = bool(gated.any())
+        stats |= {"gate/fraction": float(passes.float().mean()),
+                  "kl/distill_gated_mean": float(masked_mean(inputs.distill_kl, gated)) if any_gated else 0.0,
+                  "opsd/weight_mean": float(masked_mean(weight, gated)) if any_gated else 0.0}
+    return loss, stats
+
+
+def opsd(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """OPSD as its paper runs it (arXiv 2601.18734): a pure full-vocabulary divergence from the student to the
+    privileged teacher on the student's own samples, no reward: beta_k * KL(p || SG[q_ref]).
+
+    Teacher: the frozen initial policy on the privileged prompt (the paper's recommended `fixed_teacher`).
+    Deviations: the paper's default divergence is the generalised Jensen-Shannon divergence with mixture weight
+    0.5; this engine's fused kernel computes the student-to-teacher KL, which is that family's reverse-KL end
+    (mixture weight 1). The paper divides both logits by the sampling temperature; here only the student's
+    are (as in SDPG). The paper's loss has no coefficient; beta scales it (with one term and Adam, beta acts
+    only through gradient clipping) so that the beta schedule applies as for the other distilling methods.
+    """
+    ref_kl = _need(inputs, "ref_distill_kl", "opsd")
+    loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": torch.zeros_like(inputs.adv)}), distill_kl=ref_kl,
+                            beta=beta_k, alpha=0.0, gate=False)
+    with torch.no_grad():
+        live = float(masked_mean(inputs.distill_kl.detach(), inputs.mask))
+        stats |= {"kl/ref_teacher_mean": stats["kl/distill_mean"], "kl/distill_mean": live,
+                  "kl/distill_gated_mean": live}
+    return loss, stats
+
+
+def self_distill(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """Pure on-policy self-distillation (OPCD-like): beta_k * KL(p || SG[q]) on every response, q the live
+    teacher. No outcome term and no gate, so rewards and advantages do not enter the loss at all."""
+    return sdpg_loss(**(_common(inputs, cfg) | {"adv": torch.zeros_like(inputs.adv)}), distill_kl=inputs.distill_kl,
+                     beta=beta_k, alpha=0.0, gate=False)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "sdpg": MethodSpec("sdpg", sdpg, "outcome PG + gated full-vocabulary self-distillation KL + reference anchor",
+                       needs=frozenset({"ref_logp"}), distills=True),
+    "grpo": MethodSpec("grpo", grpo, "outcome PG only (DAPO clip), optional reference KL",
+                       needs=frozenset({"ref_logp"})),
+    "rlsd": MethodSpec("rlsd", rlsd, "outcome PG with token credit rescaled by the live teacher's evidence (RLSD)",
+                       needs=frozenset({"teacher_logp"})),
+    "opsd_fork": MethodSpec("opsd_fork", opsd_fork,
+                            "clipped PG on correct answers, token weight = frozen teacher's log-ratio (OPSD, SDPG fork)",
+                            needs=frozenset({"ref_teacher_logp"}), outcome=False),
+    "opsd": MethodSpec("opsd", opsd, "full-vocabulary KL to the frozen privileged teacher, no reward (OPSD paper)",
+                       needs=frozenset({"ref_distill_kl"}), distills=True, outcome=False),
+    "self_distill": MethodSpec("self_distill", self_distill,
+                               "full-vocabulary KL to the live privileged teacher on every response, no reward",
+                               distills=True, outcome=False),
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+    return METHODS[name]

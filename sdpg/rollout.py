@@ -1,0 +1,122 @@
+"""Rollout: sample G responses per prompt, a `@torch.no_grad()` boundary returning a frozen batch.
+
+Legend: B sequences (prompts x G), P prompt tokens (left-padded), T response tokens (right-padded), V vocabulary.
+
+Design choices:
+- The engine interface is one method, `generate(prompts, group_size) -> Rollout`, plus `sync_weights(model)`
+  called after each optimizer step (a no-op when the engine shares the training model, as the HF one does;
+  an external engine such as vLLM reloads weights there).
+- Old log-probs are those of the sampling policy at the sampling temperature, without top-p truncation:
+  the same quantity the loss recomputes, so the PPO ratio starts at 1.
+- Sequences are laid out group after group (prompt 0's G responses, then prompt 1's, ...), the layout
+  `group_advantages` expects.
+- Everything after the first EOS is padding and masked out; a response that hits the length limit
+  without EOS is marked `truncated`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Rollout:
+    prompt_ids: torch.Tensor
+    """(B, P) left-padded student prompt tokens"""
+    prompt_mask: torch.Tensor
+    """(B, P) 1 on real prompt tokens"""
+    response_ids: torch.Tensor
+    """(B, T) sampled tokens, right-padded"""
+    response_mask: torch.Tensor
+    """(B, T) 1 on response tokens up to and including EOS"""
+    old_logp: torch.Tensor
+    """(B, T) log-prob of each sampled token under the sampling policy (temperature applied)"""
+    texts: list[str]
+    """decoded responses (special tokens removed)"""
+    truncated: torch.Tensor
+    """(B,) True where the response reached max_new_tokens without EOS"""
+    group_size: int
+    """G: responses per prompt"""
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)  # (B,)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[str], group_size: int) -> Rollout: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generation uses them: (B, L) -> (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first EOS; returns (mask (B,T), truncated (B,))."""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (B, T)
+    eos_seen_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # (B, T)
+    mask = (~eos_seen_before).long()  # (B, T)
+    truncated = ~is_eos.any(-1)  # (B,)
+    return mask, truncated
+
+
+class HFRolloutEngine:
+    """Batched sampling with `transformers` `generate` on the training model itself."""
+
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 256, max_prompt_tokens: int = 2048, batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """The HF engine samples from the training model itself: nothing to copy."""
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        if enc.input_ids.shape[1] > self.max_prompt_tokens:
+            longest = int(enc.attention_mask.sum(-1).argmax())
+            raise ValueError(f"prompt {longest} has {int(enc.attention_mask[longest].sum())} tokens, more than "
+                             f"rollout.max_prompt_tokens={self.max_prompt_tokens}: {prompts[longest][:80]!r}...")
+        return enc.input_ids, enc.attention_mask
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], group_size: int) -> Rollout:
+        device = next(self.model.parameters()).device
+        ids, attn = self.encode_prompts([p for p in prompts for _ in range(group_size)])
+        ids, attn = ids.to(device), attn.to(device)  # (B, P)
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        for i in range(0, ids.shape[0], self.batch_size):
+            out = self.model.generate(
+                input_ids=ids[i:i + self.batch_size], attention_mask=attn[i:i + self.batch_size],
+                do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
+                max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+                output_logits=True, return_dict_in_generate=True)
+            logits = torch.stack(out.logits, 1).float()  # (b, T, V) raw, before temperature
+            resp = out.sequences[:, ids.shape[1]:]  # (b, T)
+            logp = F.log_softmax(logits / self.temperature, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)  # (b, T)
+            chunks.append((resp, logp))
+        self.model.train(was_training)
+        width = max(r.shape[1] for r, _ in chunks)
+        resp = torch.cat([F.pad(r, (0, width - r.shape[1]), value=self.pad_id) for r, _ in chunks])  # (B, T)
+        old_logp = torch.cat([F.pad(lp, (0, width - lp.shape[1])) for _, lp in chunks])  # (B, T)
+        mask, truncated = response_mask_from_ids(resp, self.eos_ids)
+        resp = torch.where(mask.bool(), resp, torch.full_like(resp, self.pad_id))
+        texts = self.tokenizer.batch_decode(resp, skip_special_tokens=True)
+        return Rollout(prompt_ids=ids, prompt_mask=attn, response_ids=resp, response_mask=mask,
+                       old_logp=old_logp * mask, texts=texts, truncated=truncated, group_size=group_size)

@@ -1,0 +1,345 @@
+"""The SDPG update loop: rollout -> reward -> advantage -> losses -> update -> records.
+
+Legend: B sequences (prompts x G), G group size, P prompt tokens, T response tokens, H hidden, V vocabulary, N tokens.
+
+Design choices:
+- One optimizer step per rollout batch (on-policy, as in the paper), with gradient accumulation over
+  micro-batches. Each micro-batch loss is weighted by its share of the batch normaliser (tokens for
+  `token-mean`, sequences otherwise), so accumulation gives exactly the full-batch loss.
+- The teacher is the current model with no gradient on the privileged prompt and the very same response
+  tokens; KL, student log-probs and entropy come from `fused_self_distill` on final hidden states, so no
+  `(B, T, V)` tensor is ever built. GRPO runs compute the same KL for monitoring with beta = 0.
+- A non-finite loss or gradient norm skips the optimizer step and is reported (`step/skipped`).
+- The trainer only emits records; what is shown, and how, is the views' business.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from sdpg.config import TrainConfig
+from sdpg.data import PromptRow
+from sdpg.forward import lm_head_weight, response_hidden, token_logp, topk_next_tokens
+from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
+from sdpg.methods import LossInputs, get_method
+from sdpg.models import render_prompts
+from sdpg.records import RecordStream
+from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
+from sdpg.rollout import HFRolloutEngine, Rollout
+
+TOPK = 5
+
+
+@dataclass
+class PromptSampler:
+    """Deterministic epoch-wise shuffled order over the training rows; its state goes into checkpoints."""
+
+    n_rows: int
+    seed: int
+    epoch: int = 0
+    pos: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def _shuffle(self) -> None:
+        self._order = list(range(self.n_rows))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(self._order)
+
+    def take(self, n: int) -> list[int]:
+        if not self._order:
+            self._shuffle()
+        out = []
+        while len(out) < n:
+            if self.pos == self.n_rows:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._shuffle()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._shuffle()
+
+
+@dataclass
+class Batch:
+    """One step's scored rollouts, laid out group after group."""
+
+    rows: list[PromptRow]
+    rollout: Rollout
+    verdicts: list
+    rewards: torch.Tensor  # (B,)
+    adv: torch.Tensor  # (B,)
+    zero_var_groups: float
+    resample_rounds: int
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, model, tokenizer, ref_model, train_rows: list[PromptRow],
+                 val_rows: list[PromptRow], records: RecordStream, verifier: MathVerifier):
+        self.cfg, self.model, self.tokenizer, self.ref_model = cfg, model, tokenizer, ref_model
+        self.train_rows, self.val_rows, self.records, self.verifier = train_rows, val_rows, records, verifier
+        r = cfg.rollout
+        self.engine = HFRolloutEngine(model, tokenizer, temperature=r.temperature, top_p=r.top_p,
+                                      max_new_tokens=r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: min(1.0, (k + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
+        self.sampler = PromptSampler(len(train_rows), cfg.run.seed)
+        self.method = get_method(cfg.loss.method)
+        self.step = 0
+
+    # ---------------- sampling ----------------
+    def _render(self, texts: list[str]) -> list[str]:
+        return render_prompts(self.tokenizer, texts, enable_thinking=self.cfg.model.enable_thinking)
+
+    def _score(self, rows: list[PromptRow], rollout: Rollout) -> tuple[list, torch.Tensor]:
+        g = rollout.group_size
+        verdicts = self.verifier.score(rollout.texts, [row.answer for row in rows for _ in range(g)])
+        rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float32)  # (B,)
+        rc = self.cfg.reward
+        if rc.overlong_buffer:
+            rewards += torch.tensor(overlong_penalty(rollout.lengths.tolist(), self.cfg.rollout.max_new_tokens,
+                                                     rc.overlong_buffer, rc.overlong_penalty))  # (B,)
+        return verdicts, rewards
+
+    def sample_batch(self) -> Batch:
+        """Rollouts for one step; with dynamic sampling, zero-variance groups are replaced (bounded rounds)."""
+        g, n = self.cfg.rollout.group_size, self.cfg.rollout.prompts_per_step
+        rows = [self.train_rows[i] for i in self.sampler.take(n)]
+        rollout = self.engine.generate(self._render([r.prompt for r in rows]), g)
+        verdicts, rewards = self._score(rows, rollout)
+        zero_var = float((rewards.view(-1, g).std(-1, unbiased=False) == 0).float().mean()) if g > 1 else 1.0
+        rounds = 0
+        while self.cfg.run.dynamic_sampling and rounds < self.cfg.run.max_resample:
+            keep = (rewards.view(-1, g).std(-1, unbiased=False) > 0).tolist()
+            if all(keep):
+                break
+            rounds += 1
+            extra_rows = [self.train_rows[i] for i in self.sampler.take(n)]
+            extra = self.engine.generate(self._render([r.prompt for r in extra_rows]), g)
+            extra_verdicts, extra_rewards = self._score(extra_rows, extra)
+            rows, rollout, verdicts, rewards = _merge_groups(
+                (rows, rollout, verdicts, rewards, keep), (extra_rows, extra, extra_verdicts, extra_rewards), n,
+                self.engine.pad_id)
+        adv = group_advantages(rewards, g, scale=self.cfg.loss.adv_scale)  # (B,)
+        return Batch(rows, rollout, verdicts, rewards, adv, zero_var, rounds)
+
+    # ---------------- update ----------------
+    def train_step(self) -> dict:
+        """One rollout batch, one optimizer step; emits metrics and rollout records, returns the metrics."""
+        cfg, lc = self.cfg, self.cfg.loss
+        t0 = time.perf_counter()
+        batch = self.sample_batch()
+        t_sample = time.perf_counter() - t0
+        ro, g = batch.rollout, batch.rollout.group_size
+        teacher_ids, teacher_mask = self.engine.encode_prompts(
+            self._render([row.teacher_prompt for row in batch.rows for _ in range(g)]))  # (B, P')
+        beta_k = beta_schedule(self.step, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
+        mask = ro.response_mask.float()  # (B, T)
+        nb = mask.shape[0]
+        recorded = set(range(min(cfg.run.record_groups, nb // g) * g))
+        token_records: dict[int, dict] = {}
+        stats_sum: dict[str, float] = {}
+        times = {"teacher": 0.0, "reference": 0.0, "update": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
+        skip_reason = ""
+        for lo in range(0, nb, cfg.optim.micro_batch):
+            sl = slice(lo, min(nb, lo + cfg.optim.micro_batch))
+            share = float(mask[sl].sum() / mask.sum()) if lc.agg == "token-mean" else (sl.stop - sl.start) / nb
+            try:
+                stats = self._micro_step(batch, sl, teacher_ids[sl], teacher_mask[sl], beta_k, share, times,
+                                         {i - lo: i for i in recorded if sl.start <= i < sl.stop}, token_records)
+            except NonFiniteError as exc:  # a NaN/inf step is skipped and reported, never applied
+                skip_reason = str(exc)
+                break
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * share
+        t4 = time.perf_counter()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+        if not skip_reason and not math.isfinite(grad_norm):
+            skip_reason = f"gradient norm is {grad_norm}"
+        skipped = bool(skip_reason)
+        if skipped:
+            self.records.emit_event("step_skipped", step=self.step + 1, reason=skip_reason)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.engine.sync_weights(self.model)
+        times["update"] += time.perf_counter() - t4
+        step_time = time.perf_counter() - t0
+        metrics = {
+            **reward_metrics(batch.verdicts), **stats_sum,
+            "reward/mean": float(batch.rewards.mean()),
+            "adv/values": [round(a, 4) for a in batch.adv.tolist()],
+            "adv/zero_var_groups": batch.zero_var_groups, "adv/resample_rounds": batch.resample_rounds,
+            "response/length_mean": float(ro.lengths.float().mean()),
+            "response/truncated": float(ro.truncated.float().mean()),
+            "grad/norm": grad_norm, "optim/lr": lr, "beta/effective": beta_k, "step/skipped": float(skipped),
+            "perf/tokens_per_s": float(mask.sum()) / step_time,
+            "time/rollout": t_sample, "time/teacher": times["teacher"], "time/reference": times["reference"],
+            "time/update": times["update"], "time/step": step_time,
+        }
+        self.step += 1
+        self.records.emit_rollouts(self.step, self._group_records(batch, token_records))
+        return metrics
+
+    def _micro_step(self, batch: Batch, sl: slice, teacher_ids, teacher_mask, beta_k: float, share: float,
+                    times: dict, recorded: dict[int, int], token_records: dict[int, dict]) -> dict:
+        """Forward the teacher, reference and student on one micro-batch and accumulate its gradient."""
+        ro, temp = batch.rollout, self.cfg.rollout.temperature
+        resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
+        mask = rmask.float()  # (b, T)
+        sel = rmask.bool()  # (b, T)
+        weight = lm_head_weight(self.model)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            teacher_h = response_hidden(self.model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+        t2 = time.perf_counter()
+        refs = self._reference_inputs(ro, sl, teacher_ids, teacher_mask)
+        t3 = time.perf_counter()
+        student_h = response_hidden(self.model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
+        kl, logp, ent = fused_self_distill(student_h[sel], teacher_h[sel], weight, resp[sel], temperature=temp)  # (N,)
+        kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl)  # (b, T)
+        logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (b, T)
+        teacher_logp = token_logp(teacher_h, weight, resp) * mask if "teacher_logp" in self.method.needs else None
+        if "ref_distill_kl" in self.method.needs:
+            with torch.no_grad():
+                ref_h = response_hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+            ref_kl, _, _ = fused_self_distill(student_h[sel], ref_h[sel], weight, resp[sel], temperature=temp,
+                                              teacher_weight=lm_head_weight(self.ref_model))  # (N,)
+            refs["ref_distill_kl"] = torch.zeros_like(mask).masked_scatter(sel, ref_kl)  # (b, T)
+        inputs = LossInputs(logp=logp_mat, old_logp=ro.old_logp[sl], adv=batch.adv[sl], mask=mask,
+                            distill_kl=kl_mat, temperature=temp, teacher_logp=teacher_logp,
+                            correct=torch.tensor([v.correct for v in batch.verdicts[sl]]), step=self.step, **refs)
+        loss, stats = self.method.loss(inputs, self.cfg.loss, beta_k)
+        (loss * share).backward()
+        stats["entropy/mean"] = float(ent.detach().mean())
+        ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (b, T)
+        for j, i in recorded.items():
+            token_records[i] = self._token_record(j, student_h.detach(), teacher_h, resp, rmask, kl_mat.detach(),
+                                                  logp_mat.detach(), ent_mat, ro.old_logp[sl], refs.get("ref_logp"))
+        times["teacher"] += t2 - t1
+        times["reference"] += t3 - t2
+        times["update"] += time.perf_counter() - t3
+        return stats
+
+    @torch.no_grad()
+    def _reference_inputs(self, ro: Rollout, sl: slice, teacher_ids, teacher_mask) -> dict:
+        """The frozen reference's log-probs the method asks for: on the student prompt (the alpha anchor)
+        and/or on the privileged prompt (a frozen-reference teacher)."""
+        out, temp = {}, self.cfg.rollout.temperature
+        resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
+        if "ref_logp" in self.method.needs and self.cfg.loss.alpha > 0:
+            h = response_hidden(self.ref_model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
+            out["ref_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
+        if "ref_teacher_logp" in self.method.needs:
+            h = response_hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+            out["ref_teacher_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp) * rmask
+        return out
+
+    def _token_record(self, j, student_h, teacher_h, resp, rmask, kl_mat, logp_mat, ent_mat, old_logp, ref_logp) -> dict:
+        """Per-token arrays for one recorded response (row j of the micro-batch)."""
+        n = int(rmask[j].sum())
+        w = lm_head_weight(self.model)
+        temp = self.cfg.rollout.temperature
+        ids = resp[j, :n]
+        teacher_lp = token_logp(teacher_h[j:j + 1, :n], w, ids[None], temperature=1.0)[0]  # (n,)
+        s_probs, s_ids = topk_next_tokens(student_h[j, :n], w, TOPK, temperature=temp)  # (n, k)
+        t_probs, t_ids = topk_next_tokens(teacher_h[j, :n], w, TOPK)  # (n, k)
+        rec = {
+            "tokens": [self.tokenizer.decode([t]) for t in ids.tolist()],
+            "student_logp": logp_mat[j, :n].tolist(), "teacher_logp": teacher_lp.tolist(),
+            "old_logp": old_logp[j, :n].tolist(), "kl": kl_mat[j, :n].tolist(), "entropy": ent_mat[j, :n].tolist(),
+            "student_topk": self._topk_lists(s_probs, s_ids), "teacher_topk": self._topk_lists(t_probs, t_ids),
+        }
+        if ref_logp is not None:
+            rec["ref_logp"] = ref_logp[j, :n].tolist()
+        return rec
+
+    def _topk_lists(self, probs: torch.Tensor, ids: torch.Tensor) -> list:
+        return [[[self.tokenizer.decode([t]), round(p, 5)] for p, t in zip(pr.tolist(), ir.tolist())]
+                for pr, ir in zip(probs, ids)]
+
+    def _group_records(self, batch: Batch, token_records: dict[int, dict]) -> list[dict]:
+        g = batch.rollout.group_size
+        groups = []
+        for gi in range(len(token_records) // g):
+            row = batch.rows[gi]
+            responses = []
+            for i in range(gi * g, (gi + 1) * g):
+                v = batch.verdicts[i]
+                responses.append({"text": batch.rollout.texts[i], "reward": float(batch.rewards[i]),
+                                  "correct": bool(v.correct), "status": v.status,
+                                  "advantage": float(batch.adv[i]), "gate": bool(batch.adv[i] > 0),
+                                  **token_records[i]})
+            groups.append({"group": gi, "prompt": row.prompt, "context": row.context, "answer": row.answer,
+                           "responses": responses})
+        return groups
+
+    # ---------------- evaluation ----------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out pass@1 (mean over k samples), pass@k, and the teacher's pass@1 with privileged context."""
+        with torch.random.fork_rng():  # evaluation must not shift the training run's random stream
+            torch.manual_seed(self.cfg.run.seed + 7919 * self.step)
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
+        k = self.cfg.run.eval_samples
+        answers = [row.answer for row in self.val_rows for _ in range(k)]
+        out = {}
+        for name, texts in (("", [r.prompt for r in self.val_rows]), ("teacher_", [r.teacher_prompt for r in self.val_rows])):
+            rollout = self.engine.generate(self._render(texts), k)
+            verdicts = self.verifier.score(rollout.texts, answers)
+            correct = torch.tensor([v.correct for v in verdicts], dtype=torch.float32).view(-1, k)  # (n_val, k)
+            out[f"eval/{name}pass@1"] = float(correct.mean())
+            if not name:
+                out[f"eval/pass@{k}"] = float(correct.max(-1).values.mean())
+                out["eval/response_length"] = float(rollout.lengths.float().mean())
+        return out
+
+
+def _merge_groups(kept, extra, n_groups: int, pad_id: int):
+    """Keep the informative groups of `kept`, top up from `extra`'s informative ones, then fill to n groups."""
+    rows, ro, verdicts, rewards, keep = kept
+    x_rows, x_ro, x_verdicts, x_rewards = extra
+    g = ro.group_size
+    x_keep = (x_rewards.view(-1, g).std(-1, unbiased=False) > 0).tolist()
+    order = [("a", i) for i, k in enumerate(keep) if k] + [("b", i) for i, k in enumerate(x_keep) if k]
+    order += [("a", i) for i, k in enumerate(keep) if not k]
+    order = order[:n_groups]
+    src = {"a": (rows, ro, verdicts, rewards), "b": (x_rows, x_ro, x_verdicts, x_rewards)}
+    seq = [(s, gi * g + j) for s, gi in order for j in range(g)]
+    new_rows = [src[s][0][gi] for s, gi in order]
+    width_p = max(ro.prompt_ids.shape[1], x_ro.prompt_ids.shape[1])
+    width_t = max(ro.response_ids.shape[1], x_ro.response_ids.shape[1])
+
+    def gather(attr, width, left, value):
+        parts = []
+        for s, i in seq:
+            t = getattr(src[s][1], attr)[i]
+            pad = (width - t.shape[0], 0) if left else (0, width - t.shape[0])
+            parts.append(torch.nn.functional.pad(t, pad, value=value))
+        return torch.stack(parts)
+
+    merged = Rollout(
+        prompt_ids=gather("prompt_ids", width_p, True, pad_id), prompt_mask=gather("prompt_mask", width_p, True, 0),
+        response_ids=gather("response_ids", width_t, False, pad_id),
+        response_mask=gather("response_mask", width_t, False, 0), old_logp=gather("old_logp", width_t, False, 0.0),
+        texts=[src[s][1].texts[i] for s, i in seq], truncated=torch.stack([src[s][1].truncated[i] for s, i in seq]),
+        group_size=g)
+    new_verdicts = [src[s][2][i] for s, i in seq]
+    new_rewards = torch.stack([src[s][3][i] for s, i in seq])  # (B,)
+    return new_rows, merged, new_verdicts, new_rewards

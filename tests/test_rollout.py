@@ -1,0 +1,31 @@
+import torch
+
+from sdpg.forward import lm_head_weight, response_hidden, token_logp
+from sdpg.models import load_model_and_tokenizer, render_prompts
+from sdpg.config import ModelConfig
+from sdpg.rollout import HFRolloutEngine, response_mask_from_ids
+
+
+def test_response_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 1, 7, 1], [5, 6, 7, 8]])
+    mask, truncated = response_mask_from_ids(ids, [1])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert truncated.tolist() == [False, True]
+
+
+def test_hf_engine_shapes_layout_and_old_logp_match_a_training_forward(tiny_model_dir):
+    torch.manual_seed(1)
+    model, tok = load_model_and_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    engine = HFRolloutEngine(model, tok, temperature=0.7, max_new_tokens=8)
+    prompts = render_prompts(tok, ["Q:1+2\n", "Q:13+4\n"])  # different lengths: left padding matters
+    ro = engine.generate(prompts, group_size=3)
+    assert ro.response_ids.shape[0] == 6 and ro.prompt_ids.shape[0] == 6 and ro.group_size == 3
+    assert ro.response_ids.shape[1] <= 8 and len(ro.texts) == 6
+    assert (ro.prompt_ids[:3] == ro.prompt_ids[0]).all() and (ro.prompt_ids[3:] == ro.prompt_ids[3]).all()
+    assert (ro.old_logp[ro.response_mask == 0] == 0).all()
+    with torch.no_grad():
+        h = response_hidden(model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
+        logp = token_logp(h, lm_head_weight(model), ro.response_ids, temperature=0.7)
+    m = ro.response_mask.bool()
+    torch.testing.assert_close(logp[m], ro.old_logp[m], atol=1e-4, rtol=1e-4)
+    assert tok.batch_decode(ro.response_ids, skip_special_tokens=True) == ro.texts
