@@ -1,0 +1,121 @@
+"""The method-comparison experiment: its pure parts on hand-made records, then a real 2 x 1 x 2 run on the
+tiny model that writes the table, the curves file and the figures, skips finished runs and resumes."""
+import json
+import math
+import re
+
+import pytest
+
+from conftest import tiny_config
+from sdpg.experiments.compare import (ABLATIONS, SECONDS_PER_EVAL, SECONDS_PER_RUN, SECONDS_PER_STEP, SECTION,
+                                      estimate_seconds, main, replace_section, run_summary, seed_stats, variants)
+from sdpg.methods import METHODS
+from sdpg.records import RecordStream
+
+
+def test_variants_are_every_registered_method_plus_the_sdpg_ablations():
+    table = variants()
+    assert set(table) == set(METHODS) | set(ABLATIONS)
+    assert table["grpo"] == {"loss.method": "grpo", "loss.alpha": 0.0}
+    assert table["sdpg-nogate"] == {"loss.method": "sdpg", "loss.gate": False}
+    assert all(v["loss.method"] in METHODS for v in table.values())
+
+
+def test_estimate_counts_steps_evaluations_and_loading():
+    per_run = estimate_seconds(1, 100, 25)
+    assert per_run == pytest.approx(100 * SECONDS_PER_STEP + 5 * SECONDS_PER_EVAL + SECONDS_PER_RUN)  # 0, 25, ..., 100
+    assert estimate_seconds(1, 100, 0) == pytest.approx(100 * SECONDS_PER_STEP + 2 * SECONDS_PER_EVAL + SECONDS_PER_RUN)
+    assert estimate_seconds(1, 101, 25) == pytest.approx(101 * SECONDS_PER_STEP + 6 * SECONDS_PER_EVAL + SECONDS_PER_RUN)
+    assert estimate_seconds(18, 100, 25) == pytest.approx(18 * per_run)
+
+
+def test_run_summary_reads_final_best_and_late_training_means():
+    metrics = [{"step": 0, "eval/pass@1": 0.9, "eval/teacher_pass@1": 0.5}]
+    for k in range(1, 9):
+        metrics.append({"step": k, "reward/mean": 0.1, "entropy/mean": float(k), "response/length_mean": 10.0 + k,
+                        "kl/distill_mean": 0.01 * k})
+    metrics += [{"step": 4, "eval/pass@1": 0.4, "eval/teacher_pass@1": 0.6},
+                {"step": 8, "eval/pass@1": 0.3, "eval/teacher_pass@1": 0.7}]
+    s = run_summary(metrics, steps=8)
+    assert s["final_pass@1"] == 0.3 and s["teacher_pass@1"] == 0.7
+    assert s["best_pass@1"] == 0.4  # step 0 does not count as a trained result
+    assert s["entropy"] == pytest.approx(7.5) and s["response_length"] == pytest.approx(17.5)  # steps 7 and 8
+    assert s["distill_kl"] == pytest.approx(0.075)
+    unfinished = run_summary(metrics[:5], steps=8)
+    assert math.isnan(unfinished["final_pass@1"]) and math.isnan(unfinished["best_pass@1"])
+
+
+def test_seed_stats_use_the_sample_std_and_skip_missing_values():
+    s = seed_stats([0.2, 0.4, float("nan"), None])
+    assert s["mean"] == pytest.approx(0.3) and s["std"] == pytest.approx(math.sqrt(0.02)) and s["n"] == 2
+    one = seed_stats([0.5])
+    assert one["mean"] == 0.5 and math.isnan(one["std"])
+
+
+def test_only_the_comparison_section_is_replaced():
+    page = "# Results\n\nIntro.\n\n## Method comparison\n\nold table\n\n## Memory\n\nkept\n"
+    new = replace_section(page, f"## {SECTION}\n\nnew table\n")
+    assert new == "# Results\n\nIntro.\n\n## Method comparison\n\nnew table\n\n## Memory\n\nkept\n"
+    assert replace_section("# Results\n\nIntro.\n", f"## {SECTION}\n\nx\n") == \
+        "# Results\n\nIntro.\n\n## Method comparison\n\nx\n"
+    last = replace_section("# R\n\n## Method comparison\n\nold\n", f"## {SECTION}\n\nnew\n")
+    assert last == "# R\n\n## Method comparison\n\nnew\n"
+
+
+def test_flags_the_experiment_sets_itself_are_refused(capsys):
+    for flag in (["--seed", "3"], ["--method", "grpo"], ["--run.run_dir", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--steps", "1"] + flag)
+        assert exc.value.code == 2
+    assert "use --seeds" in capsys.readouterr().err
+    assert main(["--methods", "ppo", "--steps", "1"]) == 2
+    assert "unknown variants ['ppo']" in capsys.readouterr().err
+
+
+def _events(run_dir):
+    return [e["event"] for e in RecordStream.open(run_dir).events()]
+
+
+def test_two_methods_one_seed_two_steps_write_the_table_the_curves_and_the_figures(tiny_model_dir, tmp_path, capsys):
+    cfg_file = tmp_path / "tiny.json"
+    cfg_file.write_text(json.dumps(tiny_config(tiny_model_dir, tmp_path / "unused").to_dict()))
+    results = tmp_path / "docs" / "results.md"
+    results.parent.mkdir()
+    results.write_text("# Results\n\n## Method comparison\n\nstale\n\n## Other\n\nkeep me\n")
+    out = tmp_path / "runs"
+    argv = ["--methods", "grpo", "sdpg", "--seeds", "0", "--steps", "2", "--out", str(out),
+            "--results", str(results), "--model", str(tiny_model_dir), "--config", str(cfg_file), "--no-png"]
+    assert main(argv) == 0
+
+    page = results.read_text()
+    assert "stale" not in page and page.endswith("## Other\n\nkeep me\n")
+    for name in ("grpo", "sdpg"):
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == "1/1"
+        assert all(re.fullmatch(r"\d+\.\d+", c) for c in cells[3:]), row  # real numbers, no "–"
+    assert "python -m sdpg.experiments.compare --methods grpo sdpg" in page
+    assert re.search(r"at commit `([0-9a-f]{40}|unknown)`", page)
+    assert "[compare_curves](figures/compare_curves.html)" in page and "--no-png" in page
+
+    data = json.loads((tmp_path / "docs" / "compare.json").read_text())
+    assert {(r["variant"], r["step"]) for r in data["curves"]} == {(v, s) for v in ("grpo", "sdpg") for s in (1, 2)}
+    assert all(math.isfinite(r["kl/distill_mean"]) and r["kl/distill_mean"] > 0 for r in data["curves"])
+    assert {(r["variant"], r["step"]) for r in data["evals"]} == {(v, s) for v in ("grpo", "sdpg") for s in (0, 2)}
+    assert data["summary"]["sdpg"]["final_pass@1"]["n"] == 1
+    assert 0.0 <= data["summary"]["sdpg"]["final_pass@1"]["mean"] <= 1.0
+    for fig in ("compare_curves.html", "compare_final.html", "plotly.min.js"):
+        assert (tmp_path / "docs" / "figures" / fig).stat().st_size > 0
+    assert _events(out / "grpo-s0").count("start") == 1
+
+    # the same command again: both runs are finished, nothing starts
+    assert main(argv) == 0
+    assert _events(out / "grpo-s0").count("start") == _events(out / "sdpg-s0").count("start") == 1
+    # other settings in the same directory are refused before anything runs
+    assert main(argv + ["--loss.beta", "0.3"]) == 2
+    assert "different settings (loss.beta)" in capsys.readouterr().err
+    # a longer budget resumes from the checkpoint instead of starting over
+    assert main(["--methods", "grpo", "--seeds", "0", "--steps", "3"] + argv[7:]) == 0
+    assert _events(out / "grpo-s0").count("resume_from") == 1
+    assert [m["step"] for m in RecordStream.open(out / "grpo-s0").metrics()] == [0, 1, 2, 3]
+    assert "| `sdpg` |" not in results.read_text()  # the section shows the latest command's variants
