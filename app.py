@@ -1,0 +1,487 @@
+"""SDPG Lab dashboard: a Gradio page that starts, steers and watches a training run, or replays one.
+
+Run `python app.py` and open http://127.0.0.1:7860 (`--host`, `--port`, `--share`, `--replay RUN_DIR`,
+`--autostart`).
+
+Design choices:
+- One `Controller` per app holds the run handle (and any replay being browsed) at app level, never in
+  per-session state, so a page reload or a second tab shows the same run.
+- Training runs in the handle's background thread. A `gr.Timer` polls the record stream every
+  1.5 s; each session remembers the version of the records it last drew (`gr.State`), and a tick with
+  nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing.
+- Pictures come from `lab/`; this file builds a config from the controls, calls the handle, and
+  routes records to views. It holds no math.
+- Bad settings are refused before anything starts: `TrainConfig.validate()` plus a check that named
+  data files and local model folders exist; the message shows on the page.
+- Gradio 6 takes theme and CSS at launch, so `serve()` is the one launcher for the CLI and tests.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
+                 message_html, replay_status, rollout_html, status_html, token_heatmap, topk_figure, whatif_figure)
+from sdpg.config import REF_MODES, TrainConfig  # noqa: E402
+from sdpg.methods import METHODS  # noqa: E402
+from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
+from sdpg.run import RunHandle, default_run_dir  # noqa: E402
+from sdpg.whatif import token_weights  # noqa: E402
+
+REFRESH_S = 1.5
+ACTIVE = ("created", "loading", "running", "paused")
+LOADING_NOTE = ("Loading model and data, then a first held-out evaluation. The embedded model is warm-started "
+                "once per settings (a few minutes on a CPU) and loaded from the cache afterwards.")
+HEADER = """
+<div class="sdpg-header">
+  <div class="sdpg-title">SDPG Lab <span>Self-Distilled Policy Gradient, live</span></div>
+  <div class="sdpg-tagline">One model, two roles: the <b class="stu">student</b> answers from the prompt alone, the
+  <b class="tea">teacher</b> &mdash; the same weights, no gradient &mdash; also sees a privileged hint; training adds a
+  gated, full-vocabulary <b>KL(student&nbsp;&#8214;&nbsp;teacher)</b> on every token to the outcome-reward policy gradient.</div>
+</div>
+"""
+CSS = """
+.gradio-container {max-width: 1680px !important; font-size: 14px}
+.sdpg-header {padding: 14px 18px; border-radius: 12px;
+  background: linear-gradient(100deg, #4a1670 0%, #8e44ad 55%, #f08c2e 130%)}
+.sdpg-header, .sdpg-header * {color: #fff !important}
+.sdpg-title {font-size: 24px; font-weight: 800; letter-spacing: .01em}
+.sdpg-title span {font-size: 14px; font-weight: 500; opacity: .85; margin-left: 10px}
+.sdpg-tagline {margin-top: 4px; font-size: 14px; line-height: 1.45; opacity: .95}
+.sdpg-header .stu {color: #bfd7ff !important} .sdpg-header .tea {color: #ffd8a8 !important}
+"""
+THEME = gr.themes.Soft(primary_hue="purple", secondary_hue="orange", neutral_hue="slate",
+                       font=["Inter", "Segoe UI", "Helvetica Neue", "Arial", "sans-serif"],
+                       font_mono=["JetBrains Mono", "DejaVu Sans Mono", "monospace"])
+
+
+class Controller:
+    """App-level state: at most one live run, plus an optional replay being browsed instead of it."""
+
+    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle):
+        self.runs_root = Path(runs_root)
+        self.run_factory = run_factory
+        self.handle = None
+        self.replay: RecordStream | None = None
+        self.stop_requested = False
+        self._lock = threading.Lock()
+
+    # ---- what is shown ----
+    def stream(self) -> RecordStream | None:
+        if self.replay is not None:
+            return self.replay
+        return self.handle.records if self.handle is not None else None
+
+    def live_status(self) -> str:
+        if self.handle is None:
+            return "idle"
+        status = self.handle.status
+        return "stopping" if self.stop_requested and status in ACTIVE else status
+
+    def version(self) -> tuple:
+        """Changes whenever anything a view draws could have changed."""
+        stream = self.stream()
+        if stream is None:
+            return ("empty", self.live_status())
+        stream.refresh()
+        return (id(stream), len(stream.metrics()), len(stream.rollout_steps()), len(stream.events()),
+                self.live_status(), self.handle.step if self.handle else 0)
+
+    def status_card(self) -> str:
+        if self.replay is not None:
+            status, error = replay_status(self.replay.events())
+            metrics = self.replay.metrics()
+            total = self.replay.config().get("run", {}).get("steps")
+            note = ""
+            if self.handle is not None:
+                note = f"live run: {self.live_status()} at step {self.handle.step} / {self.handle.total_steps} — 'Show live run' in the Replay tab"
+            return status_html(status, step=metrics[-1]["step"] if metrics else 0, total=total, source="replay",
+                               run_dir=str(self.replay.run_dir), error=error, events=self.replay.events(), note=note)
+        if self.handle is None:
+            return status_html("idle", note="No run yet: choose settings and press Start, or open a run in the Replay tab.")
+        h = self.handle
+        note = LOADING_NOTE if h.status == "loading" else ""
+        return status_html(self.live_status(), step=h.step, total=h.total_steps, source="live run",
+                           run_dir=str(h.run_dir), error=h.error, events=h.records.events(), note=note)
+
+    # ---- controls ----
+    def start(self, cfg: TrainConfig) -> tuple[str, str]:
+        with self._lock:
+            if self.handle is not None and self.handle.status in ACTIVE:
+                return f"A run is already {self.handle.status} ({self.handle.run_dir}); stop it before starting another.", "error"
+            if not cfg.run.run_dir:
+                cfg.run.run_dir = str(fresh_run_dir(self.runs_root, cfg))
+            handle = self.run_factory(cfg)
+            handle.start()
+            self.handle, self.replay, self.stop_requested = handle, None, False
+        return f"Started {cfg.loss.method.upper()} for {cfg.run.steps} steps → {handle.run_dir}", "ok"
+
+    def pause(self) -> tuple[str, str]:
+        if self.handle is None or self.handle.status not in ("loading", "running"):
+            return f"Nothing to pause (run is {self.live_status()}).", "error"
+        self.handle.pause()
+        return "Pause requested: the run pauses after the current step.", "info"
+
+    def resume(self) -> tuple[str, str]:
+        if self.handle is None or self.handle.status not in ("paused", "running", "loading"):
+            return f"Nothing to resume (run is {self.live_status()}).", "error"
+        self.handle.resume()
+        return "Resumed.", "ok"
+
+    def stop(self) -> tuple[str, str]:
+        if self.handle is None or self.handle.status not in ACTIVE:
+            return f"Nothing to stop (run is {self.live_status()}).", "error"
+        self.stop_requested = True
+        self.handle.stop(wait=False)
+        return "Stop requested: the run saves a checkpoint after the current step and ends.", "info"
+
+    def checkpoint(self) -> tuple[str, str]:
+        if self.handle is None or self.handle.status not in ("running", "paused"):
+            return f"No running run to checkpoint (run is {self.live_status()}).", "error"
+        self.handle.request_checkpoint()
+        return "Checkpoint requested: it is saved after the current step.", "info"
+
+    def open_replay(self, run_dir: str) -> tuple[str, str]:
+        path = Path((run_dir or "").strip())
+        if not str(path) or str(path) == ".":
+            return "Choose or type a run directory first.", "error"
+        try:
+            self.replay = RecordStream.open(path)
+        except (FileNotFoundError, ValueError) as err:
+            return str(err), "error"
+        return f"Opened {path} for browsing.", "ok"
+
+    def close_replay(self) -> tuple[str, str]:
+        self.replay = None
+        return ("Showing the live run." if self.handle else "Closed the replay; no live run."), "info"
+
+
+def fresh_run_dir(runs_root: Path, cfg: TrainConfig) -> Path:
+    """runs_root/<the engine's default name>, with a suffix if a run of that name exists already."""
+    base = runs_root / default_run_dir(cfg).name
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def list_runs(runs_root: str | Path) -> list[str]:
+    """Run directories under `runs_root` that hold records, newest first."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE))]
+    return [str(p) for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, gate, beta_warmup, beta_decay, lr,
+                         group_size, temperature, steps, model, data, val) -> TrainConfig:
+    """A validated copy of `base` with the page's settings; ValueError names the first bad one."""
+    numbers = {"β": beta, "α": alpha, "β warmup": beta_warmup, "β decay": beta_decay, "learning rate": lr,
+               "group size": group_size, "temperature": temperature, "steps": steps}
+    empty = [name for name, v in numbers.items() if v is None]
+    if empty:
+        raise ValueError(f"{', '.join(empty)}: no value given")
+    cfg = TrainConfig.from_dict(base.to_dict())
+    cfg.run.run_dir = ""
+    cfg.loss.method, cfg.loss.ref_mode, cfg.loss.gate = method, ref_mode, bool(gate)
+    cfg.loss.beta, cfg.loss.alpha = float(beta), float(alpha)
+    cfg.loss.beta_warmup, cfg.loss.beta_decay = int(beta_warmup), int(beta_decay)
+    cfg.optim.lr, cfg.rollout.temperature = float(lr), float(temperature)
+    cfg.rollout.group_size, cfg.run.steps = int(group_size), int(steps)
+    cfg.model.name = (model or "").strip() or "embedded"
+    cfg.data.train, cfg.data.val = (data or "").strip() or "embedded", (val or "").strip() or "embedded"
+    for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+        if spec != "embedded" and not Path(spec).expanduser().is_file():
+            raise ValueError(f"config {name}={spec!r} is invalid: no such file (use 'embedded' or a .parquet/.jsonl path)")
+    name = cfg.model.name
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ValueError(f"config model.name={name!r} is invalid: no such directory (expected a save_pretrained folder)")
+    return cfg.validate()
+
+
+# ---------------- record selection (which step / group / response the views show) ----------------
+def browsable_steps(stream: RecordStream | None) -> list[int]:
+    """Steps with rollout records or recorded advantages: the steps the selection views can show."""
+    if stream is None:
+        return []
+    with_adv = {r["step"] for r in stream.metrics() if r.get("adv/values")}
+    return sorted(with_adv | set(stream.rollout_steps()))
+
+
+def pick_group(stream: RecordStream | None, step, group) -> dict | None:
+    groups = stream.rollouts(step) if stream is not None and step is not None else []
+    return next((g for g in groups if g.get("group") == group), groups[0] if groups else None)
+
+
+def metrics_row(stream: RecordStream | None, step) -> dict | None:
+    rows = [r for r in stream.metrics() if r["step"] == step] if stream is not None else []
+    return rows[-1] if rows else None
+
+
+def whatif_view(stream: RecordStream | None, group: dict | None, response):
+    """What-if weights of one recorded response, from the engine's `token_weights`."""
+    responses, i = (group or {}).get("responses", []), int(response or 0)
+    if not 0 <= i < len(responses):
+        return empty_figure("no response recorded for this step and group", title="What-if token weights")
+    try:
+        weights = token_weights(responses[i], stream.config())
+    except KeyError as err:  # records written without the per-token arrays the weights need
+        return empty_figure(f"this response's record has no {err} array", title="What-if token weights")
+    return whatif_figure(weights, responses[i]["tokens"], label=f"step {group.get('step')}, group {group.get('group')}, response #{i}")
+
+
+def selection_controls(stream: RecordStream | None, step, group) -> tuple:
+    """Updates for the group dropdown and the ranges shown under the response / position inputs.
+
+    The inputs are unbounded numbers on purpose: Gradio validates a slider against its initial maximum,
+    not an updated one, and the views already answer an out-of-range index with a message.
+    """
+    groups = stream.rollouts(step) if stream is not None and step is not None else []
+    ids = [g["group"] for g in groups]
+    g = pick_group(stream, step, group)
+    n_resp = len(g["responses"]) if g else 1
+    longest = max((len(r.get("tokens", [])) for r in g["responses"]), default=1) if g else 1
+    return (gr.update(choices=ids, value=g["group"] if g else None),
+            gr.update(info=f"0 … {n_resp - 1}"), gr.update(info=f"0 … {longest - 1}"),
+            gr.update(info=f"0 … {n_resp - 1}"))
+
+
+def selection_views(stream, step, group, color_by, response, position, wresponse) -> tuple:
+    """Heatmap, histogram, rollout card, top-k and what-if for one step and group."""
+    g = pick_group(stream, step, group)
+    return (token_heatmap(g, color_by), advantage_histogram(metrics_row(stream, step)), rollout_html(g),
+            topk_figure(g, int(response or 0), int(position or 0)), whatif_view(stream, g, wresponse))
+
+
+def button_states(status: str) -> tuple:
+    active = status in ACTIVE or status == "stopping"
+    return (gr.update(interactive=not active), gr.update(interactive=status in ("loading", "running")),
+            gr.update(interactive=status == "paused"), gr.update(interactive=status in ACTIVE),
+            gr.update(interactive=status in ("running", "paused")))
+
+
+# ---------------- the page ----------------
+CONTROL_NAMES = ("method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
+                 "temperature", "steps", "model", "data", "val")
+
+
+def settings_panel(base: TrainConfig) -> SimpleNamespace:
+    """The left column: run settings seeded from `base`, the run buttons and the message line."""
+    ui = SimpleNamespace()
+    gr.Markdown("### Run settings")
+    ui.method = gr.Dropdown(list(METHODS), value=base.loss.method, label="Method", info=METHODS[base.loss.method].description)
+    with gr.Row():
+        ui.beta = gr.Number(base.loss.beta, label="β (distill KL)", min_width=120)
+        ui.alpha = gr.Number(base.loss.alpha, label="α (ref anchor)", min_width=120)
+    with gr.Row():
+        ui.ref_mode = gr.Dropdown(list(REF_MODES), value=base.loss.ref_mode, label="Ref-KL mode", min_width=120)
+        ui.gate = gr.Checkbox(base.loss.gate, label="Gate distillation on A > 0", min_width=120)
+    with gr.Row():
+        ui.beta_warmup = gr.Number(base.loss.beta_warmup, label="β warmup steps", precision=0, min_width=120)
+        ui.beta_decay = gr.Number(base.loss.beta_decay, label="β decay steps", precision=0, min_width=120)
+    with gr.Row():
+        ui.lr = gr.Number(base.optim.lr, label="Learning rate", min_width=120)
+        ui.temperature = gr.Number(base.rollout.temperature, label="Temperature", min_width=120)
+    with gr.Row():
+        ui.group_size = gr.Number(base.rollout.group_size, label="Group size G", precision=0, min_width=120)
+        ui.steps = gr.Number(base.run.steps, label="Steps", precision=0, min_width=120)
+    with gr.Accordion("Model & data", open=False):
+        ui.model = gr.Textbox(base.model.name, label="Model", info="'embedded', an HF id, or a local folder")
+        ui.data = gr.Textbox(base.data.train, label="Training data", info="'embedded' or a .parquet/.jsonl file")
+        ui.val = gr.Textbox(base.data.val, label="Held-out data", info="'embedded' or a file in the same layout")
+    ui.start = gr.Button("▶ Start", variant="primary")
+    with gr.Row():
+        ui.pause = gr.Button("❚❚ Pause", size="sm")
+        ui.resume = gr.Button("▶ Resume", size="sm")
+    with gr.Row():
+        ui.stop = gr.Button("■ Stop", variant="stop", size="sm")
+        ui.checkpoint = gr.Button("Save checkpoint", size="sm")
+    ui.message = gr.HTML(elem_id="sdpg-message")
+    return ui
+
+
+def views_panel(ctl: Controller) -> SimpleNamespace:
+    """The right column: status card, step / group selection, and one tab per view."""
+    ui = SimpleNamespace()
+    ui.status = gr.HTML(ctl.status_card(), elem_id="sdpg-status")
+    with gr.Row(equal_height=True):
+        ui.prev = gr.Button("◀", size="sm", min_width=40, scale=0)
+        ui.step = gr.Dropdown([], label="Rollout step", scale=2)
+        ui.next = gr.Button("▶", size="sm", min_width=40, scale=0)
+        ui.group = gr.Dropdown([], label="Group", scale=1)
+        ui.follow = gr.Checkbox(True, label="Follow latest step", scale=1)
+    with gr.Tabs():
+        with gr.Tab("Training curves"):
+            ui.curves = gr.Plot(show_label=False, elem_id="sdpg-curves")
+        with gr.Tab("Token KL"):
+            ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by")
+            ui.heatmap = gr.Plot(show_label=False, elem_id="sdpg-heatmap")
+        with gr.Tab("Advantages"):
+            with gr.Row():
+                ui.hist = gr.Plot(show_label=False, elem_id="sdpg-adv-hist")
+                ui.evolution = gr.Plot(show_label=False, elem_id="sdpg-adv-evolution")
+        with gr.Tab("Rollouts"):
+            ui.rollout = gr.HTML(elem_id="sdpg-rollout")
+            with gr.Row():
+                ui.resp = gr.Number(0, precision=0, minimum=0, label="Response #", info="0 … 0")
+                ui.pos = gr.Number(0, precision=0, minimum=0, label="Token position", info="0 … 0")
+            ui.topk = gr.Plot(show_label=False, elem_id="sdpg-topk")
+        with gr.Tab("What-if weights"):
+            gr.Markdown("Per-token weight each method would put on the sampled tokens of the shown "
+                        "response (its update is, to first order, `weight × ∇ log p(token)`).")
+            ui.wresp = gr.Number(0, precision=0, minimum=0, label="Response #", info="0 … 0")
+            ui.whatif = gr.Plot(show_label=False, elem_id="sdpg-whatif")
+        with gr.Tab("Replay"):
+            gr.Markdown("Open a finished, stopped or crashed run to browse all views. The live run keeps training meanwhile.")
+            with gr.Row():
+                ui.run_pick = gr.Dropdown(list_runs(ctl.runs_root), label="Run directory", allow_custom_value=True, scale=4)
+                ui.list_runs = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
+            with gr.Row():
+                ui.open = gr.Button("Open run", variant="primary", size="sm")
+                ui.show_live = gr.Button("Show live run", size="sm")
+    return ui
+
+
+def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
+    """The timer refresh; returns the tick with its inputs and outputs so the page load can draw at once too."""
+    buttons = [ui.start, ui.pause, ui.resume, ui.stop, ui.checkpoint]
+    sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
+    sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
+    tick_outputs = [seen, ui.status, *buttons, ui.curves, ui.evolution, ui.step, *sel_controls, *sel_views]
+
+    def tick(last, step, group, follow_on, color, r, p, wr):
+        version = ctl.version()
+        if version == last:
+            return [gr.skip()] * len(tick_outputs)
+        stream = ctl.stream()
+        metrics = stream.metrics() if stream is not None else []
+        config = stream.config() if stream is not None else {}
+        choices = browsable_steps(stream)
+        if choices and (follow_on or step not in choices):
+            step = choices[-1]
+        return [version, ctl.status_card(), *button_states(ctl.live_status()),
+                curves_figure(metrics, config), advantage_evolution(metrics),
+                gr.update(choices=choices, value=step if choices else None),
+                *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
+
+    tick_inputs = [seen, ui.step, ui.group, ui.follow, ui.color_by, ui.resp, ui.pos, ui.wresp]
+    gr.Timer(REFRESH_S).tick(tick, tick_inputs, tick_outputs, show_progress="hidden", concurrency_limit=None,
+                             api_name="refresh")
+    return tick, tick_inputs, tick_outputs
+
+
+def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
+    """Redraw the selection views when the user picks a step, group, colour, response or token."""
+    sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
+    sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
+    sel_inputs = [ui.step, ui.group, ui.color_by, ui.resp, ui.pos, ui.wresp]
+
+    def on_step(step, group, color, r, p, wr):
+        stream = ctl.stream()
+        return [False, *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
+
+    def shift_step(delta):
+        def go_to(step, group, color, r, p, wr):
+            choices = browsable_steps(ctl.stream())
+            if not choices:
+                return [gr.skip()] * (2 + len(sel_controls) + len(sel_views))
+            i = choices.index(step) if step in choices else len(choices) - 1
+            new = choices[max(0, min(len(choices) - 1, i + delta))]
+            return [gr.update(value=new), *on_step(new, group, color, r, p, wr)]
+        return go_to
+
+    for dropdown in (ui.step, ui.group):
+        dropdown.input(on_step, sel_inputs, [ui.follow, *sel_controls, *sel_views], show_progress="hidden")
+    for button, delta in ((ui.prev, -1), (ui.next, +1)):
+        button.click(shift_step(delta), sel_inputs, [ui.step, ui.follow, *sel_controls, *sel_views], show_progress="hidden")
+    ui.color_by.input(lambda s, g, c: token_heatmap(pick_group(ctl.stream(), s, g), c),
+                      [ui.step, ui.group, ui.color_by], ui.heatmap, show_progress="hidden")
+    for index in (ui.resp, ui.pos):
+        index.input(lambda s, g, r, p: topk_figure(pick_group(ctl.stream(), s, g), int(r or 0), int(p or 0)),
+                    [ui.step, ui.group, ui.resp, ui.pos], ui.topk, show_progress="hidden")
+    ui.wresp.input(lambda s, g, w: whatif_view(ctl.stream(), pick_group(ctl.stream(), s, g), w),
+                   [ui.step, ui.group, ui.wresp], ui.whatif, show_progress="hidden")
+
+
+def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> None:
+    """Run buttons, replay buttons and the `/status` API, each answering on the message line."""
+    def on_start(*values):
+        try:
+            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)))
+            return message_html(*ctl.start(cfg))
+        except (ValueError, FileNotFoundError) as err:
+            return message_html(f"Not started: {err}", "error")
+
+    def run_status() -> str:
+        return ctl.live_status()
+
+    ui.method.change(lambda m: gr.update(info=METHODS[m].description), ui.method, ui.method, api_visibility="private")
+    ui.start.click(on_start, [getattr(ui, name) for name in CONTROL_NAMES], ui.message, api_name="start")
+    def reply(action):
+        return lambda: message_html(*action())
+
+    for name in ("pause", "resume", "stop", "checkpoint"):
+        getattr(ui, name).click(reply(getattr(ctl, name)), None, ui.message, api_name=name)
+    ui.list_runs.click(lambda: gr.update(choices=list_runs(ctl.runs_root)), None, ui.run_pick, api_visibility="private")
+    ui.open.click(lambda d: message_html(*ctl.open_replay(d)), ui.run_pick, ui.message, api_name="open_replay")
+    ui.show_live.click(lambda: message_html(*ctl.close_replay()), None, ui.message, api_name="show_live")
+    gr.api(run_status, api_name="status")
+
+
+def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None = None, runs_root: str | Path = "runs") -> gr.Blocks:
+    """The dashboard page bound to `ctl` (a new one over `runs_root` if None); `base_config` seeds the controls
+    and supplies every setting the page does not show."""
+    ctl = ctl or Controller(runs_root)
+    base = base_config or TrainConfig()
+    with gr.Blocks(title="SDPG Lab") as demo:
+        gr.HTML(HEADER)
+        seen = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                controls = settings_panel(base)
+            with gr.Column(scale=4):
+                views = views_panel(ctl)
+        ui = SimpleNamespace(**vars(controls), **vars(views))
+        tick, tick_inputs, tick_outputs = wire_views(ctl, ui, seen)
+        demo.load(tick, tick_inputs, tick_outputs, show_progress="hidden", api_visibility="private")
+        wire_selection(ctl, ui)
+        wire_controls(ctl, base, ui)
+    return demo
+
+
+def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
+    """Launch the page with the ctl's theme and CSS; with block=False return at once (tests)."""
+    return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                       theme=THEME, css=CSS, quiet=not block)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="SDPG Lab dashboard")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ap.add_argument("--port", type=int, default=7860, help="port to listen on")
+    ap.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
+    ap.add_argument("--replay", metavar="RUN_DIR", help="open a recorded run directory for browsing")
+    ap.add_argument("--autostart", action="store_true", help="start training with the default settings at once")
+    ap.add_argument("--runs-root", default="runs", help="where new runs go and where the Replay tab looks")
+    args = ap.parse_args(argv)
+    ctl = Controller(args.runs_root)
+    if args.replay:
+        text, kind = ctl.open_replay(args.replay)
+        if kind == "error":
+            ap.error(text)
+    if args.autostart:
+        ctl.start(TrainConfig())
+    serve(build_app(ctl), host=args.host, port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

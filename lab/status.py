@@ -1,0 +1,90 @@
+"""The run's status line as HTML: state badge, progress, source, last events, and a crash box.
+
+Design choices:
+- The dashboard passes plain values (status string, step counts, events, error text); this module
+  decides only how they look, so the same card serves a live run and a replay.
+- A replay has no live handle: `replay_status` reads its state from the last lifecycle event, so a
+  crashed run reads "crashed" with its message even after the process that ran it is gone.
+- A crash shows the message first and the traceback tail in a scrollable box under it.
+"""
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+STATUS_COLORS = {
+    "idle": "#868e96", "created": "#868e96", "loading": "#f08c2e", "running": "#2b8a3e", "paused": "#e67700",
+    "stopping": "#e67700", "stopped": "#495057", "finished": "#1864ab", "crashed": "#c92a2a",
+    "incomplete": "#e67700",
+}
+LIFECYCLE = {"start": "running", "resume_from": "running", "pause": "paused", "resume": "running",
+             "stopped": "stopped", "stop": "stopped", "finished": "finished", "finish": "finished", "error": "crashed"}
+
+
+def replay_status(events: list[dict]) -> tuple[str, str | None]:
+    """(status, error message) of a recorded run, from its last lifecycle event.
+
+    A run whose last event says it is still going was either cut off or is still being written by
+    another process: "incomplete".
+    """
+    status, error = "incomplete", None
+    for e in events:
+        status = LIFECYCLE.get(e.get("event"), status)
+        if e.get("event") == "error":
+            error = e.get("message") or "error"
+            if e.get("traceback"):
+                error += "\n\n" + "".join(e["traceback"].splitlines(True)[-12:])
+    return (status if status in ("stopped", "finished", "crashed") else "incomplete"), error
+
+
+def _event_text(e: dict) -> str:
+    """"12:03:04 checkpoint · step 50 → step_000050": paths shortened to their last part."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["wall"])) if isinstance(e.get("wall"), (int, float)) else ""
+    text = f"{stamp} {e.get('event', '?')}"
+    if "step" in e:
+        text += f" · step {e['step']}"
+    where = e.get("path") or e.get("checkpoint")
+    return text + (f" → {Path(str(where)).name}" if where else "")
+
+
+def status_html(status: str, *, step: int = 0, total: int | None = None, source: str = "", run_dir: str = "",
+                error: str | None = None, events: list[dict] | None = None, note: str = "") -> str:
+    """A status card: coloured state badge, step progress bar, where the records come from, recent events."""
+    color = STATUS_COLORS.get(status, "#868e96")
+    share = min(1.0, step / total) if total else 0.0
+    progress = (f"<div style='flex:1;min-width:160px;height:8px;background:#e9ecef;border-radius:4px;overflow:hidden'>"
+                f"<div style='width:{share:.1%};height:100%;background:{color}'></div></div>"
+                f"<span style='font-variant-numeric:tabular-nums'>step {step}" + (f" / {total}" if total else "")
+                + "</span>")
+    recent = " &nbsp;│&nbsp; ".join(html.escape(_event_text(e)) for e in (events or [])[-3:])
+    parts = [
+        "<div style='display:flex;align-items:center;gap:14px;flex-wrap:wrap'>",
+        f"<span class='sdpg-status' data-status='{html.escape(status)}' style='padding:3px 12px;border-radius:999px;"
+        f"background:{color};color:#fff;font-weight:700;letter-spacing:.03em'>{html.escape(status.upper())}</span>",
+        progress,
+        f"<span style='color:#495057'>{html.escape(source)}</span>" if source else "",
+        f"<code style='color:#868e96'>{html.escape(run_dir)}</code>" if run_dir else "",
+        "</div>",
+        f"<div style='color:#868e96;font-size:12px;margin-top:6px'>{html.escape(note)}</div>" if note else "",
+        f"<div style='color:#868e96;font-size:12px;margin-top:6px'>{recent}</div>" if recent else "",
+    ]
+    if error:
+        head, _, tail = error.partition("\n")
+        parts.append(
+            "<div class='sdpg-error' style='margin-top:8px;border:1px solid #ffc9c9;background:#fff5f5;border-radius:8px;"
+            f"padding:8px 12px;color:#c92a2a'><b>The training thread crashed:</b> {html.escape(head)}"
+            + (f"<pre style='max-height:180px;overflow:auto;font-size:12px;color:#862e2e;margin:6px 0 0'>"
+               f"{html.escape(tail.strip())}</pre>" if tail.strip() else "")
+            + "<div style='color:#495057;margin-top:4px'>Records up to the crash stay browsable below.</div></div>")
+    return "<div style='padding:10px 14px;border:1px solid #e9ecef;border-radius:10px;background:#fff'>" + "".join(parts) + "</div>"
+
+
+def message_html(text: str, kind: str = "info") -> str:
+    """Feedback on the last button press; `kind` is "info", "ok" or "error"."""
+    if not text:
+        return ""
+    colors = {"info": ("#e7f5ff", "#1864ab"), "ok": ("#ebfbee", "#2b8a3e"), "error": ("#fff5f5", "#c92a2a")}
+    bg, fg = colors.get(kind, colors["info"])
+    return (f"<div class='sdpg-message sdpg-{kind}' style='background:{bg};color:{fg};border-radius:8px;padding:8px 12px;"
+            f"white-space:pre-wrap'>{html.escape(text)}</div>")

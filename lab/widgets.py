@@ -1,0 +1,160 @@
+"""A live notebook view of a run: curves, the per-token KL heatmap and the advantage histogram.
+
+Design choices:
+- `LiveView` takes a run handle (anything with `.records`) or a `RecordStream`, and draws with the same
+  view functions as the dashboard into plotly `FigureWidget`s, so a notebook and the page agree.
+- `update()` redraws only when the records changed (a version tuple, as in the dashboard), and returns
+  whether it did; `start()` calls it from a daemon thread every `interval` seconds, so the kernel stays
+  free for other cells while training runs in its own thread. `stop()` ends the refresher.
+- The step / group / colour controls redraw the heatmap and histogram at once; "follow latest" keeps
+  them on the newest step as records arrive.
+- A replaced figure keeps its widget: traces and layout are swapped inside one `batch_update`, so the
+  notebook output does not flicker or grow.
+"""
+from __future__ import annotations
+
+import threading
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from lab.advantages import advantage_histogram
+from lab.curves import curves_figure
+from lab.heatmap import COLOR_MODES, token_heatmap
+from lab.status import replay_status, status_html
+from sdpg.records import RecordStream
+
+TERMINAL = ("finished", "stopped", "crashed")
+
+
+def replace_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
+    """Swap a FigureWidget's traces and layout for `fig`'s in one frontend update."""
+    with widget.batch_update():
+        widget.data = []
+        widget.add_traces(list(fig.data))
+        widget.layout = fig.layout
+
+
+class LiveView:
+    """Curves, KL heatmap and advantage histogram of a run or record stream, refreshed in the background."""
+
+    def __init__(self, run_or_stream, *, interval: float = 2.0, color_by: str = "kl"):
+        if not isinstance(run_or_stream, RecordStream) and not hasattr(run_or_stream, "records"):
+            raise TypeError(f"LiveView needs a run handle or a RecordStream, got {type(run_or_stream).__name__}")
+        self.source = run_or_stream
+        self.interval = interval
+        self.status = widgets.HTML()
+        self.curves, self.heatmap, self.histogram = go.FigureWidget(), go.FigureWidget(), go.FigureWidget()
+        self.step = widgets.Dropdown(description="step", options=[], layout={"width": "180px"})
+        self.group = widgets.Dropdown(description="group", options=[], layout={"width": "160px"})
+        self.follow = widgets.Checkbox(value=True, description="follow latest step", indent=False)
+        self.color = widgets.ToggleButtons(options=[(label.split("  ")[0], key) for key, label in COLOR_MODES.items()],
+                                           value=color_by, style={"button_width": "auto"})
+        controls = widgets.HBox([self.step, self.group, self.follow], layout={"align_items": "center"})
+        self.widget = widgets.VBox([self.status, self.curves, controls, self.color, self.heatmap, self.histogram])
+        self._version = None
+        self._syncing = False
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        for control in (self.step, self.group, self.color):
+            control.observe(self._on_select, names="value")
+        self.update()
+
+    @property
+    def records(self) -> RecordStream:
+        return self.source if isinstance(self.source, RecordStream) else self.source.records
+
+    def _status_html(self) -> str:
+        if isinstance(self.source, RecordStream):
+            status, error = replay_status(self.source.events())
+            metrics = self.source.metrics()
+            return status_html(status, step=metrics[-1]["step"] if metrics else 0, source="records",
+                               total=self.source.config().get("run", {}).get("steps"), error=error,
+                               run_dir=str(self.source.run_dir or ""), events=self.source.events())
+        run = self.source
+        return status_html(run.status, step=run.step, total=run.total_steps, source="live run",
+                           run_dir=str(run.run_dir), error=run.error, events=self.records.events())
+
+    def update(self) -> bool:
+        """Redraw from the records if anything changed since the last draw; True when it redrew."""
+        with self._lock:
+            stream = self.records
+            stream.refresh()
+            status = getattr(self.source, "status", None)
+            version = (len(stream.metrics()), len(stream.rollout_steps()), len(stream.events()), status)
+            if version == self._version:
+                return False
+            self._version = version
+            self.status.value = self._status_html()
+            replace_figure(self.curves, curves_figure(stream.metrics(), stream.config()))
+            steps = stream.rollout_steps()
+            chosen = self.step.value
+            self._syncing = True
+            try:
+                self.step.options = steps
+                if steps:
+                    self.step.value = steps[-1] if self.follow.value or chosen not in steps else chosen
+            finally:
+                self._syncing = False
+            self._draw_selection()
+            return True
+
+    def _on_select(self, change) -> None:
+        if self._syncing:
+            return
+        if change["owner"] is self.step:
+            self.follow.value = False
+        with self._lock:
+            self._draw_selection()
+
+    def _draw_selection(self) -> None:
+        stream, step = self.records, self.step.value
+        groups = stream.rollouts(step) if step is not None else []
+        self._syncing = True
+        chosen = self.group.value
+        try:
+            self.group.options = [g["group"] for g in groups]
+            if groups:
+                self.group.value = chosen if chosen in self.group.options else groups[0]["group"]
+        finally:
+            self._syncing = False
+        group = next((g for g in groups if g["group"] == self.group.value), None)
+        row = next((r for r in reversed(stream.metrics()) if r["step"] == step), None)
+        replace_figure(self.heatmap, token_heatmap(group, self.color.value))
+        replace_figure(self.histogram, advantage_histogram(row))
+
+    # ---- background refresh ----
+    def start(self, interval: float | None = None) -> "LiveView":
+        """Refresh every `interval` seconds from a daemon thread until `stop()`, or until a run has ended and been drawn."""
+        if interval is not None:
+            self.interval = interval
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="sdpg-liveview", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=2 * self.interval + 1)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the background refresher to end (after `stop()`, or once a finished run is drawn)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def refreshing(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            # read the state before drawing, so the draw that ends the loop includes the final records
+            done = getattr(self.source, "status", None) in TERMINAL
+            self.update()
+            if done:
+                return
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

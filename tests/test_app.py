@@ -1,0 +1,178 @@
+"""The dashboard served in-process and driven through `gradio_client`, with real short training runs."""
+import json
+import math
+import socket
+import time
+
+import pytest
+from gradio_client import Client
+
+import app as dashboard
+from conftest import tiny_config
+from fixtures.records import write_run
+from sdpg.trainer import Trainer
+
+CONTROLS = ["method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
+            "temperature", "steps", "model", "data", "val"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=60.0, every=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    """The app over a temporary runs root, its base config the tiny model; yields (ctl, client, url)."""
+    runs_root = tmp_path_factory.mktemp("runs")
+    base = tiny_config(tiny_model_dir, "")
+    ctl = dashboard.Controller(runs_root)
+    demo = dashboard.build_app(ctl, base_config=base)
+    _, url, _ = dashboard.serve(demo, port=free_port(), block=False)
+    client = Client(url, verbose=False)
+    yield ctl, client, url
+    if ctl.handle is not None:
+        ctl.handle.stop(wait=True, timeout=30)
+    demo.close()
+
+
+def controls(lab_base, **overrides):
+    """Page inputs in the order `start` takes them, from the tiny base config plus overrides."""
+    cfg = lab_base
+    values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
+              "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
+              "lr": cfg.optim.lr, "group_size": cfg.rollout.group_size, "temperature": cfg.rollout.temperature,
+              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val}
+    values.update(overrides)
+    return [values[name] for name in CONTROLS]
+
+
+def wait_for_step(handle, step, timeout=90.0):
+    """Wait until the run has finished `step` training steps; a crash fails at once with its error."""
+    def reached():
+        assert handle.status != "crashed", f"the run crashed: {handle.error}"
+        return handle.step >= step
+    wait_for(reached, timeout=timeout, what=f"training step {step}")
+
+
+def finish(ctl):
+    if ctl.handle is not None and ctl.handle.alive:
+        ctl.handle.stop(wait=True, timeout=60)
+
+
+def test_invalid_settings_show_a_message_and_start_nothing(served, tiny_model_dir, tmp_path):
+    ctl, client, _ = served
+    finish(ctl)
+    before = ctl.handle
+    base = tiny_config(tiny_model_dir, "")
+    message = client.predict(*controls(base, beta=-1.0), api_name="/start")
+    assert "Not started" in message and "loss.beta=-1.0" in message
+    message = client.predict(*controls(base, data=str(tmp_path / "missing.jsonl")), api_name="/start")
+    assert "data.train=" in message and "no such file" in message
+    message = client.predict(*controls(base, model="./no/such/model"), api_name="/start")
+    assert "model.name=" in message and "no such directory" in message
+    assert ctl.handle is before
+
+
+def test_start_pause_resume_stop_with_real_records(served, tiny_model_dir):
+    ctl, client, _ = served
+    finish(ctl)
+    base = tiny_config(tiny_model_dir, "")
+    message = client.predict(*controls(base, steps=40), api_name="/start")
+    assert "Started SDPG for 40 steps" in message, message
+    handle = ctl.handle
+    assert str(handle.run_dir).startswith(str(ctl.runs_root))
+    wait_for_step(handle, 1)
+    assert client.predict(api_name="/status") == "running"
+    assert "already running" in client.predict(*controls(base), api_name="/start")
+
+    rows = [r for r in handle.records.metrics() if r["step"] >= 1]
+    assert rows and all(math.isfinite(r["reward/mean"]) and 0 <= r["reward/mean"] <= 1 for r in rows)
+    assert all(len(r["adv/values"]) == base.rollout.prompts_per_step * base.rollout.group_size for r in rows)
+
+    assert "Pause requested" in client.predict(api_name="/pause")
+    wait_for(lambda: client.predict(api_name="/status") == "paused", timeout=60, what="paused")
+    paused_at = handle.step
+    time.sleep(1.5)
+    assert handle.step == paused_at
+    assert "Resumed." in client.predict(api_name="/resume")
+    wait_for_step(handle, paused_at + 1)
+    assert client.predict(api_name="/status") == "running"
+
+    assert "Checkpoint requested" in client.predict(api_name="/checkpoint")
+    wait_for(lambda: any(e["event"] == "checkpoint" for e in handle.records.events()), timeout=60, what="checkpoint")
+    assert "Stop requested" in client.predict(api_name="/stop")
+    wait_for(lambda: client.predict(api_name="/status") == "stopped", timeout=60, what="stopped")
+    assert handle.step < 40
+    events = [e["event"] for e in handle.records.events()]
+    assert events[0] == "start" and "pause" in events and "resume" in events and events[-1] == "stopped"
+
+
+def test_refresh_endpoint_serves_the_same_run_to_every_tab(served, tiny_model_dir):
+    ctl, client, url = served
+    finish(ctl)
+    client.predict(*controls(tiny_config(tiny_model_dir, ""), steps=2), api_name="/start")
+    wait_for(lambda: ctl.live_status() == "finished", timeout=90, what="the run to finish")
+    second_tab = Client(url, verbose=False)
+    outputs = [c.predict(None, None, True, "kl", 0, 0, 0, api_name="/refresh") for c in (client, second_tab)]
+    for out in outputs:
+        status = out[0]
+        assert "FINISHED" in status and str(ctl.handle.run_dir) in status
+    heat = heatmap_trace(outputs[0])
+    group = ctl.handle.records.rollouts(2)[0]
+    assert len(heat["z"]) == len(group["responses"])
+    for row, r in zip(heat["z"], group["responses"]):
+        assert row[:len(r["kl"])] == pytest.approx(r["kl"])
+
+
+def heatmap_trace(outputs) -> dict:
+    """The KL heatmap trace among a refresh's outputs (a plot arrives as JSON inside a dict)."""
+    for out in outputs:
+        if isinstance(out, dict) and out.get("type") == "plotly":
+            fig = json.loads(out["plot"])
+            traces = [t for t in fig["data"] if t.get("type") == "heatmap" and t.get("hovertext")]
+            if traces and "KL" in fig["layout"]["title"]["text"]:
+                return traces[0]
+    raise AssertionError("no KL heatmap among the refresh outputs")
+
+
+def test_a_crash_shows_on_the_page_and_records_stay_browsable(served, tiny_model_dir, monkeypatch):
+    ctl, client, _ = served
+    finish(ctl)
+    real_step = Trainer.train_step
+
+    def crash_on_second_step(self):
+        if self.step == 1:
+            raise RuntimeError("injected failure in step 2")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_on_second_step)
+    client.predict(*controls(tiny_config(tiny_model_dir, ""), steps=5), api_name="/start")
+    wait_for(lambda: ctl.live_status() == "crashed", timeout=90, what="the crash")
+    out = client.predict(None, None, True, "kl", 0, 0, 0, api_name="/refresh")
+    assert "CRASHED" in out[0] and "injected failure in step 2" in out[0]
+    assert heatmap_trace(out)["z"]  # step 1's rollouts are still drawn
+
+
+def test_replay_opens_a_recorded_run(served, tmp_path):
+    ctl, client, _ = served
+    run = write_run(tmp_path / "recorded", steps=3, crash_at=3)
+    assert "Opened" in client.predict(str(run), api_name="/open_replay")
+    out = client.predict(None, None, True, "kl", 0, 0, 0, api_name="/refresh")
+    assert "replay" in out[0] and "CRASHED" in out[0] and "fixture crash" in out[0]
+    group = ctl.stream().rollouts(2)[0]
+    assert [list(row) for row in heatmap_trace(out)["z"]] == [r["kl"] for r in group["responses"]]
+    assert "does not exist" in client.predict(str(tmp_path / "nope"), api_name="/open_replay")
+    assert "Showing the live run" in client.predict(api_name="/show_live")
+    assert ctl.replay is None

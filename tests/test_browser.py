@@ -1,0 +1,73 @@
+"""The dashboard in headless Chromium after a real short run: the KL heatmap must be drawn in the page.
+
+Chromium comes from the system (`apt-get install chromium`); Playwright only drives it, it never
+downloads a browser. Screenshots land in test-artifacts/ (git-ignored).
+"""
+import shutil
+import socket
+from html import unescape
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+import app as dashboard
+from conftest import tiny_config
+from lab.heatmap import show_token
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"chromium not installed at {CHROMIUM} (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def finished_run_page(tiny_model_dir, tmp_path):
+    """A served dashboard whose live run (3 real steps on the tiny model) has finished; yields its URL and ctl."""
+    ctl = dashboard.Controller(tmp_path / "runs")
+    demo = dashboard.build_app(ctl, base_config=tiny_config(tiny_model_dir, ""))
+    _, url, _ = dashboard.serve(demo, port=free_port(), block=False)
+    cfg = tiny_config(tiny_model_dir, "")
+    cfg.run.steps = 3
+    ctl.start(cfg)
+    ctl.handle.join(timeout=120)
+    assert ctl.handle.status == "finished", f"run ended as {ctl.handle.status}: {ctl.handle.error}"
+    yield url, ctl
+    demo.close()
+
+
+def test_page_draws_the_token_kl_heatmap(finished_run_page):
+    url, ctl = finished_run_page
+    ARTIFACTS.mkdir(exist_ok=True)
+    tokens = [r["tokens"] for r in ctl.handle.records.rollouts(3)[0]["responses"]]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#sdpg-curves .js-plotly-plot .scatterlayer .trace", state="attached", timeout=60_000)
+            assert "FINISHED" in page.inner_text("#sdpg-status")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-curves.png"), full_page=True)
+            page.get_by_role("tab", name="Token KL").click()
+            page.wait_for_selector("#sdpg-heatmap .heatmaplayer .hm", timeout=30_000)
+            cells = page.locator("#sdpg-heatmap .heatmaplayer text").all_text_contents()
+            page.screenshot(path=str(ARTIFACTS / "dashboard-heatmap.png"), full_page=True)
+        finally:
+            browser.close()
+    shown = [t for t in cells if t]
+    assert shown[:len(tokens[0])] == [dashboard_token(t) for t in tokens[0][:len(shown)]]
+    assert (ARTIFACTS / "dashboard-heatmap.png").stat().st_size > 10_000
+
+
+def dashboard_token(token: str) -> str:
+    """A token as the heatmap cell shows it (whitespace made visible; the browser unescapes entities)."""
+    return unescape(show_token(token))
