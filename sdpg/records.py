@@ -49,14 +49,14 @@ RESPONSE_FIELDS = {
 }
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: write them as None so every reader can parse the files."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -78,16 +78,16 @@ class RecordStream:
 
     # ---- writing (training thread) ----
     def emit_metrics(self, step: int, metrics: dict[str, float]) -> dict:
-        row = _clean({"step": int(step), "time": round(time.time() - self._t0, 3), **metrics})
+        row = json_safe({"step": int(step), "time": round(time.time() - self._t0, 3), **metrics})
         self._append(METRICS_FILE, self._metrics, row)
         return row
 
     def emit_rollouts(self, step: int, groups: list[dict]) -> None:
         for g in groups:
-            self._append(ROLLOUTS_FILE, self._rollouts, _clean({"step": int(step), **g}))
+            self._append(ROLLOUTS_FILE, self._rollouts, json_safe({"step": int(step), **g}))
 
     def emit_event(self, kind: str, **info: Any) -> dict:
-        row = _clean({"event": kind, "wall": time.time(), **info})
+        row = json_safe({"event": kind, "wall": time.time(), **info})
         self._append(EVENTS_FILE, self._events, row)
         return row
 

@@ -40,7 +40,7 @@ from typing import Any
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.config import TrainConfig
 from sdpg.methods import METHODS
-from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, ROLLOUTS_FILE, RecordStream
+from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, ROLLOUTS_FILE, RecordStream, json_safe
 
 SECTION = "Method comparison"
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {"grpo": {"loss.alpha": 0.0}}
@@ -485,7 +485,7 @@ def write_results(plans: list[RunPlan], errors: dict, base: TrainConfig, args: a
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": args.steps,
             "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base)}
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_clean(meta | data), indent=1) + "\n")
+    json_path.write_text(json.dumps(json_safe(meta | data), indent=1) + "\n")
     html, png, note = write_figures(data, fig_dir, png=args.png)
     results.parent.mkdir(parents=True, exist_ok=True)
 
@@ -505,17 +505,6 @@ def shared_settings(cfg: TrainConfig) -> str:
             f"clip ({lc.clip_low}, {lc.clip_high}), evaluation "
             f"{'every ' + str(cfg.run.eval_every) + ' steps' if cfg.run.eval_every else 'at the start and end'} "
             f"with {cfg.run.eval_samples} samples per prompt")
-
-
-def _clean(value):
-    """JSON has no NaN: write None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":
