@@ -4,10 +4,12 @@ Design choices:
 - Every view is a plain function: record dicts in (metrics rows, rollout groups, config dict),
   a `go.Figure` or an HTML string out. No view computes a loss; where a view needs an engine
   quantity (the beta schedule, the Prop. 3.1 token advantage) it calls the engine's function.
-- One module per picture family: `curves`, `heatmap`, `advantages`, `inspector`, `whatif`, `status`;
+- One module per picture family: `curves`, `heatmap`, `advantages`, `inspector`, `whatif`, `status`,
+  `compare`;
   `style` holds the shared palette and layout; `widgets` wraps the views as live notebook widgets.
 """
 from lab.advantages import advantage_evolution, advantage_histogram
+from lab.compare import comparison_figures
 from lab.curves import PANELS, curves_figure, planned_beta
 from lab.heatmap import COLOR_MODES, token_heatmap
 from lab.inspector import rollout_html, topk_figure
@@ -16,7 +18,7 @@ from lab.style import empty_figure
 from lab.whatif import whatif_figure
 
 __all__ = [
-    "COLOR_MODES", "PANELS", "advantage_evolution", "advantage_histogram", "curves_figure", "empty_figure",
+    "COLOR_MODES", "PANELS", "advantage_evolution", "advantage_histogram", "comparison_figures", "curves_figure", "empty_figure",
     "message_html", "planned_beta", "replay_status", "rollout_html", "status_html", "token_heatmap", "topk_figure",
     "whatif_figure",
 ]

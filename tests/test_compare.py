@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import tiny_config
-from sdpg.experiments.compare import (ABLATIONS, SECONDS_PER_EVAL, SECONDS_PER_RUN, SECONDS_PER_STEP, SECTION,
+from experiments.compare import (ABLATIONS, SECONDS_PER_EVAL, SECONDS_PER_RUN, SECONDS_PER_STEP, SECTION,
                                       estimate_seconds, main, replace_section, run_summary, seed_stats, variants)
 from sdpg.methods import METHODS
 from sdpg.records import RecordStream
@@ -94,7 +94,7 @@ def test_two_methods_one_seed_two_steps_write_the_table_the_curves_and_the_figur
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] == "1/1"
         assert all(re.fullmatch(r"\d+\.\d+", c) for c in cells[3:]), row  # real numbers, no "–"
-    assert "python -m sdpg.experiments.compare --methods grpo sdpg" in page
+    assert "python -m experiments.compare --methods grpo sdpg" in page
     assert re.search(r"at commit `([0-9a-f]{40}|unknown)`", page)
     assert "[compare_curves](figures/compare_curves.html)" in page and "--no-png" in page
 

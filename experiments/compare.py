@@ -1,6 +1,6 @@
 """Method comparison: every registered method and the SDPG ablations, same budget, several seeds.
 
-    python -m sdpg.experiments.compare [--methods ...] [--seeds 0 1 2] [--steps 100] [config flags]
+    python -m experiments.compare [--methods ...] [--seeds 0 1 2] [--steps 100] [config flags]
 
 Design choices:
 - A variant is a method name plus config settings. Every registered method is a variant (GRPO with
@@ -14,9 +14,9 @@ Design choices:
 - Results: `docs/results.md` gets (or has replaced) one section, "Method comparison", with the table,
   the exact command and the git commit; `docs/compare.json` holds the per-step curves and held-out
   evaluations of every run as flat rows (one `polars.DataFrame(rows)` away) for the notebooks.
-- Figures are plotly HTML under `docs/figures/` (plotly.js written once beside them, viewable offline),
-  plus PNG when `kaleido` is installed (it drives the system Chromium); without it the page says so.
-  plotly is imported only by `write_figures`, so the engine itself never loads it.
+- Figures are the `lab.compare` views saved as plotly HTML under `docs/figures/` (plotly.js written once
+  beside them, viewable offline), plus PNG when `kaleido` is installed (it drives the system Chromium);
+  without it the page says so. This command lives outside `sdpg/`, so the engine never loads plotly.
 
 Shapes: none (this module handles records, not tensors).
 """
@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lab.compare import comparison_figures
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.config import TrainConfig
 from sdpg.methods import METHODS
@@ -273,51 +274,17 @@ def collect(plans: list[RunPlan], errors: dict[tuple[str, int], str | None]) -> 
 # ----------------------------------------------------------------------------- writing
 
 def write_figures(data: dict, fig_dir: Path, *, png: bool) -> tuple[list[Path], list[Path], str]:
-    """Plotly figures of the curves (mean over seeds) and of final pass@1: HTML always, PNG if kaleido works.
+    """The comparison figures (`lab.compare`): HTML always, PNG if kaleido works.
 
     Returns the HTML paths, the PNG paths, and a note on PNG ("" when they were written).
     """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     fig_dir.mkdir(parents=True, exist_ok=True)
-    panels = [("evals", "eval/pass@1", "held-out pass@1"), ("evals", "eval/teacher_pass@1", "teacher pass@1 (hinted)"),
-              ("curves", "reward/mean", "training reward"), ("curves", "entropy/mean", "entropy"),
-              ("curves", "kl/distill_mean", "KL(student || teacher)"), ("curves", "response/length_mean", "response length")]
-    curves = make_subplots(rows=2, cols=3, subplot_titles=[p[2] for p in panels])
-    for i, name in enumerate(data["variants"]):
-        color = _PALETTE[i % len(_PALETTE)]
-        for j, (table, key, _) in enumerate(panels):
-            steps, means = _mean_curve(data[table], name, key)
-            curves.add_trace(go.Scatter(x=steps, y=means, name=name, legendgroup=name, showlegend=j == 0,
-                                        mode="lines+markers" if table == "evals" else "lines", line={"color": color}),
-                             row=j // 3 + 1, col=j % 3 + 1)
-    curves.update_layout(title="Method comparison: mean over seeds", height=640, template="plotly_white")
-    names = list(data["variants"])
-    final = [data["summary"][n]["final_pass@1"] for n in names]
-    bars = go.Figure(go.Bar(x=names, y=[f["mean"] for f in final], marker_color=_PALETTE[:len(names)],
-                            error_y={"type": "data", "array": [0.0 if math.isnan(f["std"]) else f["std"] for f in final]}))
-    bars.update_layout(title="Final held-out pass@1 (mean ± std over seeds)", yaxis_title="pass@1",
-                       template="plotly_white", height=420)
-    figures = {"compare_curves": curves, "compare_final": bars}
+    figures = comparison_figures(data)
     html = []
     for stem, fig in figures.items():
         html.append(fig_dir / f"{stem}.html")
         fig.write_html(html[-1], include_plotlyjs="directory")
     return html, *_write_pngs(figures, fig_dir, png)
-
-
-_PALETTE = ["#8e44ad", "#495057", "#2f6fdf", "#f08c2e", "#d6336c", "#2b8a3e", "#c59be8", "#66a80f", "#e8590c",
-            "#1098ad"]
-
-
-def _mean_curve(rows: list[dict], variant: str, key: str) -> tuple[list[int], list[float]]:
-    by_step: dict[int, list[float]] = {}
-    for r in rows:
-        if r["variant"] == variant and isinstance(r.get(key), (int, float)):
-            by_step.setdefault(r["step"], []).append(r[key])
-    steps = sorted(by_step)
-    return steps, [statistics.fmean(by_step[s]) for s in steps]
 
 
 def _write_pngs(figures: dict, fig_dir: Path, png: bool) -> tuple[list[Path], str]:
@@ -418,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"({len(names)} variants x 3 seeds x 100 steps, eval every 25):\n"
         f"  about {estimate_seconds(len(names) * 3, 100, 25) / 3600:.1f} h; 6 variants x 3 seeds x 100 steps: "
         f"about {estimate_seconds(18, 100, 25) / 3600:.1f} h.")
-    parser = argparse.ArgumentParser(prog="python -m sdpg.experiments.compare", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0],
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--methods", nargs="+", default=names, metavar="VARIANT", help="variants to run (default: all)")
@@ -481,7 +448,7 @@ def write_results(plans: list[RunPlan], errors: dict, base: TrainConfig, args: a
     json_path = args.json or results.with_name("compare.json")
     fig_dir = args.figures or results.parent / "figures"
     commit, dirty = git_commit()
-    meta = {"command": "python -m sdpg.experiments.compare " + shlex.join(argv), "commit": commit, "dirty": dirty,
+    meta = {"command": "python -m experiments.compare " + shlex.join(argv), "commit": commit, "dirty": dirty,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": args.steps,
             "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base)}
     json_path.parent.mkdir(parents=True, exist_ok=True)
