@@ -39,7 +39,7 @@ class DataConfig:
     """"embedded" (the synthetic arithmetic task) or a .parquet / .jsonl file in verl's layout"""
     val: str = "embedded"
     """held-out prompts: "embedded" or a file in the same layout"""
-    digits: tuple[int, int] = (3, 3)
+    digits: tuple[int, int] = (3, 2)
     """embedded task: digits of the two addends (the difficulty knob)"""
     n_train: int = 20000
     """embedded task: number of training problems generated"""

@@ -133,9 +133,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SDPG_CACHE") or Path.home() / ".cache" / "sdpg-lab")
 
 
-def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-                             data_cfg: DataConfig | None = None, progress: bool = True,
-                             warm_cfg: WarmStartConfig | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "cpu",
+                             cache_dir: str | Path | None = None, data_cfg: DataConfig | None = None,
+                             progress: bool = True, warm_cfg: WarmStartConfig | None = None
+                             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model and tokenizer `cfg.name` names, on `device`, in `cfg.dtype`.
 
     "embedded" loads the warm-started tiny model from the cache, building it first when absent (its
@@ -229,7 +230,8 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.isabs(name) or os.path.exists(name)
 
 
-def _from_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool
+                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise ModelLoadError(f"cannot load model {name!r}: no such directory (expected a save_pretrained folder)")
     path_or_id = str(Path(name).expanduser()) if _looks_like_path(name) else name

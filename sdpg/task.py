@@ -66,7 +66,7 @@ def split_of(a: int, b: int) -> str:
     return "val" if h % VAL_BUCKETS == 0 else "train"
 
 
-def make_rows(n: int, *, digits: tuple[int, int] = (3, 3), seed: int = 0, split: str = "train") -> list[PromptRow]:
+def make_rows(n: int, *, digits: tuple[int, int] = (3, 2), seed: int = 0, split: str = "train") -> list[PromptRow]:
     """`n` addition problems from `split`, deterministic in `(n, digits, seed, split)`."""
     _check_args(n, digits, split)
     ranges = [range(10 ** (d - 1) if d > 1 else 0, 10**d) for d in digits]

@@ -7,8 +7,8 @@ import torch
 
 import sdpg.warmstart as warmstart
 from sdpg.config import DataConfig, ModelConfig
-from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_key, embedded_settings, load_model_and_tokenizer,
-                         read_warmstart_report, render_prompts)
+from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_key, embedded_settings,
+                         load_model_and_tokenizer, read_warmstart_report, render_prompts)
 from sdpg.task import make_row, target_text
 from sdpg.warmstart import WarmStartConfig, evaluate, warm_start
 
@@ -40,8 +40,16 @@ def test_reproducible_by_seed_and_leaves_caller_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     second, _, report_b = warm_start(TINY, progress=False)
     other, _, _ = warm_start(replace(TINY, seed=1), progress=False)
-    assert torch.equal(weights(first), weights(second)) and report_a["eval/student_pass@1"] == report_b["eval/student_pass@1"]
+    assert torch.equal(weights(first), weights(second))
+    assert report_a["eval/student_pass@1"] == report_b["eval/student_pass@1"]
     assert not torch.equal(weights(first), weights(other))
+
+
+def test_runs_all_steps_unless_the_stopping_check_passes():
+    _, _, full = warm_start(replace(TINY, steps=4, check_every=2, stop_at=1.0), progress=False)
+    assert full["train/steps"] == 4 and full["train/stop_check"] is None
+    _, _, early = warm_start(replace(TINY, steps=4, check_every=2, stop_at=0.0), progress=False)
+    assert early["train/steps"] == 2 and 0.0 <= early["train/stop_check"] <= 1.0
 
 
 def test_training_lowers_the_loss_below_uniform_guessing():
@@ -93,6 +101,10 @@ def test_bad_settings_are_refused():
         warm_start(WarmStartConfig(hinted_fraction=1.5), progress=False)
     with pytest.raises(ValueError, match="steps"):
         warm_start(WarmStartConfig(steps=0), progress=False)
+    with pytest.raises(ValueError, match="stop_at"):
+        warm_start(WarmStartConfig(stop_at=-0.1), progress=False)
+    with pytest.raises(ValueError, match="check_every"):
+        warm_start(WarmStartConfig(check_every=0), progress=False)
 
 
 def test_embedded_model_is_cached_and_reused(tmp_path, monkeypatch):
