@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     handle.start()
-    bar = tqdm(total=cfg.run.steps, initial=0, desc="sdpg", disable=args.quiet, unit="step")
+    bar = tqdm(total=cfg.run.steps, initial=0, desc=cfg.loss.method, disable=args.quiet, unit="step")
     try:
         while handle.alive:
             time.sleep(0.5)
