@@ -107,17 +107,20 @@ def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def planned_beta(config: dict) -> tuple[list[int], list[float]]:
-    """The beta schedule the config asks for, at every step 0..run.steps.
+    """The beta schedule the config asks for, at every recorded step 1..run.steps.
 
-    Empty without a config, or for a registered method whose loss has no distillation term.
+    The trainer records step s after training it with `beta_schedule(s - 1)` (the schedule counts the
+    steps done before), so the plan lines up with the measured `beta/effective`. Empty without a config,
+    or for a registered method whose loss has no distillation term.
     """
     loss, run = config.get("loss"), config.get("run")
     method = METHODS.get((loss or {}).get("method"))
     if not loss or not run or (method is not None and not method.distills):
         return [], []
     total = int(run["steps"])
-    steps = list(range(total + 1))
-    return steps, [float(beta_schedule(k, total, loss["beta"], loss["beta_warmup"], loss["beta_decay"])) for k in steps]
+    steps = list(range(1, total + 1))
+    return steps, [float(beta_schedule(s - 1, total, loss["beta"], loss["beta_warmup"], loss["beta_decay"]))
+                   for s in steps]
 
 
 def flat_range(value: float) -> list[float]:

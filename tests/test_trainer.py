@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from lab.curves import planned_beta
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle, build_trainer
@@ -122,7 +123,7 @@ def test_bad_data_file_crashes_with_a_clear_message(tiny_model_dir, tmp_path):
 
 
 def test_cli_runs_and_summarises(tiny_model_dir, tmp_path, capsys):
-    cfg = tiny_config(tiny_model_dir, tmp_path)
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__beta_warmup=2)
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps(cfg.to_dict()))
     assert cli_main(["--config", str(config_file), "--steps", "2", "--quiet", "--run-dir", str(tmp_path / "cli")]) == 0
@@ -130,6 +131,9 @@ def test_cli_runs_and_summarises(tiny_model_dir, tmp_path, capsys):
     assert "finished at step 2/2" in out and "held-out pass@1" in out
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert saved["run"]["steps"] == 2
+    measured = [(m["step"], m["beta/effective"]) for m in RecordStream.open(tmp_path / "cli").metrics()
+                if "beta/effective" in m]
+    assert measured == list(zip(*planned_beta(saved)))  # the dashboard's plan lines up with what ran
     assert cli_main(["--loss.beta", "-1", "--quiet"]) == 2
     assert "loss.beta=-1.0" in capsys.readouterr().err
 
