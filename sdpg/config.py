@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 REF_MODES = ("urkl", "ufkl", "rkl", "fkl", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+ROLLOUT_ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -31,6 +33,12 @@ class ModelConfig:
     """passed to chat templates that support it (Qwen3): let the model emit <think> blocks"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass to save memory"""
+    autocast: bool = False
+    """run the model's forwards in bfloat16 under torch.autocast (mixed precision: parameters, gradients
+    and AdamW state stay in `dtype`; the fused KL still computes in float32)"""
+    device: str = "auto"
+    """where the model trains: "auto" (the first CUDA device when there is one, else "cpu"), "cpu",
+    "cuda" or "cuda:N" """
 
 
 @dataclass
@@ -52,7 +60,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """rollout engine: "hf" (transformers generate)"""
+    """rollout engine: "hf" (transformers generate on the training model) or "vllm" (an in-process vLLM
+    engine that receives the weights after every step; needs the vllm package)"""
     prompts_per_step: int = 16
     """prompts sampled per training step"""
     group_size: int = 8
@@ -65,6 +74,11 @@ class RolloutConfig:
     """response length limit in tokens"""
     max_prompt_tokens: int = 512
     """prompts longer than this (in tokens, teacher side included) are an error"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM engine on a GPU: fraction of the card's memory it holds while awake (weights + KV cache)"""
+    vllm_sleep: bool = True
+    """vLLM engine on a GPU: free its weights and KV cache between rollouts so the update gets the card
+    (ignored where vLLM has no sleep mode, e.g. on a CPU)"""
 
 
 @dataclass
@@ -129,6 +143,10 @@ class OptimConfig:
     """linear learning-rate warmup in steps"""
     micro_batch: int = 64
     """sequences per forward/backward pass; gradients accumulate over a step's batch"""
+    micro_batch_tokens: int = 0
+    """token budget per forward/backward pass instead of `micro_batch`: consecutive sequences are grouped
+    while (rows x (longest teacher prompt + longest response)) stays within it, at least one sequence per
+    pass (0 = use `micro_batch`)"""
 
 
 @dataclass
@@ -151,6 +169,9 @@ class RunConfig:
     """DAPO dynamic sampling: drop groups whose rewards are all equal and top up with fresh prompts"""
     max_resample: int = 3
     """dynamic sampling: extra rollout rounds per step at most"""
+    memory_check: bool = True
+    """on a CUDA device, estimate the run's memory before loading the model and refuse a run that will
+    not fit, with a suggested change (`python -m sdpg.memory` prints the plan)"""
 
 
 @dataclass
@@ -204,7 +225,13 @@ class TrainConfig:
             ("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps >= 0, "must be >= 0"),
             ("loss.rlsd_eps_w", 0 <= self.loss.rlsd_eps_w < 1, "must be in [0, 1)"),
             ("model.dtype", self.model.dtype in ("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
-            ("rollout.engine", self.rollout.engine in ("hf",), "must be 'hf'"),
+            ("model.device", self.model.device in ("auto", "cpu", "cuda") or
+             re.fullmatch(r"cuda:\d+", self.model.device) is not None, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+            ("rollout.engine", self.rollout.engine in ROLLOUT_ENGINES, f"must be one of {ROLLOUT_ENGINES}"),
+            ("rollout.top_p", self.rollout.engine != "vllm" or self.rollout.top_p == 1.0,
+             "must be 1.0 with rollout.engine='vllm' (vLLM's log-probs would include the top-p truncation)"),
+            ("rollout.vllm_gpu_memory_utilization", 0 < self.rollout.vllm_gpu_memory_utilization < 1,
+             "must be in (0, 1)"),
             ("rollout.group_size", self.rollout.group_size >= 1, "must be >= 1"),
             ("rollout.prompts_per_step", self.rollout.prompts_per_step >= 1, "must be >= 1"),
             ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
@@ -217,6 +244,7 @@ class TrainConfig:
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.grad_clip", self.optim.grad_clip > 0, "must be > 0"),
             ("optim.micro_batch", self.optim.micro_batch >= 1, "must be >= 1"),
+            ("optim.micro_batch_tokens", self.optim.micro_batch_tokens >= 0, "must be >= 0"),
             ("run.steps", self.run.steps >= 1, "must be >= 1"),
             ("run.eval_every", self.run.eval_every >= 0, "must be >= 0"),
             ("run.eval_samples", self.run.eval_samples >= 1, "must be >= 1"),

@@ -10,7 +10,12 @@ Design choices:
   privileged context), so both go through `response_hidden` with their own left-padded prompt.
 - Positions skip left padding exactly as generation does, so recomputed log-probs match sampling ones.
 - Only plain linear LM heads (no bias, no logit soft-capping or scaling) are supported by the fused path;
-  `lm_head_weight` refuses anything else with a clear message.
+  `lm_head_weight` refuses anything else with a clear message. Tied or untied makes no difference: the
+  head's own weight is used and gets its gradient.
+- `logits_self_distill` is the materialised-logits counterpart of the fused KL (`loss.fused_kl = False`):
+  same outputs, `(N, V)` tensors, kept as the baseline the fused path is measured against.
+- Hidden states from a bfloat16-autocast forward meet a float32 head: logits are computed in the wider
+  of the two dtypes.
 """
 from __future__ import annotations
 
@@ -51,7 +56,7 @@ def token_logp(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
     flat_y = tokens.reshape(-1)  # (N,)
     out = torch.empty(flat_y.shape[0], dtype=torch.float32, device=hidden.device)  # (N,)
     for i in range(0, flat_h.shape[0], token_chunk):
-        logits = (flat_h[i:i + token_chunk] @ weight.T).float() / temperature  # (c, V)
+        logits = _logits(flat_h[i:i + token_chunk], weight) / temperature  # (c, V)
         out[i:i + token_chunk] = logits.gather(-1, flat_y[i:i + token_chunk, None]).squeeze(-1) - logits.logsumexp(-1)
     return out.view(tokens.shape)  # (B, T)
 
@@ -60,5 +65,29 @@ def token_logp(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
 def topk_next_tokens(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, temperature: float = 1.0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k next-token probabilities per position: (T, H) -> probs (T, k), ids (T, k)."""
-    probs = F.softmax((hidden @ weight.T).float() / temperature, -1)  # (T, V)
+    probs = F.softmax(_logits(hidden, weight) / temperature, -1)  # (T, V)
     return probs.topk(min(k, probs.shape[-1]), -1)
+
+
+def logits_self_distill(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, weight: torch.Tensor,
+                        tokens: torch.Tensor, *, temperature: float = 1.0, teacher_weight: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token KL(p_student || q_teacher), student log p(token) and entropy through full (N, V) logits.
+
+    The same outputs as `sdpg.losses.fused_self_distill` for (N, H) hidden states and (N,) tokens, with
+    p = softmax(student logits / temperature) and q = softmax(teacher logits) detached, in float32.
+    """
+    log_p = F.log_softmax(_logits(student_hidden, weight) / temperature, -1)  # (N, V)
+    t_weight = weight if teacher_weight is None else teacher_weight
+    log_q = F.log_softmax(_logits(teacher_hidden.detach(), t_weight.detach()), -1)  # (N, V)
+    p = log_p.exp()  # (N, V)
+    kl = (p * (log_p - log_q)).sum(-1)  # (N,)
+    logp = log_p.gather(-1, tokens[:, None]).squeeze(-1)  # (N,)
+    entropy = -(p * log_p).sum(-1)  # (N,)
+    return kl, logp, entropy
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """float32 logits h W^T, the GEMM in the wider of the two dtypes: (..., H) -> (..., V)."""
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    return (hidden.to(dtype) @ weight.to(dtype).T).float()  # (..., V)

@@ -128,6 +128,15 @@ def make_reference(model: PreTrainedModel) -> PreTrainedModel:
     return reference
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device `ModelConfig.device` names; "auto" is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model.device={name!r} but torch sees no CUDA device (torch {torch.__version__})")
+    return torch.device(name)
+
+
 def default_cache_dir() -> Path:
     """`$SDPG_CACHE`, else `~/.cache/sdpg-lab`."""
     return Path(os.environ.get("SDPG_CACHE") or Path.home() / ".cache" / "sdpg-lab")

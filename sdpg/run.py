@@ -24,7 +24,8 @@ from sdpg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow, load_rows
 from sdpg.methods import get_method
-from sdpg.models import load_model_and_tokenizer, make_reference
+from sdpg.memory import ModelShape, check_memory, model_config
+from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.task import make_rows
@@ -50,13 +51,21 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
     train_rows, val_rows = load_data(cfg)
     if not train_rows:
         raise ValueError(f"data.train={cfg.data.train!r} gave no training rows")
-    model, tokenizer = load_model_and_tokenizer(cfg.model, data_cfg=cfg.data, progress=progress)
-    needs = get_method(cfg.loss.method).needs
-    uses_ref = (cfg.loss.alpha > 0 and "ref_logp" in needs) or bool({"ref_teacher_logp", "ref_distill_kl"} & needs)
-    ref = make_reference(model) if uses_ref else None
+    device = resolve_device(cfg.model.device)
+    if device.type == "cuda" and cfg.run.memory_check:  # refuse before loading a model that will not fit
+        check_memory(cfg, ModelShape.from_config(model_config(cfg)),
+                     torch.cuda.get_device_properties(device).total_memory, uses_reference=uses_reference(cfg))
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress)
+    ref = make_reference(model) if uses_reference(cfg) else None
     verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
     return Trainer(cfg, model=model, tokenizer=tokenizer, ref_model=ref, train_rows=train_rows,
                    val_rows=val_rows, records=records, verifier=verifier)
+
+
+def uses_reference(cfg: TrainConfig) -> bool:
+    """Whether the method of `cfg` needs the frozen reference model (the alpha anchor or a reference teacher)."""
+    needs = get_method(cfg.loss.method).needs
+    return (cfg.loss.alpha > 0 and "ref_logp" in needs) or bool({"ref_teacher_logp", "ref_distill_kl"} & needs)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -126,6 +135,7 @@ class RunHandle:
             if self.resumed:
                 ckpt = latest_checkpoint(self.run_dir)
                 self.step = load_checkpoint(self.trainer, ckpt)
+                self.trainer.engine.sync_weights(self.trainer.model)  # an external engine still has the initial weights
                 self.records.truncate_after(self.step)
                 self.records.emit_event("resume_from", step=self.step, checkpoint=str(ckpt))
             else:

@@ -10,6 +10,11 @@ Design choices:
   tokens; KL, student log-probs and entropy come from `fused_self_distill` on final hidden states, so no
   `(B, T, V)` tensor is ever built. GRPO runs compute the same KL for monitoring with beta = 0.
 - A non-finite loss or gradient norm skips the optimizer step and is reported (`step/skipped`).
+- Real models: the rollout engine is the one `rollout.engine` names (`make_engine`; vLLM gets the weights
+  after every step); micro-batches hold `optim.micro_batch_tokens` worth of padded sequences when set;
+  model forwards run under bfloat16 autocast with `model.autocast` (the KL and the backward stay outside
+  it); `loss.fused_kl = False` swaps in the materialised-logits KL, the baseline the fused one is measured
+  against. Gradients are freed right after the optimizer step, before the next rollout needs the memory.
 - The trainer only emits records; what is shown, and how, is the views' business.
 """
 from __future__ import annotations
@@ -23,13 +28,13 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
-from sdpg.forward import lm_head_weight, response_hidden, token_logp, topk_next_tokens
+from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp, topk_next_tokens
 from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
 from sdpg.methods import LossInputs, get_method
 from sdpg.models import render_prompts
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
-from sdpg.rollout import HFRolloutEngine, Rollout
+from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
 
 TOPK = 5
 
@@ -86,13 +91,11 @@ class Trainer:
                  val_rows: list[PromptRow], records: RecordStream, verifier: MathVerifier):
         self.cfg, self.model, self.tokenizer, self.ref_model = cfg, model, tokenizer, ref_model
         self.train_rows, self.val_rows, self.records, self.verifier = train_rows, val_rows, records, verifier
-        r = cfg.rollout
-        self.engine = HFRolloutEngine(model, tokenizer, temperature=r.temperature, top_p=r.top_p,
-                                      max_new_tokens=r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens)
+        self.device = next(model.parameters()).device
+        self.engine = make_engine(cfg, model, tokenizer)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: min(1.0, (k + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: lr_warmup(k, o.warmup_steps))
         self.sampler = PromptSampler(len(train_rows), cfg.run.seed)
         self.method = get_method(cfg.loss.method)
         self.step = 0
@@ -141,8 +144,8 @@ class Trainer:
         batch = self.sample_batch()
         t_sample = time.perf_counter() - t0
         ro, g = batch.rollout, batch.rollout.group_size
-        teacher_ids, teacher_mask = self.engine.encode_prompts(
-            self._render([row.teacher_prompt for row in batch.rows for _ in range(g)]))  # (B, P')
+        teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
+            self._render([row.teacher_prompt for row in batch.rows for _ in range(g)])))  # (B, P')
         beta_k = beta_schedule(self.step, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
         mask = ro.response_mask.float()  # (B, T)
         nb = mask.shape[0]
@@ -153,8 +156,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
         skip_reason = ""
-        for lo in range(0, nb, cfg.optim.micro_batch):
-            sl = slice(lo, min(nb, lo + cfg.optim.micro_batch))
+        rows = self._micro_rows(teacher_ids.shape[1] + mask.shape[1])
+        for lo in range(0, nb, rows):
+            sl = slice(lo, min(nb, lo + rows))
             share = float(mask[sl].sum() / mask.sum()) if lc.agg == "token-mean" else (sl.stop - sl.start) / nb
             try:
                 stats = self._micro_step(batch, sl, teacher_ids[sl], teacher_mask[sl], beta_k, share, times,
@@ -174,6 +178,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next update: free them
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.engine.sync_weights(self.model)
@@ -205,24 +210,26 @@ class Trainer:
         weight = lm_head_weight(self.model)
         t1 = time.perf_counter()
         with torch.no_grad():
-            teacher_h = response_hidden(self.model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+            teacher_h = self._hidden(self.model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
         t2 = time.perf_counter()
         refs = self._reference_inputs(ro, sl, teacher_ids, teacher_mask)
         t3 = time.perf_counter()
-        student_h = response_hidden(self.model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
-        kl, logp, ent = fused_self_distill(student_h[sel], teacher_h[sel], weight, resp[sel], temperature=temp)  # (N,)
+        student_h = self._hidden(self.model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
+        distill = fused_self_distill if self.cfg.loss.fused_kl else logits_self_distill
+        kl, logp, ent = distill(student_h[sel], teacher_h[sel], weight, resp[sel], temperature=temp)  # (N,)
         kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl)  # (b, T)
         logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (b, T)
         teacher_logp = token_logp(teacher_h, weight, resp) * mask if "teacher_logp" in self.method.needs else None
         if "ref_distill_kl" in self.method.needs:
             with torch.no_grad():
-                ref_h = response_hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
-            ref_kl, _, _ = fused_self_distill(student_h[sel], ref_h[sel], weight, resp[sel], temperature=temp,
+                ref_h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+            ref_kl, _, _ = distill(student_h[sel], ref_h[sel], weight, resp[sel], temperature=temp,
                                               teacher_weight=lm_head_weight(self.ref_model))  # (N,)
             refs["ref_distill_kl"] = torch.zeros_like(mask).masked_scatter(sel, ref_kl)  # (b, T)
-        inputs = LossInputs(logp=logp_mat, old_logp=ro.old_logp[sl], adv=batch.adv[sl], mask=mask,
+        inputs = LossInputs(logp=logp_mat, old_logp=ro.old_logp[sl], adv=batch.adv[sl].to(self.device), mask=mask,
                             distill_kl=kl_mat, temperature=temp, teacher_logp=teacher_logp,
-                            correct=torch.tensor([v.correct for v in batch.verdicts[sl]]), step=self.step, **refs)
+                            correct=torch.tensor([v.correct for v in batch.verdicts[sl]], device=self.device),
+                            step=self.step, **refs)
         loss, stats = self.method.loss(inputs, self.cfg.loss, beta_k)
         (loss * share).backward()
         stats["entropy/mean"] = float(ent.detach().mean())
@@ -235,6 +242,17 @@ class Trainer:
         times["update"] += time.perf_counter() - t3
         return stats
 
+    def _micro_rows(self, seq_tokens: int) -> int:
+        """Sequences per forward/backward pass: `optim.micro_batch_tokens` worth of padded `seq_tokens`
+        (at least one sequence), else `optim.micro_batch`."""
+        budget = self.cfg.optim.micro_batch_tokens
+        return max(1, budget // seq_tokens) if budget else self.cfg.optim.micro_batch
+
+    def _hidden(self, model, prompt_ids, prompt_mask, resp, rmask) -> torch.Tensor:
+        """`response_hidden` under bfloat16 autocast when `model.autocast` is on: (b, P) + (b, T) -> (b, T, H)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.model.autocast):
+            return response_hidden(model, prompt_ids, prompt_mask, resp, rmask)  # (b, T, H)
+
     @torch.no_grad()
     def _reference_inputs(self, ro: Rollout, sl: slice, teacher_ids, teacher_mask) -> dict:
         """The frozen reference's log-probs the method asks for: on the student prompt (the alpha anchor)
@@ -242,51 +260,27 @@ class Trainer:
         out, temp = {}, self.cfg.rollout.temperature
         resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
         if "ref_logp" in self.method.needs and self.cfg.loss.alpha > 0:
-            h = response_hidden(self.ref_model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
+            h = self._hidden(self.ref_model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
             out["ref_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
         if "ref_teacher_logp" in self.method.needs:
-            h = response_hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+            h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
             out["ref_teacher_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp) * rmask
         return out
 
     def _token_record(self, j, student_h, teacher_h, resp, rmask, kl_mat, logp_mat, ent_mat, old_logp, ref_logp) -> dict:
         """Per-token arrays for one recorded response (row j of the micro-batch)."""
         n = int(rmask[j].sum())
-        w = lm_head_weight(self.model)
-        temp = self.cfg.rollout.temperature
-        ids = resp[j, :n]
-        teacher_lp = token_logp(teacher_h[j:j + 1, :n], w, ids[None], temperature=1.0)[0]  # (n,)
-        s_probs, s_ids = topk_next_tokens(student_h[j, :n], w, TOPK, temperature=temp)  # (n, k)
-        t_probs, t_ids = topk_next_tokens(teacher_h[j, :n], w, TOPK)  # (n, k)
-        rec = {
-            "tokens": [self.tokenizer.decode([t]) for t in ids.tolist()],
-            "student_logp": logp_mat[j, :n].tolist(), "teacher_logp": teacher_lp.tolist(),
-            "old_logp": old_logp[j, :n].tolist(), "kl": kl_mat[j, :n].tolist(), "entropy": ent_mat[j, :n].tolist(),
-            "student_topk": self._topk_lists(s_probs, s_ids), "teacher_topk": self._topk_lists(t_probs, t_ids),
-        }
-        if ref_logp is not None:
-            rec["ref_logp"] = ref_logp[j, :n].tolist()
-        return rec
-
-    def _topk_lists(self, probs: torch.Tensor, ids: torch.Tensor) -> list:
-        return [[[self.tokenizer.decode([t]), round(p, 5)] for p, t in zip(pr.tolist(), ir.tolist())]
-                for pr, ir in zip(probs, ids)]
+        return token_record(self.tokenizer, lm_head_weight(self.model), self.cfg.rollout.temperature,
+                            student_h[j, :n], teacher_h[j, :n], resp[j, :n], kl=kl_mat[j, :n], logp=logp_mat[j, :n],
+                            entropy=ent_mat[j, :n], old_logp=old_logp[j, :n],
+                            ref_logp=None if ref_logp is None else ref_logp[j, :n])
 
     def _group_records(self, batch: Batch, token_records: dict[int, dict]) -> list[dict]:
         g = batch.rollout.group_size
-        groups = []
-        for gi in range(len(token_records) // g):
-            row = batch.rows[gi]
-            responses = []
-            for i in range(gi * g, (gi + 1) * g):
-                v = batch.verdicts[i]
-                responses.append({"text": batch.rollout.texts[i], "reward": float(batch.rewards[i]),
-                                  "correct": bool(v.correct), "status": v.status,
-                                  "advantage": float(batch.adv[i]), "gate": bool(batch.adv[i] > 0),
-                                  **token_records[i]})
-            groups.append({"group": gi, "prompt": row.prompt, "context": row.context, "answer": row.answer,
-                           "responses": responses})
-        return groups
+        return [group_record(gi, batch.rows[gi], batch.rollout.texts[gi * g:(gi + 1) * g],
+                             batch.rewards[gi * g:(gi + 1) * g].tolist(), batch.verdicts[gi * g:(gi + 1) * g],
+                             batch.adv[gi * g:(gi + 1) * g].tolist(), [token_records[i] for i in range(gi * g, (gi + 1) * g)])
+                for gi in range(len(token_records) // g)]
 
     # ---------------- evaluation ----------------
     @torch.no_grad()
@@ -309,6 +303,63 @@ class Trainer:
                 out[f"eval/pass@{k}"] = float(correct.max(-1).values.mean())
                 out["eval/response_length"] = float(rollout.lengths.float().mean())
         return out
+
+
+def make_engine(cfg: TrainConfig, model, tokenizer) -> RolloutEngine:
+    """The rollout engine `cfg.rollout.engine` names, sampling from `model` (or, for vLLM, a mirror of it)."""
+    r = cfg.rollout
+    common = dict(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                  max_prompt_tokens=r.max_prompt_tokens)
+    if r.engine == "vllm":
+        from sdpg.rollout_vllm import VLLMRolloutEngine  # vllm is optional and slow to import
+
+        bf16 = cfg.model.dtype == "bfloat16" or cfg.model.autocast
+        return VLLMRolloutEngine(model, tokenizer, seed=cfg.run.seed, dtype="bfloat16" if bf16 else "float32",
+                                 gpu_memory_utilization=r.vllm_gpu_memory_utilization, sleep=r.vllm_sleep, **common)
+    return HFRolloutEngine(model, tokenizer, **common)
+
+
+def lr_warmup(step: int, warmup_steps: int) -> float:
+    """Learning-rate factor at optimizer step `step` (0-based): linear over `warmup_steps` steps, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+@torch.no_grad()
+def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h: torch.Tensor, teacher_h: torch.Tensor,
+                 ids: torch.Tensor, *, kl: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor,
+                 old_logp: torch.Tensor, ref_logp: torch.Tensor | None = None) -> dict:
+    """The per-token arrays of one response for the record stream (`sdpg.records.RESPONSE_FIELDS`).
+
+    `student_h`, `teacher_h` (n, H) are the final hidden states predicting the n response tokens `ids` (n,);
+    `weight` (V, H) is the LM head; the other tensors are (n,). `ref_logp` None leaves its array out.
+    """
+    teacher_lp = token_logp(teacher_h[None], weight, ids[None], temperature=1.0)[0]  # (n,)
+    s_probs, s_ids = topk_next_tokens(student_h, weight, TOPK, temperature=temperature)  # (n, k)
+    t_probs, t_ids = topk_next_tokens(teacher_h, weight, TOPK)  # (n, k)
+    rec = {
+        "tokens": [tokenizer.decode([t]) for t in ids.tolist()],
+        "student_logp": logp.tolist(), "teacher_logp": teacher_lp.tolist(), "old_logp": old_logp.tolist(),
+        "kl": kl.tolist(), "entropy": entropy.tolist(),
+        "student_topk": _topk_lists(tokenizer, s_probs, s_ids), "teacher_topk": _topk_lists(tokenizer, t_probs, t_ids),
+    }
+    if ref_logp is not None:
+        rec["ref_logp"] = ref_logp.tolist()
+    return rec
+
+
+def group_record(index: int, row: PromptRow, texts: list[str], rewards: list[float], verdicts: list,
+                 adv: list[float], token_records: list[dict]) -> dict:
+    """One rollout group for the record stream (`sdpg.records.ROLLOUT_FIELDS`): its row, and per response the text,
+    reward, verdict, advantage, gate and the per-token arrays of `token_record`."""
+    responses = [{"text": text, "reward": float(reward), "correct": bool(v.correct), "status": v.status,
+                  "advantage": float(a), "gate": bool(a > 0), **rec}
+                 for text, reward, v, a, rec in zip(texts, rewards, verdicts, adv, token_records, strict=True)]
+    return {"group": index, "prompt": row.prompt, "context": row.context, "answer": row.answer, "responses": responses}
+
+
+def _topk_lists(tokenizer, probs: torch.Tensor, ids: torch.Tensor) -> list:
+    return [[[tokenizer.decode([t]), round(p, 5)] for p, t in zip(pr.tolist(), ir.tolist())]
+            for pr, ir in zip(probs, ids)]
 
 
 def _merge_groups(kept, extra, n_groups: int, pad_id: int):
