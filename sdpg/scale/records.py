@@ -1,0 +1,74 @@
+"""A TRL / transformers callback that writes our record stream, so the lab replays a distributed run like a local one.
+
+Design choices:
+- Only process 0 of the run (accelerate's main process) writes; every other process's callback does nothing. What it
+  writes goes through `sdpg.records.RecordStream`, so the files, their schema and `RecordStream.open` are the
+  engine's. The stream and `config.json` are created with the callback, so a crash before training starts is
+  recorded too.
+- A step's metrics and rollout groups arrive from `SDPGTrainer` as an `on_sdpg_step` event, before the optimizer step;
+  the row is written at the step's `on_log`, which brings the gradient norm (before clipping) and the learning rate
+  the step used (`grad/norm`, `optim/lr`). The trainer therefore has to log every step (`logging_steps=1`, as
+  `sdpg.scale.config` sets it); anything else is refused at the start of training.
+- Lifecycle events mirror `sdpg.run`: start, checkpoint (TRL's checkpoint folder), finished or stopped, and error
+  (`record_error`, for the launcher's exception handler), so `lab.replay_status` reads a distributed run's state.
+"""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import TrainerCallback
+
+from sdpg.records import RecordStream
+
+
+class RecordStreamCallback(TrainerCallback):
+    """Writes metrics, rollout groups and lifecycle events of an `SDPGTrainer` run to `run_dir`, with `config` (the
+    run's `TrainConfig.to_dict()`) as its `config.json`. `records` is the stream on process 0, None elsewhere."""
+
+    def __init__(self, run_dir: str | Path, config: dict):
+        self.run_dir = Path(run_dir)
+        self.records = RecordStream(self.run_dir) if PartialState().is_main_process else None
+        if self.records is not None:
+            self.records.write_config(config)
+        self._pending: tuple[int, dict, list[dict]] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.logging_strategy != "steps" or args.logging_steps != 1:
+            raise ValueError(f"RecordStreamCallback writes one metrics row per step and needs logging every step "
+                             f"(logging_strategy='steps', logging_steps=1), got {args.logging_strategy!r}, "
+                             f"{args.logging_steps}")
+        if self.records is not None:
+            self.records.emit_event("start", run_dir=str(self.run_dir), resume=False, engine="trl",
+                                    processes=args.world_size)
+
+    def on_sdpg_step(self, args, state, control, *, metrics: dict, groups: list[dict]):
+        """The trainer's metrics and rollout groups of the step about to be applied (step `global_step + 1`)."""
+        if self.records is not None:
+            self._pending = (state.global_step + 1, metrics, groups)
+
+    def on_log(self, args, state, control, logs: dict, **kwargs):
+        if self.records is None or self._pending is None or self._pending[0] != state.global_step:
+            return
+        step, metrics, groups = self._pending
+        self._pending = None
+        self.records.emit_rollouts(step, groups)
+        self.records.emit_metrics(step, {**metrics, "grad/norm": logs.get("grad_norm"),
+                                         "optim/lr": logs.get("learning_rate")})
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.records is not None:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.records.emit_event("checkpoint", step=state.global_step, path=str(path))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.records is not None:
+            status = "finished" if state.global_step >= state.max_steps else "stopped"
+            self.records.emit_event(status, step=state.global_step)
+
+    def record_error(self, exc: BaseException, step: int) -> None:
+        """Record a crash as the engine does (an `error` event with message and traceback); no-op off process 0."""
+        if self.records is not None:
+            self.records.emit_event("error", step=step, message=str(exc),
+                                    traceback="".join(traceback.format_exception(exc)))
