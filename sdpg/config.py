@@ -272,8 +272,10 @@ def preset(name: str) -> TrainConfig:
         return TrainConfig()
     if name == "paper":
         cfg = TrainConfig()
-        cfg.model = ModelConfig(name="Qwen/Qwen3-4B", dtype="bfloat16", gradient_checkpointing=True)
-        cfg.rollout = RolloutConfig(prompts_per_step=128, group_size=8, temperature=1.0,
+        # verl's FSDP bf16 is mixed precision: float32 master weights and AdamW state, bf16 compute. bf16
+        # weights would round away most updates at lr 1e-6.
+        cfg.model = ModelConfig(name="Qwen/Qwen3-4B", dtype="float32", autocast=True, gradient_checkpointing=True)
+        cfg.rollout = RolloutConfig(engine="vllm", prompts_per_step=128, group_size=8, temperature=1.0,
                                     max_new_tokens=4096, max_prompt_tokens=2048)
         cfg.loss = LossConfig(method="sdpg", beta=1e-3, alpha=1e-3, ref_mode="urkl", gate=True,
                               beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2)

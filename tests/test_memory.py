@@ -37,8 +37,10 @@ def shapes():
 
 
 def long_run(size: str, new_tokens: int = 6144, prompt_tokens: int = 2048) -> TrainConfig:
-    """The paper's settings (bf16, gradient checkpointing, 8 sequences per micro-batch) with vLLM rollouts."""
+    """The paper's settings (gradient checkpointing, 8 sequences per micro-batch, vLLM rollouts) with
+    bfloat16 weights, the leanest single-GPU setting (the preset keeps float32 master weights)."""
     cfg = preset("paper")
+    cfg.model.dtype, cfg.model.autocast = "bfloat16", False
     cfg.model.name = f"Qwen3-{size}"
     cfg.rollout.engine = "vllm"
     cfg.rollout.max_new_tokens, cfg.rollout.max_prompt_tokens = new_tokens, prompt_tokens
@@ -102,7 +104,7 @@ def test_the_plain_kl_path_grows_with_tokens_and_the_fused_one_does_not(shapes):
 
 def test_memory_cli_prints_the_plan_and_refuses_with_exit_1(tmp_path, capsys):
     qwen3_config("4B").save_pretrained(tmp_path)  # a config.json is all the planner reads
-    flags = ["--model", str(tmp_path), "--preset", "paper", "--rollout.engine", "vllm"]
+    flags = ["--model", str(tmp_path), "--preset", "paper", "--model.dtype", "bfloat16", "--no-model.autocast"]
     assert memory_main([*flags, "--device-gib", "80"]) == 0
     out = capsys.readouterr().out
     assert "4.022B parameters" in out and "update phase" in out and out.strip().endswith("fits")

@@ -225,7 +225,7 @@ def vllm_serve_args(cfg: TrainConfig, scale: ScaleConfig, model_path: str) -> li
     args = ["--model", model_path, "--tensor-parallel-size", str(scale.vllm_tensor_parallel_size),
             "--host", "0.0.0.0", "--port", str(scale.vllm_port),
             "--gpu-memory-utilization", str(scale.vllm_gpu_memory_utilization),
-            "--dtype", cfg.model.dtype,
+            "--dtype", "bfloat16" if bf16_compute(cfg) else cfg.model.dtype,  # the precision the forwards use
             "--max-model-len", str(cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens)]
     if cfg.model.trust_remote_code:
         args.append("--trust-remote-code")
