@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -180,8 +181,15 @@ def embedded_entry(*, cache_dir: str | Path | None = None, warm_cfg: WarmStartCo
 
     warm_cfg = warm_cfg or WarmStartConfig()
     entry = Path(cache_dir or default_cache_dir()) / f"embedded-{embedded_key(warm_cfg)}"
-    if not (entry / WARMSTART_FILE).is_file():
-        _build_entry(entry, warm_cfg, progress)
+    if (entry / WARMSTART_FILE).is_file():
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per entry: a second process (the dashboard and a notebook started together) waits for
+    # the first instead of spending the same minutes; the OS drops the lock if the builder dies.
+    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (entry / WARMSTART_FILE).is_file():
+            _build_entry(entry, warm_cfg, progress)
     return entry
 
 
@@ -217,7 +225,8 @@ def embedded_settings(warm_cfg: WarmStartConfig | None, data_cfg: DataConfig | N
 def _build_entry(entry: Path, warm_cfg: WarmStartConfig, progress: bool) -> None:
     from sdpg.warmstart import warm_start  # warmstart builds on this module's tokenizer and model
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    for stale in entry.parent.glob(f".{entry.name}-*"):  # staging left by a builder that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
         model, tokenizer, report = warm_start(warm_cfg, progress=progress)

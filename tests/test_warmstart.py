@@ -1,13 +1,15 @@
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 import sdpg.warmstart as warmstart
 from sdpg.config import DataConfig, ModelConfig
-from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_key, embedded_settings,
+from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_entry, embedded_key, embedded_settings,
                          load_model_and_tokenizer, read_warmstart_report, render_prompts)
 from sdpg.task import make_row, target_text
 from sdpg.warmstart import WarmStartConfig, evaluate, warm_start
@@ -109,7 +111,7 @@ def test_bad_settings_are_refused():
 
 def test_embedded_model_is_cached_and_reused(tmp_path, monkeypatch):
     model, tokenizer = load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
-    entries = list(tmp_path.iterdir())
+    entries = entries_in(tmp_path)
     assert len(entries) == 1 and read_warmstart_report(entries[0])["settings"]["steps"] == TINY.steps
 
     def no_training(*args, **kwargs):
@@ -121,6 +123,27 @@ def test_embedded_model_is_cached_and_reused(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
     assert again_tok.padding_side == "left" and render_prompts(again_tok, ["x"]) == ["xA:"]
+
+
+def entries_in(cache: Path) -> list[Path]:
+    """Cache entries and staging folders (everything but the builders' lock files)."""
+    return [p for p in cache.iterdir() if not p.name.endswith(".lock")]
+
+
+def test_two_builders_of_one_entry_train_once_and_stale_staging_goes(tmp_path, monkeypatch):
+    stale = tmp_path / f".embedded-{embedded_key(TINY)}-killed"
+    stale.mkdir()
+    real, calls = warmstart.warm_start, []
+
+    def counted(cfg, progress):
+        calls.append(cfg)
+        return real(cfg, progress=progress)
+
+    monkeypatch.setattr(warmstart, "warm_start", counted)
+    with ThreadPoolExecutor(2) as pool:
+        entries = list(pool.map(lambda _: embedded_entry(cache_dir=tmp_path, warm_cfg=TINY, progress=False), range(2)))
+    assert len(calls) == 1 and entries[0] == entries[1]
+    assert entries_in(tmp_path) == [entries[0]]
 
 
 def test_cache_key_follows_settings_and_task_digits():
@@ -138,7 +161,7 @@ def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(warmstart, "warm_start", crash)
     with pytest.raises(RuntimeError, match="interrupted"):
         load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert entries_in(tmp_path) == []
 
 
 def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
@@ -152,4 +175,4 @@ def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(warmstart, "warm_start", save_fails)
     with pytest.raises(TypeError):
         load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert entries_in(tmp_path) == []
