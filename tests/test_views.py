@@ -289,3 +289,15 @@ def test_heatmap_drops_cell_text_when_columns_get_too_narrow():
     wide = token_heatmap(group).data[0]
     assert wide.texttemplate == "" and "<b>" in wide.hovertext[0][100]
     assert token_heatmap(make_group(1, 0)).data[0].texttemplate == "%{text}"
+
+
+# ---------------- method comparison ----------------
+def test_comparison_styles_keep_method_colours_and_tell_ablations_apart():
+    from lab.compare import variant_styles
+
+    styles = variant_styles(["sdpg", "grpo", "sdpg-alpha0", "sdpg-beta0", "sdpg-nogate", "mystery"])
+    assert styles["sdpg"][1] == "solid" and styles["grpo"][0] != styles["sdpg"][0]
+    ablations = [styles[n] for n in ("sdpg-alpha0", "sdpg-beta0", "sdpg-nogate")]
+    assert {color for color, _ in ablations} == {styles["sdpg"][0]}
+    assert len({dash for _, dash in ablations}) == 3 and "solid" not in {dash for _, dash in ablations}
+    assert styles["mystery"][1] == "dot"
