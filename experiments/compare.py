@@ -360,12 +360,17 @@ def replace_section(text: str, section: str) -> str:
     return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
 
 
-def git_commit() -> tuple[str, bool]:
-    """HEAD's commit and whether the working tree differs from it ("unknown" outside a git checkout)."""
+def git_commit(outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
+    """HEAD's commit and whether the working tree differs from it ("unknown" outside a git checkout).
+
+    Changes to `outputs` (the page and files this command writes) do not count: rewriting a committed
+    results page must not mark the code that produced it as modified.
+    """
+    excludes = [f":(exclude){Path(os.path.relpath(p.resolve())).as_posix()}" for p in outputs]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes],
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
     return head, bool(dirty)
@@ -447,7 +452,7 @@ def write_results(plans: list[RunPlan], errors: dict, base: TrainConfig, args: a
     results = args.results
     json_path = args.json or results.with_name("compare.json")
     fig_dir = args.figures or results.parent / "figures"
-    commit, dirty = git_commit()
+    commit, dirty = git_commit((results, json_path, fig_dir))
     meta = {"command": "python -m experiments.compare " + shlex.join(argv), "commit": commit, "dirty": dirty,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": args.steps,
             "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base)}

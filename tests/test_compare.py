@@ -3,12 +3,13 @@ tiny model that writes the table, the curves file and the figures, skips finishe
 import json
 import math
 import re
+import subprocess
 
 import pytest
 
 from conftest import tiny_config
 from experiments.compare import (ABLATIONS, SECONDS_PER_EVAL, SECONDS_PER_RUN, SECONDS_PER_STEP, SECTION,
-                                      estimate_seconds, main, replace_section, run_summary, seed_stats, variants)
+                                      estimate_seconds, git_commit, main, replace_section, run_summary, seed_stats, variants)
 from sdpg.methods import METHODS
 from sdpg.records import RecordStream
 
@@ -119,3 +120,21 @@ def test_two_methods_one_seed_two_steps_write_the_table_the_curves_and_the_figur
     assert _events(out / "grpo-s0").count("resume_from") == 1
     assert [m["step"] for m in RecordStream.open(out / "grpo-s0").metrics()] == [0, 1, 2, 3]
     assert "| `sdpg` |" not in results.read_text()  # the section shows the latest command's variants
+
+
+def test_rewriting_the_results_page_does_not_mark_the_code_modified(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "docs").mkdir()
+    for name in ("code.py", "docs/results.md", "docs/compare.json"):
+        (tmp_path / name).write_text("v1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    outputs = (tmp_path / "docs" / "results.md", tmp_path / "docs" / "compare.json", tmp_path / "docs" / "figures")
+    (tmp_path / "docs" / "results.md").write_text("v2\n")
+    (tmp_path / "docs" / "compare.json").write_text("v2\n")
+    head, dirty = git_commit(outputs)
+    assert len(head) == 40 and not dirty
+    (tmp_path / "code.py").write_text("v2\n")
+    assert git_commit(outputs)[1] and git_commit()[1]
