@@ -240,6 +240,7 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
                   "beta/effective": float(beta)}
         if kl is not None:
             gated = mask.bool() & passes[:, None]  # (B, T)
+            stats["gate/tokens"] = float(gated.sum())
             stats["kl/distill_mean"] = _mean(kl, mask)
             stats["kl/distill_gated_mean"] = _mean(kl, gated) if bool(gated.any()) else 0.0
         if ref_mat is not None:

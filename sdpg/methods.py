@@ -192,7 +192,7 @@ def opsd_fork(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     with torch.no_grad():
         gated = inputs.mask.bool() & passes[:, None]  # (B, T)
         any_gated = bool(gated.any())
-        stats |= {"gate/fraction": float(passes.float().mean()),
+        stats |= {"gate/fraction": float(passes.float().mean()), "gate/tokens": float(gated.sum()),
                   "kl/distill_gated_mean": float(masked_mean(inputs.distill_kl, gated)) if any_gated else 0.0,
                   "opsd/weight_mean": float(masked_mean(weight, gated)) if any_gated else 0.0}
     return loss, stats

@@ -5,7 +5,9 @@ Legend: B sequences (prompts x G), G group size, P prompt tokens, T response tok
 Design choices:
 - One optimizer step per rollout batch (on-policy, as in the paper), with gradient accumulation over
   micro-batches. Each micro-batch loss is weighted by its share of the batch normaliser (tokens for
-  `token-mean`, sequences otherwise), so accumulation gives exactly the full-batch loss.
+  `token-mean`, sequences otherwise), so accumulation gives exactly the full-batch loss; the step's
+  metrics combine the micro-batches' by what each averages over (`combine_micro_stats`), so they do not
+  change with the micro-batch size either.
 - The teacher is the current model with no gradient on the privileged prompt and the very same response
   tokens; KL, student log-probs and entropy come from `fused_self_distill` on final hidden states, so no
   `(B, T, V)` tensor is ever built. GRPO runs compute the same KL for monitoring with beta = 0.
@@ -151,7 +153,7 @@ class Trainer:
         nb = mask.shape[0]
         recorded = set(range(min(cfg.run.record_groups, nb // g) * g))
         token_records: dict[int, dict] = {}
-        stats_sum: dict[str, float] = {}
+        parts: list[tuple[dict, dict[str, float]]] = []
         times = {"teacher": 0.0, "reference": 0.0, "update": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
@@ -166,8 +168,8 @@ class Trainer:
             except NonFiniteError as exc:  # a NaN/inf step is skipped and reported, never applied
                 skip_reason = str(exc)
                 break
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * share
+            parts.append((stats, {"loss": share, "tokens": float(mask[sl].sum() / mask.sum()),
+                                  "rows": (sl.stop - sl.start) / nb}))
         t4 = time.perf_counter()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
         if not skip_reason and not math.isfinite(grad_norm):
@@ -185,7 +187,7 @@ class Trainer:
         times["update"] += time.perf_counter() - t4
         step_time = time.perf_counter() - t0
         metrics = {
-            **reward_metrics(batch.verdicts), **stats_sum,
+            **reward_metrics(batch.verdicts), **combine_micro_stats(parts),
             "reward/mean": float(batch.rewards.mean()),
             "adv/values": [round(a, 4) for a in batch.adv.tolist()],
             "adv/zero_var_groups": batch.zero_var_groups, "adv/resample_rounds": batch.resample_rounds,
@@ -303,6 +305,39 @@ class Trainer:
                 out[f"eval/pass@{k}"] = float(correct.max(-1).values.mean())
                 out["eval/response_length"] = float(rollout.lengths.float().mean())
         return out
+
+
+ROW_MEANS = ("gate/fraction",)
+"""micro-batch statistics that are means over responses"""
+GATED_MEANS = ("kl/distill_gated_mean", "opsd/weight_mean")
+"""micro-batch statistics that are means over the gated tokens (`gate/tokens` of them)"""
+
+
+def combine_micro_stats(parts: list[tuple[dict, dict[str, float]]]) -> dict[str, float]:
+    """Whole-batch statistics from per-micro-batch ones, each mean weighted by what it averages over.
+
+    `parts` holds (stats, shares) per micro-batch, shares being its fraction of the batch's loss normaliser
+    ("loss"), response tokens ("tokens") and responses ("rows"). Loss terms add with the loss share (their
+    sum is the batch loss), response means with the row share, gated-token means with the micro-batch's
+    share of `gate/tokens` (a micro-batch without gated tokens counts for nothing, not for a zero), the
+    `gate/tokens` count adds up, and every other statistic is a token mean.
+    """
+    gated_total = sum(stats.get("gate/tokens", 0.0) for stats, _ in parts)
+    out: dict[str, float] = {}
+    for stats, shares in parts:
+        for key, value in stats.items():
+            if key == "gate/tokens":
+                weight = 1.0
+            elif key.startswith("loss/"):
+                weight = shares["loss"]
+            elif key in ROW_MEANS:
+                weight = shares["rows"]
+            elif key in GATED_MEANS:
+                weight = stats.get("gate/tokens", 0.0) / gated_total if gated_total else 0.0
+            else:
+                weight = shares["tokens"]
+            out[key] = out.get(key, 0.0) + float(value) * weight
+    return out
 
 
 def make_engine(cfg: TrainConfig, model, tokenizer) -> RolloutEngine:

@@ -10,6 +10,7 @@ from lab.curves import planned_beta
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle, build_trainer
+from sdpg.trainer import combine_micro_stats
 from sdpg.train import main as cli_main
 
 
@@ -165,3 +166,33 @@ def test_a_non_finite_step_is_skipped_and_reported(tiny_model_dir, tmp_path, mon
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
     event = trainer.records.events()[-1]
     assert event["event"] == "step_skipped" and "old_logp" in event["reason"]
+
+
+def test_step_metrics_do_not_depend_on_the_micro_batch_size(tiny_model_dir, tmp_path):
+    metrics = []
+    for micro in (64, 5, 1):  # one pass; uneven passes; passes that often hold no gated response at all
+        # the random tiny model solves nothing, so no advantage is positive: gate off to count every response
+        cfg = tiny_config(tiny_model_dir, tmp_path / str(micro), optim__micro_batch=micro, loss__gate=False,
+                          loss__beta=0.5)
+        trainer = build_trainer(cfg, RecordStream(tmp_path / str(micro)), progress=False)
+        metrics.append(trainer.train_step())
+        trainer.verifier.close()
+    whole = metrics[0]
+    assert whole["gate/fraction"] == 1.0
+    assert whole["gate/tokens"] == pytest.approx(whole["perf/tokens_per_s"] * whole["time/step"])  # every token
+    for split in metrics[1:]:
+        for key in ("gate/fraction", "gate/tokens", "kl/distill_gated_mean", "kl/distill_mean", "entropy/mean",
+                    "loss/total", "loss/pg", "loss/distill"):
+            assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+
+
+def test_gated_means_skip_micro_batches_without_gated_tokens():
+    parts = [({"gate/fraction": 0.0, "gate/tokens": 0.0, "kl/distill_gated_mean": 0.0, "kl/distill_mean": 1.0,
+               "loss/pg": 0.5}, {"loss": 0.25, "tokens": 0.25, "rows": 0.5}),
+             ({"gate/fraction": 0.5, "gate/tokens": 30.0, "kl/distill_gated_mean": 2.0, "kl/distill_mean": 3.0,
+               "loss/pg": 0.1}, {"loss": 0.75, "tokens": 0.75, "rows": 0.5})]
+    combined = combine_micro_stats(parts)
+    assert combined["kl/distill_gated_mean"] == 2.0  # not pulled towards the empty micro-batch's 0
+    assert combined["gate/fraction"] == 0.25 and combined["gate/tokens"] == 30.0
+    assert combined["kl/distill_mean"] == pytest.approx(0.25 * 1.0 + 0.75 * 3.0)
+    assert combined["loss/pg"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.1)
