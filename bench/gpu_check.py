@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdpg.config import TrainConfig  # noqa: E402
 from sdpg.forward import lm_head_weight, token_logp  # noqa: E402
 from sdpg.memory import ModelShape  # noqa: E402
-from sdpg.models import build_char_tokenizer  # noqa: E402
+from sdpg.embedded.tokenizer import build_char_tokenizer  # noqa: E402
 from sdpg.records import RecordStream  # noqa: E402
 from sdpg.run import build_trainer  # noqa: E402
 

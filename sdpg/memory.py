@@ -35,7 +35,10 @@ from dataclasses import dataclass
 import torch
 
 from sdpg.config import TrainConfig
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model
+from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.fused_kl import TILE_LOGITS
+from sdpg.models import EMBEDDED
 
 GIB = 1024 ** 3
 RUNTIME_BYTES = int(1.5 * GIB)
@@ -225,8 +228,6 @@ def check_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_
 def model_config(cfg: TrainConfig):
     """The HF config of `cfg.model.name` without loading weights ("embedded": the tiny model's shape)."""
     from transformers import AutoConfig
-
-    from sdpg.models import EMBEDDED, TinyModelConfig, build_char_tokenizer, build_tiny_model
 
     if cfg.model.name == EMBEDDED:
         with torch.device("meta"):

@@ -7,7 +7,8 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from sdpg.config import TrainConfig  # noqa: E402
-from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model  # noqa: E402
+from sdpg.embedded.tokenizer import build_char_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

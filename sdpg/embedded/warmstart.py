@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sdpg.data import PromptRow
-from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompts
+from sdpg.data import PromptRow, render_prompts
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model
+from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.task import make_rows, target_text
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from sdpg.config import TrainConfig
-from sdpg.models import embedded_entry, embedded_settings
+from sdpg.embedded.cache import embedded_entry, embedded_settings
 from sdpg.scale.config import ScaleConfig, check_supported, launch_commands, write_accelerate_config
 from sdpg.train import build_parser, config_from_args, field_docs
 
