@@ -11,7 +11,7 @@ Design choices:
   nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing.
 - Pictures come from `lab/`; this file builds a config from the controls, calls the handle, and
   routes records to views. It holds no math.
-- Bad settings are refused before anything starts: `TrainConfig.validate()` plus a check that named
+- Bad settings are refused before anything starts: `check_config` plus a check that named
   data files and local model folders exist; the message shows on the page.
 - Gradio 6 takes theme and CSS at launch, so `serve()` is the one launcher for the CLI and tests.
 """
@@ -29,8 +29,9 @@ import gradio as gr  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, replay_status, rollout_html, status_html, token_heatmap, topk_figure, whatif_figure)
-from sdpg.config import REF_MODES, TrainConfig  # noqa: E402
-from sdpg.methods import METHODS  # noqa: E402
+from sdpg.config import TrainConfig  # noqa: E402
+from sdpg.losses import REF_MODES  # noqa: E402
+from sdpg.methods import METHODS, check_config  # noqa: E402
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.run import RunHandle, default_run_dir  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
@@ -205,7 +206,7 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
     name = cfg.model.name
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
         raise ValueError(f"config model.name={name!r} is invalid: no such directory (expected a save_pretrained folder)")
-    return cfg.validate()
+    return check_config(cfg)
 
 
 # ---------------- record selection (which step / group / response the views show) ----------------

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 
 import torch
 
+from sdpg.cli import build_parser, config_from_args
 from sdpg.config import TrainConfig
 from sdpg.embedded.model import TinyModelConfig, build_tiny_model
 from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.fused_kl import TILE_LOGITS
+from sdpg.methods import check_config, get_method
 from sdpg.models import EMBEDDED
 
 GIB = 1024 ** 3
@@ -236,16 +238,13 @@ def model_config(cfg: TrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sdpg.run import uses_reference  # run imports this module
-    from sdpg.train import build_parser, config_from_args
-
     parser = build_parser()
     parser.prog = "python -m sdpg.memory"
     parser.description = "Print the memory plan of a run (same flags as sdpg.train) and whether it fits."
     parser.add_argument("--device-gib", type=float, default=None,
                         help="device memory in GiB (default: the visible CUDA device's total)")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).validate()
+    cfg = check_config(config_from_args(args))
     if args.device_gib is not None:
         total = int(args.device_gib * GIB)
     elif torch.cuda.is_available():
@@ -257,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.model.name}: {shape.params / 1e9:.3f}B parameters, {shape.layers} layers, H={shape.hidden}, "
           f"V={shape.vocab}; response {cfg.rollout.max_new_tokens} + prompt {cfg.rollout.max_prompt_tokens} tokens")
     try:
-        print(check_memory(cfg, shape, total, uses_reference=uses_reference(cfg)).table())
+        uses_reference = get_method(cfg.loss.method).uses_reference(cfg.loss)
+        print(check_memory(cfg, shape, total, uses_reference=uses_reference).table())
     except MemoryPlanError as exc:
         print(f"refused: {exc}")
         return 1

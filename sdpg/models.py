@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from sdpg.config import DataConfig, ModelConfig
+from sdpg.config import DTYPES, DataConfig, ModelConfig
 from sdpg.embedded.cache import embedded_entry, embedded_settings
 from sdpg.embedded.warmstart import WarmStartConfig
 
 EMBEDDED = "embedded"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 
 
 class ModelLoadError(OSError):
@@ -55,13 +55,13 @@ def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "
     task digits follow `data_cfg.digits` when given, else `warm_cfg`'s). Anything else is an HF model
     id or a local `save_pretrained` directory.
     """
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.dtype!r} is invalid: must be one of {sorted(DTYPES)}")
+    if cfg.dtype not in TORCH_DTYPES:
+        raise ValueError(f"model.dtype={cfg.dtype!r} is invalid: must be one of {sorted(TORCH_DTYPES)}")
     source = cfg.name
     if cfg.name == EMBEDDED:
         source = str(embedded_entry(cache_dir=cache_dir, warm_cfg=embedded_settings(warm_cfg, data_cfg),
                                     progress=progress))
-    model, tokenizer = _from_pretrained(source, DTYPES[cfg.dtype], cfg.trust_remote_code)
+    model, tokenizer = _from_pretrained(source, TORCH_DTYPES[cfg.dtype], cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.config import TrainConfig
-from sdpg.methods import get_method
-from sdpg.run import uses_reference
+from sdpg.methods import check_config, get_method
 
 BACKENDS = ("ddp", "zero2")
 SUPPORTED_NEEDS = frozenset({"ref_logp", "teacher_logp"})
@@ -97,8 +96,7 @@ class ScaleConfig:
 
 def check_supported(cfg: TrainConfig) -> None:
     """Raise ValueError for settings the TRL-based trainer cannot run the way the engine does."""
-    cfg.validate()
-    needs = get_method(cfg.loss.method).needs
+    needs = get_method(check_config(cfg).loss.method).needs
     if needs - SUPPORTED_NEEDS:
         raise ValueError(f"loss.method={cfg.loss.method!r} needs {sorted(needs - SUPPORTED_NEEDS)}, which the "
                          f"TRL-based trainer does not compute (it fills {sorted(SUPPORTED_NEEDS)}); use sdpg.train")
@@ -151,7 +149,7 @@ def grpo_kwargs(cfg: TrainConfig, scale: ScaleConfig, world_size: int) -> dict[s
         "chat_template_kwargs": {"enable_thinking": cfg.model.enable_thinking},
         "learning_rate": o.lr, "adam_beta1": o.betas[0], "adam_beta2": o.betas[1], "weight_decay": o.weight_decay,
         "max_grad_norm": o.grad_clip, "optim": "adamw_torch", "lr_scheduler_type": "constant",
-        "beta": lc.alpha if uses_reference(cfg) else 0.0,
+        "beta": lc.alpha if get_method(lc.method).uses_reference(lc) else 0.0,
         "epsilon": lc.clip_low, "epsilon_high": lc.clip_high,
         "scale_rewards": "group" if lc.adv_scale == "std" else "none",
         "bf16": bf16_compute(cfg),
