@@ -32,6 +32,13 @@ from sdpg.task import make_rows
 from sdpg.trainer import Trainer
 
 STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed")
+"""every state a run can show: `RunHandle.status`, and "stopping" while a requested stop is under way"""
+ACTIVE = ("created", "loading", "running", "paused")
+"""a run whose thread has not ended: it can be paused, resumed or stopped, and no second run may start"""
+PAUSABLE = ("loading", "running")
+"""a pause request is honoured between steps from these states"""
+TERMINAL = ("stopped", "finished", "crashed")
+"""a run whose thread has ended; its records are complete"""
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -96,7 +103,7 @@ class RunHandle:
         return self
 
     def pause(self) -> None:
-        if self.status in ("loading", "running"):
+        if self.status in PAUSABLE:
             self._pause.set()
 
     def resume(self) -> None:
