@@ -5,13 +5,14 @@ Run `python app.py` and open http://127.0.0.1:7860 (`--host`, `--port`, `--share
 
 Design choices:
 - One `Controller` per app holds the run handle (and any replay being browsed) at app level, never in
-  per-session state, so a page reload or a second tab shows the same run.
+  per-session state, so a page reload or a second tab shows the same run. What is shown (version, status
+  card, browsable steps, picked group) is `lab.viewmodel`'s, shared with the notebook widget.
 - Training runs in the handle's background thread. A `gr.Timer` polls the record stream every
   1.5 s; each session remembers the version of the records it last drew (`gr.State`), and a tick with
   nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing.
 - Pictures come from `lab/`; this file builds a config from the controls, calls the handle, and
   routes records to views. It holds no math.
-- Bad settings are refused before anything starts: `TrainConfig.validate()` plus a check that named
+- Bad settings are refused before anything starts: `check_config` plus a check that named
   data files and local model folders exist; the message shows on the page.
 - Gradio 6 takes theme and CSS at launch, so `serve()` is the one launcher for the CLI and tests.
 """
@@ -28,17 +29,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
-                 message_html, replay_status, rollout_html, status_html, token_heatmap, topk_figure, whatif_figure)
-from sdpg.config import REF_MODES, TrainConfig  # noqa: E402
-from sdpg.methods import METHODS  # noqa: E402
+                 message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
+from lab.viewmodel import (RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group,  # noqa: E402
+                           shift_step)
+from sdpg.config import TrainConfig  # noqa: E402
+from sdpg.losses import REF_MODES  # noqa: E402
+from sdpg.methods import METHODS, check_config  # noqa: E402
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
-from sdpg.run import RunHandle, default_run_dir  # noqa: E402
+from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
 
 REFRESH_S = 1.5
-ACTIVE = ("created", "loading", "running", "paused")
-LOADING_NOTE = ("Loading model and data, then a first held-out evaluation. The embedded model is warm-started "
-                "once per settings (a few minutes on a CPU) and loaded from the cache afterwards.")
 HEADER = """
 <div class="sdpg-header">
   <div class="sdpg-title">SDPG Lab <span>Self-Distilled Policy Gradient, live</span></div>
@@ -62,54 +63,14 @@ THEME = gr.themes.Soft(primary_hue="purple", secondary_hue="orange", neutral_hue
                        font_mono=["JetBrains Mono", "DejaVu Sans Mono", "monospace"])
 
 
-class Controller:
-    """App-level state: at most one live run, plus an optional replay being browsed instead of it."""
+class Controller(RunView):
+    """App-level state: the page's view of at most one live run (plus a replay), and the controls that steer it."""
 
     def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle):
+        super().__init__()
         self.runs_root = Path(runs_root)
         self.run_factory = run_factory
-        self.handle = None
-        self.replay: RecordStream | None = None
-        self.stop_requested = False
         self._lock = threading.Lock()
-
-    # ---- what is shown ----
-    def stream(self) -> RecordStream | None:
-        if self.replay is not None:
-            return self.replay
-        return self.handle.records if self.handle is not None else None
-
-    def live_status(self) -> str:
-        if self.handle is None:
-            return "idle"
-        status = self.handle.status
-        return "stopping" if self.stop_requested and status in ACTIVE else status
-
-    def version(self) -> tuple:
-        """Changes whenever anything a view draws could have changed."""
-        stream = self.stream()
-        if stream is None:
-            return ("empty", self.live_status())
-        stream.refresh()
-        return (id(stream), len(stream.metrics()), len(stream.rollout_steps()), len(stream.events()),
-                self.live_status(), self.handle.step if self.handle else 0)
-
-    def status_card(self) -> str:
-        if self.replay is not None:
-            status, error = replay_status(self.replay.events())
-            metrics = self.replay.metrics()
-            total = self.replay.config().get("run", {}).get("steps")
-            note = ""
-            if self.handle is not None:
-                note = f"live run: {self.live_status()} at step {self.handle.step} / {self.handle.total_steps} — 'Show live run' in the Replay tab"
-            return status_html(status, step=metrics[-1]["step"] if metrics else 0, total=total, source="replay",
-                               run_dir=str(self.replay.run_dir), error=error, events=self.replay.events(), note=note)
-        if self.handle is None:
-            return status_html("idle", note="No run yet: choose settings and press Start, or open a run in the Replay tab.")
-        h = self.handle
-        note = LOADING_NOTE if h.status == "loading" else ""
-        return status_html(self.live_status(), step=h.step, total=h.total_steps, source="live run",
-                           run_dir=str(h.run_dir), error=h.error, events=h.records.events(), note=note)
 
     # ---- controls ----
     def start(self, cfg: TrainConfig) -> tuple[str, str]:
@@ -124,7 +85,7 @@ class Controller:
         return f"Started {cfg.loss.method.upper()} for {cfg.run.steps} steps → {handle.run_dir}", "ok"
 
     def pause(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ("loading", "running"):
+        if self.handle is None or self.handle.status not in PAUSABLE:
             return f"Nothing to pause (run is {self.live_status()}).", "error"
         self.handle.pause()
         return "Pause requested: the run pauses after the current step.", "info"
@@ -205,28 +166,10 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
     name = cfg.model.name
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
         raise ValueError(f"config model.name={name!r} is invalid: no such directory (expected a save_pretrained folder)")
-    return cfg.validate()
+    return check_config(cfg)
 
 
 # ---------------- record selection (which step / group / response the views show) ----------------
-def browsable_steps(stream: RecordStream | None) -> list[int]:
-    """Steps with rollout records or recorded advantages: the steps the selection views can show."""
-    if stream is None:
-        return []
-    with_adv = {r["step"] for r in stream.metrics() if r.get("adv/values")}
-    return sorted(with_adv | set(stream.rollout_steps()))
-
-
-def pick_group(stream: RecordStream | None, step, group) -> dict | None:
-    groups = stream.rollouts(step) if stream is not None and step is not None else []
-    return next((g for g in groups if g.get("group") == group), groups[0] if groups else None)
-
-
-def metrics_row(stream: RecordStream | None, step) -> dict | None:
-    rows = [r for r in stream.metrics() if r["step"] == step] if stream is not None else []
-    return rows[-1] if rows else None
-
-
 def whatif_view(stream: RecordStream | None, group: dict | None, response):
     """What-if weights of one recorded response, from the engine's `token_weights`."""
     responses, i = (group or {}).get("responses", []), int(response or 0)
@@ -245,8 +188,7 @@ def selection_controls(stream: RecordStream | None, step, group) -> tuple:
     The inputs are unbounded numbers on purpose: Gradio validates a slider against its initial maximum,
     not an updated one, and the views already answer an out-of-range index with a message.
     """
-    groups = stream.rollouts(step) if stream is not None and step is not None else []
-    ids = [g["group"] for g in groups]
+    ids = group_ids(stream, step)
     g = pick_group(stream, step, group)
     n_resp = len(g["responses"]) if g else 1
     longest = max((len(r.get("tokens", [])) for r in g["responses"]), default=1) if g else 1
@@ -264,7 +206,7 @@ def selection_views(stream, step, group, color_by, response, position, wresponse
 
 def button_states(status: str) -> tuple:
     active = status in ACTIVE or status == "stopping"
-    return (gr.update(interactive=not active), gr.update(interactive=status in ("loading", "running")),
+    return (gr.update(interactive=not active), gr.update(interactive=status in PAUSABLE),
             gr.update(interactive=status == "paused"), gr.update(interactive=status in ACTIVE),
             gr.update(interactive=status in ("running", "paused")))
 
@@ -366,11 +308,10 @@ def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
         metrics = stream.metrics() if stream is not None else []
         config = stream.config() if stream is not None else {}
         choices = browsable_steps(stream)
-        if choices and (follow_on or step not in choices):
-            step = choices[-1]
+        step = follow_step(choices, step, follow_on)
         return [version, ctl.status_card(), *button_states(ctl.live_status()),
                 curves_figure(metrics, config), advantage_evolution(metrics),
-                gr.update(choices=choices, value=step if choices else None),
+                gr.update(choices=choices, value=step),
                 *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
 
     tick_inputs = [seen, ui.step, ui.group, ui.follow, ui.color_by, ui.resp, ui.pos, ui.wresp]
@@ -391,11 +332,9 @@ def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
 
     def shift_step(delta):
         def go_to(step, group, color, r, p, wr):
-            choices = browsable_steps(ctl.stream())
-            if not choices:
+            new = shift_step(browsable_steps(ctl.stream()), step, delta)
+            if new is None:
                 return [gr.skip()] * (2 + len(sel_controls) + len(sel_views))
-            i = choices.index(step) if step in choices else len(choices) - 1
-            new = choices[max(0, min(len(choices) - 1, i + delta))]
             return [gr.update(value=new), *on_step(new, group, color, r, p, wr)]
         return go_to
 

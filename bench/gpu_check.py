@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdpg.config import TrainConfig  # noqa: E402
 from sdpg.forward import lm_head_weight, token_logp  # noqa: E402
 from sdpg.memory import ModelShape  # noqa: E402
-from sdpg.models import build_char_tokenizer  # noqa: E402
+from sdpg.methods import check_config  # noqa: E402
+from sdpg.embedded.tokenizer import build_char_tokenizer  # noqa: E402
 from sdpg.records import RecordStream  # noqa: E402
 from sdpg.run import build_trainer  # noqa: E402
 
@@ -94,7 +95,7 @@ def make_config(model_dir: Path, run_dir: Path, args) -> TrainConfig:
     cfg.optim.micro_batch_tokens = args.micro_batch_tokens
     cfg.optim.lr = 1e-6
     cfg.run.steps, cfg.run.record_groups, cfg.run.run_dir = 1000, 0, str(run_dir)
-    return cfg.validate()
+    return check_config(cfg)
 
 
 def set_length(trainer, length: int, response_tokens: int) -> tuple[int, int]:

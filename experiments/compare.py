@@ -39,8 +39,9 @@ from typing import Any
 
 from lab.compare import comparison_figures
 from sdpg.checkpoint import latest_checkpoint
+from sdpg.cli import build_parser as train_parser, config_from_args
 from sdpg.config import TrainConfig
-from sdpg.methods import METHODS
+from sdpg.methods import METHODS, check_config
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, ROLLOUTS_FILE, RecordStream, json_safe
 
 SECTION = "Method comparison"
@@ -115,7 +116,7 @@ def plan_runs(base: TrainConfig, names: list[str], seeds: list[int], steps: int,
             cfg = TrainConfig.from_dict(base.to_dict())
             run_dir = out / f"{name}-s{seed}"
             apply_settings(cfg, table[name] | {"run.seed": seed, "run.steps": steps, "run.run_dir": str(run_dir)})
-            plans.append(RunPlan(name, seed, cfg.validate(), run_dir))
+            plans.append(RunPlan(name, seed, check_config(cfg), run_dir))
     return plans
 
 
@@ -407,8 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def base_config(rest: list[str], parser: argparse.ArgumentParser) -> TrainConfig:
     """The shared config: `sdpg.train`'s preset / --config / flags; fields the experiment controls are refused."""
-    from sdpg.train import build_parser as train_parser, config_from_args
-
     train_args = train_parser().parse_args(rest)
     if train_args.resume:
         parser.error("--resume is not an experiment flag: rerunning the same command resumes every run")

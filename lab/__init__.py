@@ -5,8 +5,9 @@ Design choices:
   a `go.Figure` or an HTML string out. No view computes a loss; where a view needs an engine
   quantity (the beta schedule, the Prop. 3.1 token advantage) it calls the engine's function.
 - One module per picture family: `curves`, `heatmap`, `advantages`, `inspector`, `whatif`, `status`,
-  `compare`;
-  `style` holds the shared palette and layout; `widgets` wraps the views as live notebook widgets.
+  `compare`; `style` holds the shared palette and layout.
+- `viewmodel` decides what a run's faces show (version, status card, browsable steps, picked group);
+  the page (`app.py`) and the notebook widget (`widgets`) are thin adapters over it.
 """
 from lab.advantages import advantage_evolution, advantage_histogram
 from lab.compare import comparison_figures

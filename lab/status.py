@@ -13,6 +13,8 @@ import html
 import time
 from pathlib import Path
 
+from sdpg.run import TERMINAL
+
 STATUS_COLORS = {
     "idle": "#868e96", "created": "#868e96", "loading": "#f08c2e", "running": "#2b8a3e", "paused": "#e67700",
     "stopping": "#e67700", "stopped": "#495057", "finished": "#1864ab", "crashed": "#c92a2a",
@@ -35,7 +37,7 @@ def replay_status(events: list[dict]) -> tuple[str, str | None]:
             error = e.get("message") or "error"
             if e.get("traceback"):
                 error += "\n\n" + "".join(e["traceback"].splitlines(True)[-12:])
-    return (status if status in ("stopped", "finished", "crashed") else "incomplete"), error
+    return (status if status in TERMINAL else "incomplete"), error
 
 
 def _event_text(e: dict) -> str:

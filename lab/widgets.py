@@ -1,11 +1,12 @@
 """A live notebook view of a run: curves, the per-token KL heatmap and the advantage histogram.
 
 Design choices:
-- `LiveView` takes a run handle (anything with `.records`) or a `RecordStream`, and draws with the same
-  view functions as the dashboard into plotly `FigureWidget`s, so a notebook and the page agree.
-- `update()` redraws only when the records changed (a version tuple, as in the dashboard), and returns
-  whether it did; `start()` calls it from a daemon thread every `interval` seconds, so the kernel stays
-  free for other cells while training runs in its own thread. `stop()` ends the refresher.
+- `LiveView` takes a run handle (anything with `.records`) or a `RecordStream` and is a thin adapter over
+  `lab.viewmodel.RunView`, the page's view-model: the same version, status card, browsable steps and picked
+  group, drawn with the same view functions into plotly `FigureWidget`s, so a notebook and the page agree.
+- `update()` redraws only when the view-model's version changed, and returns whether it did; `start()` calls
+  it from a daemon thread every `interval` seconds, so the kernel stays free for other cells while training
+  runs in its own thread. `stop()` ends the refresher.
 - The step / group / colour controls redraw the heatmap and histogram at once; "follow latest" keeps
   them on the newest step as records arrive.
 - A replaced figure keeps its widget: traces and layout are swapped inside one `batch_update`, so the
@@ -21,10 +22,9 @@ import plotly.graph_objects as go
 from lab.advantages import advantage_histogram
 from lab.curves import curves_figure
 from lab.heatmap import COLOR_MODES, token_heatmap
-from lab.status import replay_status, status_html
+from lab.viewmodel import RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group
 from sdpg.records import RecordStream
-
-TERMINAL = ("finished", "stopped", "crashed")
+from sdpg.run import TERMINAL
 
 
 def replace_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
@@ -39,9 +39,7 @@ class LiveView:
     """Curves, KL heatmap and advantage histogram of a run or record stream, refreshed in the background."""
 
     def __init__(self, run_or_stream, *, interval: float = 2.0, color_by: str = "kl"):
-        if not isinstance(run_or_stream, RecordStream) and not hasattr(run_or_stream, "records"):
-            raise TypeError(f"LiveView needs a run handle or a RecordStream, got {type(run_or_stream).__name__}")
-        self.source = run_or_stream
+        self.view = RunView.of(run_or_stream)
         self.interval = interval
         self.status = widgets.HTML()
         self.curves, self.heatmap, self.histogram = go.FigureWidget(), go.FigureWidget(), go.FigureWidget()
@@ -63,38 +61,25 @@ class LiveView:
 
     @property
     def records(self) -> RecordStream:
-        return self.source if isinstance(self.source, RecordStream) else self.source.records
-
-    def _status_html(self) -> str:
-        if isinstance(self.source, RecordStream):
-            status, error = replay_status(self.source.events())
-            metrics = self.source.metrics()
-            return status_html(status, step=metrics[-1]["step"] if metrics else 0, source="records",
-                               total=self.source.config().get("run", {}).get("steps"), error=error,
-                               run_dir=str(self.source.run_dir or ""), events=self.source.events())
-        run = self.source
-        return status_html(run.status, step=run.step, total=run.total_steps, source="live run",
-                           run_dir=str(run.run_dir), error=run.error, events=self.records.events())
+        return self.view.stream()
 
     def update(self) -> bool:
         """Redraw from the records if anything changed since the last draw; True when it redrew."""
         with self._lock:
-            stream = self.records
-            stream.refresh()
-            status = getattr(self.source, "status", None)
-            version = (len(stream.metrics()), len(stream.rollout_steps()), len(stream.events()), status)
+            version = self.view.version()
             if version == self._version:
                 return False
             self._version = version
-            self.status.value = self._status_html()
+            stream = self.records
+            self.status.value = self.view.status_card()
             replace_figure(self.curves, curves_figure(stream.metrics(), stream.config()))
-            steps = stream.rollout_steps()
-            chosen = self.step.value
+            steps = browsable_steps(stream)
+            step = follow_step(steps, self.step.value, self.follow.value)
             self._syncing = True
             try:
                 self.step.options = steps
-                if steps:
-                    self.step.value = steps[-1] if self.follow.value or chosen not in steps else chosen
+                if step is not None:
+                    self.step.value = step
             finally:
                 self._syncing = False
             self._draw_selection()
@@ -110,19 +95,16 @@ class LiveView:
 
     def _draw_selection(self) -> None:
         stream, step = self.records, self.step.value
-        groups = stream.rollouts(step) if step is not None else []
+        group = pick_group(stream, step, self.group.value)
         self._syncing = True
-        chosen = self.group.value
         try:
-            self.group.options = [g["group"] for g in groups]
-            if groups:
-                self.group.value = chosen if chosen in self.group.options else groups[0]["group"]
+            self.group.options = group_ids(stream, step)
+            if group is not None:
+                self.group.value = group["group"]
         finally:
             self._syncing = False
-        group = next((g for g in groups if g["group"] == self.group.value), None)
-        row = next((r for r in reversed(stream.metrics()) if r["step"] == step), None)
         replace_figure(self.heatmap, token_heatmap(group, self.color.value))
-        replace_figure(self.histogram, advantage_histogram(row))
+        replace_figure(self.histogram, advantage_histogram(metrics_row(stream, step)))
 
     # ---- background refresh ----
     def start(self, interval: float | None = None) -> "LiveView":
@@ -151,7 +133,7 @@ class LiveView:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             # read the state before drawing, so the draw that ends the loop includes the final records
-            done = getattr(self.source, "status", None) in TERMINAL
+            done = self.view.live_status() in TERMINAL
             self.update()
             if done:
                 return

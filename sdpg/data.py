@@ -4,8 +4,8 @@ Design choices:
 - A row keeps the student's text and the teacher's privileged context apart. On disk (verl's layout,
   as in the authors' fork) they share one string split by `TEACHER_CONTEXT_TOKEN`: the student sees the
   text before it, the teacher sees the student text followed by the context.
-- Rows are frozen dataclasses; rendering them into model input (chat template or not) is the model
-  module's job, not the data's.
+- Rows are frozen dataclasses. `render_prompts` turns their texts into model input through the tokenizer's
+  chat template (raw text without one), here beside the rows so every reader renders the same way.
 - Files: `.parquet` is read with polars. JSON lines (`.jsonl`, `.json`) are decoded one line at a time
   with the standard `json` module, because polars' ndjson reader merges a column whose rows differ
   in type into JSON text: one ill-typed row would make every row look bad, and a file mixing plain
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import polars as pl
+from transformers import PreTrainedTokenizerBase
 
 TEACHER_CONTEXT_TOKEN = "[TEACHER_CONTEXT_TOKEN]"
 
@@ -58,6 +59,22 @@ class PromptRow:
     def to_text(self) -> str:
         """The combined on-disk string, inverse of `from_text`."""
         return self.prompt + TEACHER_CONTEXT_TOKEN + self.context if self.context else self.prompt
+
+
+def render_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, enable_thinking: bool = False) -> list[str]:
+    """Each text as a single user message through the chat template, ready for generation.
+
+    A tokenizer without a chat template gets the raw texts. `enable_thinking` reaches templates that
+    read it (Qwen3's), and is left out for the others.
+    """
+    template = tokenizer.chat_template
+    if not template:
+        return list(texts)
+    extra = {"enable_thinking": enable_thinking} if "enable_thinking" in str(template) else {}
+    if not texts:
+        return []
+    conversations = [[{"role": "user", "content": text}] for text in texts]
+    return tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True, **extra)
 
 
 STUDENT_TEMPLATE = (

@@ -1,40 +1,19 @@
-"""Full-vocabulary student-to-teacher KL, log-prob and entropy straight from hidden states.
-
-`fused_self_distill` computes, per token, `KL(p_student || q_teacher)` over the whole vocabulary,
-the student's log-prob of the sampled token and the student's entropy, from the final hidden
-states and the LM head weight, without ever holding an `(N, V)` logits tensor.
+"""Full-vocabulary student-to-teacher KL, log-prob and entropy straight from hidden states, never holding
+an `(N, V)` logits tensor.
 
 Design choices:
-- Tiles of `token_chunk x vocab_chunk` logits are made one at a time (`hidden @ W_chunk.T`, no bias).
-  The vocabulary loop is the outer one, so each weight chunk is read (and cast, for bf16) once per
-  pass and its weight gradient is finished before moving on; per-token statistics are `(N,)` vectors.
-- Forward is a single pass. Student and teacher logits of a tile come from one stacked GEMM
-  (`[h_student; h_teacher] @ W_chunk.T`) and one `log_softmax` over the chunk; per token and chunk
-  it keeps only the chunk's log-sum-exp and `E_p_chunk[log p_chunk]`, `E_p_chunk[log q_chunk]`.
-  Chunks merge exactly with a log-add-exp: earlier log-probs shift by `lse_old - lse_new` and keep
-  student mass `exp(lse_old - lse_new)`. At the end `entropy = -E_p[log p]` and
-  `KL = E_p[log p] - E_p[log q]`. These (N,) statistics are merged in float64 (merging in float32
-  added more error than the tiles). Few, fused passes over each tile matter more on a CPU than the
-  arithmetic in them.
-- Backward recomputes each tile and uses closed-form logit gradients (z = temperature-scaled
-  student logits, KL and H per token):
-      dKL/dz_a = p_a (log p_a - log q_a - KL)
-      dlogp_y/dz_a = 1[a = y] - p_a
-      dH/dz_a = -p_a (log p_a + H)
-  Upstream gradients of the three outputs combine into one tile
-  `G = p * (c1 log p + c2 log q + c0)`; the `1[a = y]` part is added as a row gather/scatter of the
-  weight, never as a one-hot tile. The teacher tile is recomputed only when KL has a gradient, and
-  its raw logits enter `G` directly (its log-sum-exp is folded into `c0`).
-- The student hidden state is divided by the temperature once (`N x H`), which scales the student
-  logits without touching any tile; the teacher uses raw logits.
-- The teacher gets no gradient: `teacher_hidden` receives `None`, and the weight's gradient comes from
-  the student side only, so tied embeddings are safe.
-- A teacher with its own LM head (a frozen reference model, or a wider model over the same vocabulary)
-  passes `teacher_weight`; its tiles are read chunk by chunk alongside the student's (two GEMMs into one
-  tile instead of a stacked one) and it never gets a gradient. Without it the teacher uses the student's head.
-- Masked tokens are dropped before the loops (their outputs are 0 and they get zero gradient).
-- Arithmetic is float32 for bf16/fp16 inputs (float64 stays float64, which gradcheck needs);
-  gradients come back in each input's dtype.
+- Tiles of `token_chunk x vocab_chunk` logits are made one at a time, vocabulary loop outermost, so each
+  weight chunk is read (and cast) once per pass and its weight gradient is finished before moving on.
+- Forward is one pass: student and teacher tiles come from one stacked GEMM, and chunks merge exactly
+  by log-add-exp; the (N,) merges run in float64 because float32 merging added more error than the tiles.
+  On a CPU, few fused passes over each tile matter more than the arithmetic in them.
+- Backward recomputes each tile and uses closed-form logit gradients (`_backward_tiles`), folded into
+  one tile `G = p * (c1 log p + c2 log q + c0)`; the sampled token's term is a row gather, never a one-hot.
+- Temperature divides the student hidden state once (`N x H`); the teacher uses raw logits.
+- The teacher never gets a gradient, so tied embeddings are safe; a teacher with its own LM head passes
+  `teacher_weight`.
+- Masked tokens are dropped before the loops. Arithmetic is float32 for bf16/fp16 inputs (float64 stays
+  float64 for gradcheck); gradients come back in each input's dtype.
 
 Shapes: N tokens, H hidden size, V vocabulary, n tokens in a chunk, v vocabulary rows in a chunk.
 """
@@ -207,7 +186,9 @@ def _backward_tiles(hs, ht, weight, teacher_weight, y, lse_s, lse_t, coef, g_lp,
                     token_chunk, vocab_chunk):
     """Gradients w.r.t. hs (N_kept, H) and the weight (V, H, weight's dtype) from recomputed tiles.
 
-    Each tile contributes G = p (c1 log p + c2 log q + c0); the sampled token adds g_lp * 1[a = y].
+    With z the temperature-scaled student logits and KL, H per token: dKL/dz_a = p_a (log p_a - log q_a - KL),
+    dlogp_y/dz_a = 1[a = y] - p_a, dH/dz_a = -p_a (log p_a + H). The upstream gradients of the three outputs
+    combine into G = p (c1 log p + c2 log q + c0) per tile; the sampled token adds g_lp * 1[a = y].
     """
     c1, c2, c0 = (c[:, None] for c in coef)  # (N_kept, 1) each
     if with_teacher:

@@ -28,14 +28,17 @@ import torch.nn.functional as F
 from sdpg.fused_kl import NonFiniteError, fused_self_distill
 
 __all__ = [
-    "ADV_SCALES", "AGG_MODES", "REF_KL_MODES", "NonFiniteError", "aggregate", "beta_schedule", "clipped_pg_loss",
+    "ADV_SCALES", "AGG_MODES", "REF_MODES", "NonFiniteError", "aggregate", "beta_schedule", "clipped_pg_loss",
     "distill_token_advantage", "fused_self_distill", "group_advantages", "masked_mean",
     "ref_kl_penalty", "sdpg_loss", "self_distill_kl",
 ]
 
 ADV_SCALES = ("std", "none")
+"""group advantage scaling (`group_advantages`, `loss.adv_scale`)"""
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-REF_KL_MODES = ("urkl", "ufkl", "rkl", "fkl", "k3")
+"""loss aggregations (`aggregate`, `loss.agg`)"""
+REF_MODES = ("urkl", "ufkl", "rkl", "fkl", "k3")
+"""reference-anchor estimators (`ref_kl_penalty`, `loss.ref_mode`)"""
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -140,8 +143,8 @@ def ref_kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, mode: str) -> tor
     urkl 0.5 (log w)^2 | ufkl exp(-log w) + log w | rkl 0.5 (log w + 1)^2 | fkl exp(-log w) |
     k3 exp(-log w) + log w - 1 (GRPO's estimator of KL(pi_theta || pi_ref)).
     """
-    if mode not in REF_KL_MODES:
-        raise ValueError(f"unknown reference KL mode {mode!r}; valid: {REF_KL_MODES}")
+    if mode not in REF_MODES:
+        raise ValueError(f"unknown reference KL mode {mode!r}; valid: {REF_MODES}")
     if logp.shape != ref_logp.shape:
         raise ValueError(f"ref_logp {tuple(ref_logp.shape)} must match logp {tuple(logp.shape)}")
     log_w = logp - ref_logp  # (B, T)

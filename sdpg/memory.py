@@ -1,30 +1,20 @@
 """Memory planner: will a run fit the device? An estimate from the model's config and the run's lengths.
 
     python -m sdpg.memory --model Qwen/Qwen3-4B --preset paper --device-gib 80
-    python -m sdpg.memory --model ./my-model --rollout.max_new_tokens 8192 --optim.micro_batch_tokens 16384
 
 Legend: P parameters, L layers, H hidden size, I MLP width, V vocabulary, N tokens in a micro-batch.
 
 Design choices:
-- The parameter count is exact: the model is built from its HF config on the meta device (no weights,
-  no memory). Everything else is a formula over the config's shape and the run's lengths.
-- Two phases share one card. Rollout: the resident training state (weights, AdamW state, reference;
-  gradients are freed after each optimizer step) plus the rollout engine (vLLM's
-  `gpu_memory_utilization` share, or HF generate's KV cache and kept logits). Update: the training
-  state plus gradients, activations of one micro-batch and the KL workspace, plus what a sleeping
-  vLLM engine keeps (its whole share when `rollout.vllm_sleep` is off).
-- Activations count the tensors a Qwen3/Llama-style block saves for backward with fused attention
-  (no T x T scores): about `6H + 4(q + kv) + 4I` values per token and layer in the compute dtype.
-  Gradient checkpointing keeps each layer's input and recomputes one layer at a time.
-- The KL workspace is a few (token x vocabulary) tiles plus a float32 weight-gradient buffer for the
-  fused KL, and about six (N_response, V) float32 tensors for the materialised-logits path.
-- A fixed runtime allowance (CUDA context, cuBLAS workspaces) and a slack fraction for allocator
-  fragmentation are added; the plan is an estimate meant to catch runs that are clearly too big
-  (off by tens of percent, not by factors), not to replace a measurement.
-- A refusal names the phase and its largest terms and suggests the least disruptive change that fits:
-  a smaller `optim.micro_batch_tokens`, then gradient checkpointing or the fused KL, then vLLM instead
-  of HF generate (or a smaller vLLM share), then a shorter `rollout.max_new_tokens`, else the largest
-  model that could fit.
+- The parameter count is exact (the model is built on the meta device); everything else is a formula over
+  the config's shape and the run's lengths.
+- Two phases share one card: rollout (resident training state plus the rollout engine) and update
+  (training state, gradients, one micro-batch's activations and the KL workspace, plus what a sleeping vLLM
+  engine keeps).
+- Activations count what a Qwen3/Llama-style block saves for backward with fused attention; gradient
+  checkpointing keeps each layer's input and recomputes one layer at a time.
+- A runtime allowance and an allocator slack are added: the plan catches runs that are clearly too big
+  (off by tens of percent, not by factors); it does not replace a measurement.
+- A refusal names the phase and its largest terms and suggests the least disruptive change that fits.
 """
 from __future__ import annotations
 
@@ -34,8 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
+from sdpg.cli import build_parser, config_from_args
 from sdpg.config import TrainConfig
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model
+from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.fused_kl import TILE_LOGITS
+from sdpg.methods import check_config, get_method
+from sdpg.models import EMBEDDED
 
 GIB = 1024 ** 3
 RUNTIME_BYTES = int(1.5 * GIB)
@@ -226,8 +221,6 @@ def model_config(cfg: TrainConfig):
     """The HF config of `cfg.model.name` without loading weights ("embedded": the tiny model's shape)."""
     from transformers import AutoConfig
 
-    from sdpg.models import EMBEDDED, TinyModelConfig, build_char_tokenizer, build_tiny_model
-
     if cfg.model.name == EMBEDDED:
         with torch.device("meta"):
             return build_tiny_model(build_char_tokenizer(), TinyModelConfig()).config
@@ -235,16 +228,13 @@ def model_config(cfg: TrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sdpg.run import uses_reference  # run imports this module
-    from sdpg.train import build_parser, config_from_args
-
     parser = build_parser()
     parser.prog = "python -m sdpg.memory"
     parser.description = "Print the memory plan of a run (same flags as sdpg.train) and whether it fits."
     parser.add_argument("--device-gib", type=float, default=None,
                         help="device memory in GiB (default: the visible CUDA device's total)")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).validate()
+    cfg = check_config(config_from_args(args))
     if args.device_gib is not None:
         total = int(args.device_gib * GIB)
     elif torch.cuda.is_available():
@@ -256,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.model.name}: {shape.params / 1e9:.3f}B parameters, {shape.layers} layers, H={shape.hidden}, "
           f"V={shape.vocab}; response {cfg.rollout.max_new_tokens} + prompt {cfg.rollout.max_prompt_tokens} tokens")
     try:
-        print(check_memory(cfg, shape, total, uses_reference=uses_reference(cfg)).table())
+        uses_reference = get_method(cfg.loss.method).uses_reference(cfg.loss)
+        print(check_memory(cfg, shape, total, uses_reference=uses_reference).table())
     except MemoryPlanError as exc:
         print(f"refused: {exc}")
         return 1

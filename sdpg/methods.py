@@ -5,7 +5,7 @@ Legend: B sequences, T response tokens.
 Design choices:
 - The trainer computes the per-token quantities a method declares it needs (`MethodSpec.needs`) and calls
   `spec.loss(inputs, cfg, beta_k)`; adding a method is one function and one registry entry, and the CLI,
-  the config check and the dashboard list whatever is registered.
+  the config check (`check_config`) and the dashboard list whatever is registered.
 - `beta_k` is the scheduled distillation weight for this step (`sdpg.losses.beta_schedule`) for methods
   with `distills=True`, 0 for the others.
 - Every loss goes through `sdpg.losses.sdpg_loss` with the terms it does not use switched off (beta = 0,
@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from sdpg.config import LossConfig
+from sdpg.config import LossConfig, TrainConfig
 from sdpg.losses import masked_mean, sdpg_loss
 
 OPSD_CLAMP = 20.0
@@ -76,6 +76,16 @@ class MethodSpec:
     """whether the method's loss uses the distillation KL (others only monitor it)"""
     outcome: bool = True
     """whether the loss has an outcome (verifier reward) term; without one, beta is its only weight"""
+
+    def uses_reference(self, loss: LossConfig) -> bool:
+        """Whether this method under `loss` needs the frozen reference model (the alpha anchor or a reference teacher)."""
+        return (loss.alpha > 0 and "ref_logp" in self.needs) or bool({"ref_teacher_logp", "ref_distill_kl"} & self.needs)
+
+    def check(self, loss: LossConfig) -> None:
+        """Raise ValueError, naming the field, for settings under which this method would train nothing."""
+        if self.distills and not self.outcome and not loss.beta > 0:
+            raise ValueError(f"config loss.beta={loss.beta!r} is invalid: must be > 0 for method {self.name!r}, "
+                             f"whose only term is the distillation KL")
 
 
 # ----------------------------------------------------------------------------- token weights
@@ -248,3 +258,13 @@ def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Every check a run needs before it starts: the fields (`TrainConfig.validate`), then what only the registry
+    knows (a registered method, settings it can train with). ValueError names the first bad field; returns cfg."""
+    cfg.validate()
+    if cfg.loss.method not in METHODS:
+        raise ValueError(f"config loss.method={cfg.loss.method!r} is invalid: must be one of {sorted(METHODS)}")
+    METHODS[cfg.loss.method].check(cfg.loss)
+    return cfg

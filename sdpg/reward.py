@@ -1,31 +1,19 @@
 """Verifier reward: math-verify scores boxed answers in worker processes, with a real time limit.
 
 Design choices:
-- math-verify limits its own run time with `signal.alarm`, which only works in a process's main
-  thread, and the trainer scores from a background thread. So every check runs in a spawn-context
-  `ProcessPoolExecutor` (safe to start from any thread, with torch loaded): each worker is its own
-  main thread, where timers work.
-- One timer per answer, not per math-verify call: a worker arms `setitimer` (fractional seconds) for
-  the whole check (parse gold, parse prediction, compare) and calls math-verify with its own
-  timeouts off. math-verify's timeouts are whole seconds and restart for each of those calls, so one
-  answer could otherwise take several times the limit.
-- `raise_on_error=True`: by default math-verify logs a failure and scores it as wrong, which hides
-  verifier bugs; here a failure comes back as status "error" with its message, and a timeout as
-  status "timeout". Both score 0 and are counted by `reward_metrics`, never silently.
-- A backstop in the parent: each worker publishes which item it is checking and since when (shared
-  memory). A worker still on one item `timeout_s + BACKSTOP_GRACE_S` after starting it is stuck
-  where its timer cannot reach (C code that never checks signals, a swallowed exception): the pool
-  is killed and rebuilt, that item is a timeout, and the other unfinished items run again. A worker
-  that dies (e.g. out of memory) makes its item an "error" the same way.
-- Work goes out as one task per worker per call (a chunk of items), not one task per item: a
-  training step scores ~128 answers and per-task overhead would dominate ~2 ms checks.
-- A parent-side LRU memo keyed by (gold, extracted answer) skips repeats, which are common with
-  small models. Timeouts are not memoised: they depend on machine load, so a repeat gets a new try.
-- Both sides are parsed wrapped as `$...$`: plain "579" then parses, and in measurements it matched
-  or beat wrapping in `\\boxed{}` (which rejects "579.") or no wrapping (which misses
-  `\\dfrac12`, `\\sqrt2`, tuples and `\\text{B}`).
-- Spawned workers re-import the main module: a script that builds a `MathVerifier` needs the
-  `if __name__ == "__main__":` guard. Notebooks need nothing.
+- Checks run in a spawn-context process pool: math-verify's `signal.alarm` works only in a main thread, and
+  the trainer scores from a background thread (spawned workers re-import the main module, so a script that
+  builds a `MathVerifier` needs the `if __name__ == "__main__":` guard).
+- One `setitimer` per answer, not math-verify's whole-second timeouts, which restart per call and could
+  let one answer take several times the limit.
+- `raise_on_error=True`: a verifier failure is status "error", a timeout "timeout"; both score 0 and are
+  counted by `reward_metrics`, never hidden.
+- A backstop in the parent kills and rebuilds the pool when a worker is stuck past `timeout_s +
+  BACKSTOP_GRACE_S` where its timer cannot reach, or dies; that item scores as a timeout (or error) and
+  the others run again.
+- One chunk of items per worker per call (per-task overhead would dominate ~2 ms checks), and a parent-side
+  memo of (gold, answer) pairs; timeouts are not memoised, as they depend on machine load.
+- Both sides are parsed wrapped as `$...$`, which in measurements matched or beat `\\boxed{}` and no wrapping.
 """
 from __future__ import annotations
 

@@ -3,27 +3,18 @@
 Legend: B sequences (prompts x G), P prompt tokens (left-padded), T response tokens (right-padded).
 
 Design choices:
-- Same interface and output as `HFRolloutEngine` (it subclasses it for prompt encoding, EOS and padding),
-  so the trainer never branches on the engine; only sampling and weight sync differ.
-- The training model is the one source of weights. vLLM starts from the model's config alone
-  (`load_format="dummy"`, no checkpoint read, no tokenizer: prompts go in as token ids and responses
-  are decoded with our tokenizer), then receives the training weights through
-  `collective_rpc("reload_weights", weights_iterator=...)`. That needs the engine in this process
-  (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): tensors cannot cross a process boundary through that call.
-- `sync_weights(model)` only marks the engine's weights stale; they are pushed (and the prefix cache,
-  computed with the old weights, reset) at the start of the next `generate`, once, however many
-  optimizer steps came between.
-- On a GPU the engine sleeps between rollouts (`sleep(level=2)`: weights and KV cache freed) so the update
-  gets the card; waking reallocates them and the weights are pushed again from the training model.
-  Where the platform has no sleep mode (CPU) the engine stays resident and
-  `rollout.vllm_gpu_memory_utilization` / `kv_cache_memory_bytes` bound it.
-- Old log-probs are vLLM's `processed_logprobs`: after temperature, the quantity the loss recomputes.
-  With top-p < 1 they would include the truncation, so the config refuses top-p < 1 with this engine.
-- G samples of a prompt are one request with `n=G` (the prompt is prefilled once); vLLM returns them
-  in order, which gives the group-after-group layout directly.
-- vLLM's dtype follows the update's compute dtype: bfloat16 when the model is bf16 or autocast is on,
-  float32 otherwise (on the CPU, float32 log-probs matched a transformers forward to 5e-7).
-- In-process vLLM sets torch's thread count for the whole process (and then refuses changes): set
+- Same interface and output as `HFRolloutEngine` (a subclass), so the trainer never branches on the engine.
+- The training model is the one source of weights: vLLM starts from its config alone (`load_format="dummy"`,
+  token ids in, our tokenizer decodes) and receives the weights through `collective_rpc("reload_weights")`,
+  which needs the engine in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`).
+- `sync_weights` only marks the weights stale; they are pushed (and the prefix cache reset) once, at the
+  next `generate`.
+- On a GPU the engine sleeps between rollouts so the update gets the card; where there is no sleep mode (CPU)
+  it stays resident within `rollout.vllm_gpu_memory_utilization`.
+- Old log-probs are vLLM's `processed_logprobs` (after temperature, what the loss recomputes); top-p < 1
+  would add the truncation, so the config refuses it with this engine.
+- A prompt's G samples are one request with `n=G`, which yields the group-after-group layout directly.
+- vLLM computes in the update's dtype. It sets torch's thread count for the whole process: set
   OMP_NUM_THREADS before starting a run.
 """
 from __future__ import annotations

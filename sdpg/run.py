@@ -23,7 +23,7 @@ import torch
 from sdpg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow, load_rows
-from sdpg.methods import get_method
+from sdpg.methods import check_config, get_method
 from sdpg.memory import ModelShape, check_memory, model_config
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import RecordStream
@@ -32,6 +32,13 @@ from sdpg.task import make_rows
 from sdpg.trainer import Trainer
 
 STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed")
+"""every state a run can show: `RunHandle.status`, and "stopping" while a requested stop is under way"""
+ACTIVE = ("created", "loading", "running", "paused")
+"""a run whose thread has not ended: it can be paused, resumed or stopped, and no second run may start"""
+PAUSABLE = ("loading", "running")
+"""a pause request is honoured between steps from these states"""
+TERMINAL = ("stopped", "finished", "crashed")
+"""a run whose thread has ended; its records are complete"""
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -46,7 +53,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
 
 
 def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = True) -> Trainer:
-    cfg.validate()
+    uses_reference = get_method(check_config(cfg).loss.method).uses_reference(cfg.loss)  # refuses bad settings first
     torch.manual_seed(cfg.run.seed)
     train_rows, val_rows = load_data(cfg)
     if not train_rows:
@@ -54,18 +61,12 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
     device = resolve_device(cfg.model.device)
     if device.type == "cuda" and cfg.run.memory_check:  # refuse before loading a model that will not fit
         check_memory(cfg, ModelShape.from_config(model_config(cfg)),
-                     torch.cuda.get_device_properties(device).total_memory, uses_reference=uses_reference(cfg))
+                     torch.cuda.get_device_properties(device).total_memory, uses_reference=uses_reference)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress)
-    ref = make_reference(model) if uses_reference(cfg) else None
+    ref = make_reference(model) if uses_reference else None
     verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
     return Trainer(cfg, model=model, tokenizer=tokenizer, ref_model=ref, train_rows=train_rows,
                    val_rows=val_rows, records=records, verifier=verifier)
-
-
-def uses_reference(cfg: TrainConfig) -> bool:
-    """Whether the method of `cfg` needs the frozen reference model (the alpha anchor or a reference teacher)."""
-    needs = get_method(cfg.loss.method).needs
-    return (cfg.loss.alpha > 0 and "ref_logp" in needs) or bool({"ref_teacher_logp", "ref_distill_kl"} & needs)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -76,7 +77,7 @@ class RunHandle:
     """One training run in a background thread, plus its record stream and run directory."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = False):
-        self.cfg = cfg.validate()
+        self.cfg = check_config(cfg)
         self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
         if resume and latest_checkpoint(self.run_dir) is None:
             raise FileNotFoundError(f"cannot resume: {self.run_dir} has no complete checkpoint")
@@ -102,7 +103,7 @@ class RunHandle:
         return self
 
     def pause(self) -> None:
-        if self.status in ("loading", "running"):
+        if self.status in PAUSABLE:
             self._pause.set()
 
     def resume(self) -> None:

@@ -1,98 +1,18 @@
-"""Command line: `python -m sdpg.train [--section.field VALUE ...]`.
+"""Command line: `python -m sdpg.train [--section.field VALUE ...]` (the flags: `sdpg.cli`).
 
-Design choices:
-- Every config field is a flag, generated from the dataclasses (`--loss.beta 0.05`, `--no-loss.gate`), with
-  the field's docstring as its help, so the CLI never drifts from the config. A few everyday fields have
-  short aliases (`--method`, `--model`, `--data`, `--steps`, `--seed`, `--run-dir`).
-- `--preset paper` starts from the paper's settings; `--config run/config.json` from a saved config;
-  flags given on the command line override either. `--resume RUN_DIR` continues a run from its last
-  checkpoint with the config saved in that directory.
-- The run goes through the same `RunHandle` the dashboard uses; the CLI shows a progress bar and prints a
-  summary at the end. Ctrl-C stops cleanly (checkpoint saved).
+The run goes through the same `RunHandle` the dashboard uses, so the CLI adds only a progress bar and a
+summary; Ctrl-C stops cleanly (checkpoint saved).
 """
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
-import json
 import sys
 import time
-import typing
-from pathlib import Path
 
-from sdpg.config import TrainConfig, preset
-from sdpg.records import CONFIG_FILE
+from tqdm import tqdm
 
-ALIASES = {"method": "loss.method", "model": "model.name", "data": "data.train", "steps": "run.steps",
-           "seed": "run.seed", "run-dir": "run.run_dir"}
-
-
-def field_docs(cls) -> dict[str, str]:
-    """The docstring written under each dataclass field (STYLE.md habit 1)."""
-    docs, tree = {}, ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def _parse_value(kind, text: str):
-    """Scalar flag values; `X | None` fields accept the word "none"."""
-    args = typing.get_args(kind)
-    if type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        return None if text.lower() == "none" else inner(text)
-    return kind(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sdpg.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="starting settings")
-    parser.add_argument("--config", help="a saved config.json to start from (overrides --preset)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    reverse_alias = {v: k for k, v in ALIASES.items()}
-    defaults = TrainConfig()
-    for section in dataclasses.fields(TrainConfig):
-        sub = getattr(defaults, section.name)
-        group = parser.add_argument_group(section.name)
-        hints = typing.get_type_hints(type(sub))
-        docs = field_docs(type(sub))
-        for f in dataclasses.fields(sub):
-            key = f"{section.name}.{f.name}"
-            names = [f"--{key}"] + ([f"--{reverse_alias[key]}"] if key in reverse_alias else [])
-            kind, default = hints[f.name], getattr(sub, f.name)
-            common = dict(dest=key, default=argparse.SUPPRESS, help=f"{docs.get(f.name, '')} (default: {default})")
-            if kind is bool:
-                group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
-            elif typing.get_origin(kind) is tuple:
-                group.add_argument(*names, nargs=len(typing.get_args(kind)), type=typing.get_args(kind)[0],
-                                   metavar="X", **common)
-            else:
-                group.add_argument(*names, type=lambda t, k=kind: _parse_value(k, t), metavar="X", **common)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    if args.resume:
-        saved = Path(args.resume) / CONFIG_FILE
-        if not saved.exists():
-            raise SystemExit(f"error: cannot resume: {saved} does not exist")
-        cfg = TrainConfig.from_dict(json.loads(saved.read_text()))
-        cfg.run.run_dir = args.resume
-    elif args.config:
-        cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
-    else:
-        cfg = preset(args.preset)
-    for key, value in vars(args).items():
-        if "." in key:
-            section, name = key.split(".")
-            setattr(getattr(cfg, section), name, tuple(value) if isinstance(value, list) else value)
-    return cfg
+from sdpg.cli import build_parser, config_from_args
+from sdpg.methods import check_config
+from sdpg.run import RunHandle
 
 
 def summary(handle) -> str:
@@ -115,13 +35,9 @@ def summary(handle) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
-    from sdpg.run import RunHandle
-
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args).validate()
+        cfg = check_config(config_from_args(args))
         handle = RunHandle(cfg, resume=bool(args.resume), progress=not args.quiet)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 import torch
 
 from sdpg.config import TrainConfig
-from sdpg.data import PromptRow
+from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp, topk_next_tokens
 from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
 from sdpg.methods import LossInputs, get_method
-from sdpg.models import render_prompts
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine

@@ -7,7 +7,9 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from sdpg.config import TrainConfig  # noqa: E402
-from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model  # noqa: E402
+from sdpg.embedded.tokenizer import build_char_tokenizer  # noqa: E402
+from sdpg.methods import check_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,4 +39,4 @@ def tiny_config(model_dir, run_dir, **overrides) -> TrainConfig:
     for key, value in overrides.items():
         section, name = key.split("__")
         setattr(getattr(cfg, section), name, value)
-    return cfg.validate()
+    return check_config(cfg)

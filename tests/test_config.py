@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from sdpg.cli import build_parser, config_from_args, field_docs
 from sdpg.config import TrainConfig, preset
-from sdpg.train import build_parser, config_from_args, field_docs
+from sdpg.methods import check_config
 
 
 def test_defaults_validate_and_round_trip_through_json():
@@ -33,7 +34,7 @@ def test_invalid_values_name_the_field(section, name, value, needle):
     cfg = TrainConfig()
     setattr(getattr(cfg, section), name, value)
     with pytest.raises(ValueError, match=needle.replace(".", r"\.").replace("(", r"\(")):
-        cfg.validate()
+        check_config(cfg)
 
 
 def test_unknown_keys_are_an_error():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdpg.losses import (
-    REF_KL_MODES, aggregate, beta_schedule, clipped_pg_loss, distill_token_advantage, group_advantages,
+    REF_MODES, aggregate, beta_schedule, clipped_pg_loss, distill_token_advantage, group_advantages,
     masked_mean, ref_kl_penalty, sdpg_loss, self_distill_kl,
 )
 
@@ -131,7 +131,7 @@ REF_CASES = {  # mode: (value, d value / d logp) as functions of log w
 }
 
 
-@pytest.mark.parametrize("mode", REF_KL_MODES)
+@pytest.mark.parametrize("mode", REF_MODES)
 def test_ref_kl_modes_values_and_gradients(mode):
     value, grad = REF_CASES[mode]
     ref_logp = torch.tensor([[-2.0, -1.0, -3.0]])

@@ -12,9 +12,11 @@ from transformers import Qwen3Config
 
 from conftest import tiny_config
 from sdpg.config import TrainConfig, preset
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model
+from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.forward import lm_head_weight
 from sdpg.memory import GIB, MemoryPlanError, ModelShape, check_memory, main as memory_main, plan_memory
-from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, resolve_device
+from sdpg.models import resolve_device
 from sdpg.records import RecordStream
 from sdpg.run import build_trainer
 

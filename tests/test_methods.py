@@ -10,8 +10,8 @@ from conftest import tiny_config
 from sdpg.config import LossConfig, TrainConfig
 from sdpg.fused_kl import fused_self_distill
 from sdpg.losses import beta_schedule
-from sdpg.methods import (METHODS, OPSD_CLAMP, LossInputs, get_method, opsd_fork_token_weight, rlsd_evidence_weight,
-                          rlsd_lambda, rlsd_token_advantage)
+from sdpg.methods import (METHODS, OPSD_CLAMP, LossInputs, check_config, get_method, opsd_fork_token_weight,
+                          rlsd_evidence_weight, rlsd_lambda, rlsd_token_advantage)
 from sdpg.records import RecordStream
 from sdpg.reward import Verdict
 from sdpg.run import build_trainer
@@ -66,9 +66,9 @@ def test_a_distillation_only_method_refuses_beta_zero(method):
     cfg = TrainConfig()
     cfg.loss.method, cfg.loss.beta = method, 0.0
     with pytest.raises(ValueError, match=f"loss.beta=0.0 is invalid: must be > 0 for method '{method}'"):
-        cfg.validate()
+        check_config(cfg)
     cfg.loss.method = "sdpg"
-    cfg.validate()  # the SDPG beta = 0 ablation is fine: the outcome term remains
+    check_config(cfg)  # the SDPG beta = 0 ablation is fine: the outcome term remains
 
 
 # ----------------------------------------------------------------------------- SDPG and its ablations

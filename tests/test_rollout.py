@@ -1,7 +1,8 @@
 import torch
 
+from sdpg.data import render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp
-from sdpg.models import load_model_and_tokenizer, render_prompts
+from sdpg.models import load_model_and_tokenizer
 from sdpg.config import ModelConfig
 from sdpg.rollout import HFRolloutEngine, response_mask_from_ids
 

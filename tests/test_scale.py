@@ -21,10 +21,10 @@ from transformers import TrainerCallback
 from conftest import tiny_config
 from lab import curves_figure, replay_status
 from sdpg.config import TrainConfig, preset
-from sdpg.data import PromptRow
+from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp
 from sdpg.losses import group_advantages
-from sdpg.models import load_model_and_tokenizer, render_prompts
+from sdpg.models import load_model_and_tokenizer
 from sdpg.records import RESPONSE_FIELDS, ROLLOUT_FIELDS, RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.rollout import Rollout, response_mask_from_ids

@@ -4,12 +4,13 @@ import math
 import pytest
 
 from conftest import tiny_config
-from fixtures.records import emit_step, fixture_config, make_group, write_run
+from fixtures.records import emit_step, fixture_config, make_group, make_metrics_row, write_run
 from lab import (advantage_evolution, advantage_histogram, curves_figure, planned_beta, replay_status, rollout_html,
                  status_html, token_heatmap, topk_figure, whatif_figure)
 from lab.curves import resolve_key, series
 from lab.heatmap import show_token
 from lab.style import COLORS
+from lab.viewmodel import browsable_steps
 from lab.widgets import LiveView
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle
@@ -224,6 +225,19 @@ def test_live_view_follows_new_records_and_redraws_only_on_change(tmp_path):
     latest = stream.rollouts(2)[0]
     assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"] for r in latest["responses"]]
     assert list(trace(view.curves, "reward").x) == [1, 2]
+
+
+def test_live_view_browses_the_steps_the_page_browses(tmp_path):
+    """A step with recorded advantages but no rollout records (groups not kept) is browsable in both faces."""
+    stream = RecordStream(tmp_path / "live")
+    stream.write_config(fixture_config(steps=5).to_dict())
+    emit_step(stream, 1)
+    row = make_metrics_row(2, [make_group(2, 0), make_group(2, 1)])
+    stream.emit_metrics(2, row)
+    view = LiveView(stream)
+    assert list(view.step.options) == browsable_steps(stream) == [1, 2] and view.step.value == 2
+    assert sum(view.histogram.data[0].y) == len(row["adv/values"])
+    assert list(view.group.options) == [] and not view.heatmap.data
 
 
 def test_live_view_selection_redraws_and_stops_following(tmp_path):

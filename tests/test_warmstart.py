@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import sdpg.warmstart as warmstart
+import sdpg.embedded.cache as cache
+import sdpg.embedded.warmstart as warmstart
 from sdpg.config import DataConfig, ModelConfig
-from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_entry, embedded_key, embedded_settings,
-                         load_model_and_tokenizer, read_warmstart_report, render_prompts)
+from sdpg.data import render_prompts
+from sdpg.embedded.cache import embedded_entry, embedded_key, embedded_settings, read_warmstart_report
+from sdpg.embedded.model import TinyModelConfig
+from sdpg.embedded.tokenizer import build_char_tokenizer
+from sdpg.embedded.warmstart import WarmStartConfig, evaluate, warm_start
+from sdpg.models import load_model_and_tokenizer
 from sdpg.task import make_row, target_text
-from sdpg.warmstart import WarmStartConfig, evaluate, warm_start
 
 TINY = WarmStartConfig(
     digits=(1, 1), steps=3, batch_size=8, warmup_steps=1, eval_prompts=4, eval_samples=2,
@@ -117,7 +121,7 @@ def test_embedded_model_is_cached_and_reused(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached entry should have been loaded")
 
-    monkeypatch.setattr(warmstart, "warm_start", no_training)
+    monkeypatch.setattr(cache, "warm_start", no_training)
     again, again_tok = load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
     ids = torch.tensor([tokenizer(render_prompts(tokenizer, ["Q:1+2\n"])[0])["input_ids"]])  # (1, N)
     with torch.no_grad():
@@ -139,7 +143,7 @@ def test_two_builders_of_one_entry_train_once_and_stale_staging_goes(tmp_path, m
         calls.append(cfg)
         return real(cfg, progress=progress)
 
-    monkeypatch.setattr(warmstart, "warm_start", counted)
+    monkeypatch.setattr(cache, "warm_start", counted)
     with ThreadPoolExecutor(2) as pool:
         entries = list(pool.map(lambda _: embedded_entry(cache_dir=tmp_path, warm_cfg=TINY, progress=False), range(2)))
     assert len(calls) == 1 and entries[0] == entries[1]
@@ -158,7 +162,7 @@ def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
     def crash(cfg, progress):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(warmstart, "warm_start", crash)
+    monkeypatch.setattr(cache, "warm_start", crash)
     with pytest.raises(RuntimeError, match="interrupted"):
         load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
     assert entries_in(tmp_path) == []
@@ -172,7 +176,7 @@ def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
         report["unserialisable"] = object()
         return model, tokenizer, report
 
-    monkeypatch.setattr(warmstart, "warm_start", save_fails)
+    monkeypatch.setattr(cache, "warm_start", save_fails)
     with pytest.raises(TypeError):
         load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
     assert entries_in(tmp_path) == []

@@ -2,33 +2,19 @@
 
 Design choices:
 - `TrainConfig` stays the one source of truth for the algorithm; `ScaleConfig` holds only what a single-process
-  run has no use for (process count, backend, vLLM server address). Every TRL setting is derived from the two, so a
-  run cannot drift from its saved `config.json`.
-- One optimizer step per rollout batch, as in the engine: a step's `prompts_per_step x group_size` sequences are one
-  TRL generation batch, split over the processes and then into micro-batches of at most `optim.micro_batch`
-  sequences (the largest divisor of the per-process share that fits), accumulated over
-  `gradient_accumulation_steps == steps_per_generation` micro-steps. TRL's micro-batches have a fixed size, so a
-  token budget (`optim.micro_batch_tokens`) becomes the number of the longest possible sequences (longest prompt +
-  response limit) that fit in it.
-- `GRPOConfig.beta` only switches on TRL's frozen reference model and its log-probs (it is set to `loss.alpha` when
-  the method anchors to the reference); the trainer replaces TRL's loss, so TRL's own k3 term never runs and the
-  anchor is ours (`loss.ref_mode`). Clip settings are passed for TRL's logs only; our loss reads `LossConfig`.
-- Precision: the policy is loaded in `model.dtype`; `model.autocast` or bfloat16 weights switch on accelerate's bf16
-  mixed precision (under DDP: bfloat16 autocast of the forwards, as the engine's `model.autocast`; under ZeRO-2
-  DeepSpeed keeps float32 master weights). `model.device` is accelerate's business and is not read.
-- The learning-rate warmup and the weight-decay set are the engine's (`SDPGTrainer` overrides TRL's), so TRL gets a
-  constant schedule here.
-- Generation: transformers `generate` in each training process (`rollout.engine = "hf"`), TRL's vLLM sharing the
-  training GPUs (`rollout.engine = "vllm"`, the engine's in-process vLLM), or a separate `trl vllm-serve` server
-  (`scale.vllm_server`). vLLM's sampling log-probs (after temperature) are the PPO ratio's old log-probs, as the
-  engine's sampler's are; TRL's truncated importance-sampling correction is off because our loss has no such factor.
-- Backends: accelerate DDP ("ddp") and DeepSpeed ZeRO-2 ("zero2"). The fused full-vocabulary KL reads the LM head
-  weight directly and recomputes tiles in its backward pass, which needs the weight whole on every process: FSDP and
-  ZeRO-3 shard it, and are refused. DDP's search for unused parameters is off: it walks the graph from the forward's
-  outputs (final hidden states) and would miss an untied LM head, whose gradient comes from the fused KL; every
-  parameter gets a gradient every step.
-- Checkpoints are TRL's, in `<run_dir>/trl/checkpoint-N`: every `run.save_every` steps and at the end (with
-  `save_every = 0` at the end only, as the engine does), the last two kept.
+  run has no use for, and every TRL setting is derived from the two, so a run cannot drift from its `config.json`.
+- One optimizer step per rollout batch, as in the engine: a step's sequences are one TRL generation batch, split
+  over the processes and then into fixed-size micro-batches (a token budget becomes a count of the longest
+  possible sequences).
+- `GRPOConfig.beta` only switches on TRL's reference model (set to `loss.alpha` when the method anchors to it);
+  our loss replaces TRL's, so the anchor is ours (`loss.ref_mode`) and TRL's clip settings only label its logs.
+- Precision, learning-rate warmup and the weight-decay set follow the engine; accelerate's bf16 mixed precision
+  stands in for `model.autocast`.
+- vLLM's sampling log-probs are the ratio's old log-probs; TRL's importance-sampling correction is off because
+  our loss has no such factor.
+- Backends: DDP and DeepSpeed ZeRO-2. The fused KL needs the LM head weight whole on every process, so FSDP and
+  ZeRO-3 are refused; DDP's unused-parameter search is off because it would miss an untied head's gradient.
+- TRL's checkpoints go to `<run_dir>/trl/checkpoint-N`, apart from the engine's.
 """
 from __future__ import annotations
 
@@ -38,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.config import TrainConfig
-from sdpg.methods import get_method
-from sdpg.run import uses_reference
+from sdpg.methods import check_config, get_method
 
 BACKENDS = ("ddp", "zero2")
 SUPPORTED_NEEDS = frozenset({"ref_logp", "teacher_logp"})
@@ -97,8 +82,7 @@ class ScaleConfig:
 
 def check_supported(cfg: TrainConfig) -> None:
     """Raise ValueError for settings the TRL-based trainer cannot run the way the engine does."""
-    cfg.validate()
-    needs = get_method(cfg.loss.method).needs
+    needs = get_method(check_config(cfg).loss.method).needs
     if needs - SUPPORTED_NEEDS:
         raise ValueError(f"loss.method={cfg.loss.method!r} needs {sorted(needs - SUPPORTED_NEEDS)}, which the "
                          f"TRL-based trainer does not compute (it fills {sorted(SUPPORTED_NEEDS)}); use sdpg.train")
@@ -151,7 +135,7 @@ def grpo_kwargs(cfg: TrainConfig, scale: ScaleConfig, world_size: int) -> dict[s
         "chat_template_kwargs": {"enable_thinking": cfg.model.enable_thinking},
         "learning_rate": o.lr, "adam_beta1": o.betas[0], "adam_beta2": o.betas[1], "weight_decay": o.weight_decay,
         "max_grad_norm": o.grad_clip, "optim": "adamw_torch", "lr_scheduler_type": "constant",
-        "beta": lc.alpha if uses_reference(cfg) else 0.0,
+        "beta": lc.alpha if get_method(lc.method).uses_reference(lc) else 0.0,
         "epsilon": lc.clip_low, "epsilon_high": lc.clip_high,
         "scale_rewards": "group" if lc.adv_scale == "std" else "none",
         "bf16": bf16_compute(cfg),

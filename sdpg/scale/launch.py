@@ -23,10 +23,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from sdpg.cli import build_parser, config_from_args, field_docs
 from sdpg.config import TrainConfig
-from sdpg.models import embedded_entry, embedded_settings
+from sdpg.embedded.cache import embedded_entry, embedded_settings
 from sdpg.scale.config import ScaleConfig, check_supported, launch_commands, write_accelerate_config
-from sdpg.train import build_parser, config_from_args, field_docs
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 """vLLM server addresses that put the server on the machine launch.sh runs on"""

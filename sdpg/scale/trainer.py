@@ -53,7 +53,6 @@ from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, t
 from sdpg.losses import beta_schedule, fused_self_distill, group_advantages
 from sdpg.methods import LossInputs, get_method
 from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
-from sdpg.run import uses_reference
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config
 from sdpg.trainer import group_record, lr_warmup, token_record
 
@@ -261,7 +260,7 @@ class SDPGTrainer(GRPOTrainer):
         kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl)  # (B, T)
         logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (B, T)
         old_logp = self._old_logp(inputs, logp_mat) * mask  # (B, T)
-        ref_logp = inputs["ref_per_token_logps"] * mask if uses_reference(cfg) else None  # (B, T)
+        ref_logp = inputs["ref_per_token_logps"] * mask if self.method.uses_reference(cfg.loss) else None  # (B, T)
         index = inputs["sdpg_index"].tolist()
         loss_inputs = LossInputs(
             logp=logp_mat, old_logp=old_logp, adv=inputs["advantages"], mask=mask, distill_kl=kl_mat,

@@ -16,8 +16,9 @@ import torch
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from sdpg.config import ModelConfig  # noqa: E402
+from sdpg.data import render_prompts  # noqa: E402
 from sdpg.forward import lm_head_weight, response_hidden, token_logp  # noqa: E402
-from sdpg.models import load_model_and_tokenizer, render_prompts  # noqa: E402
+from sdpg.models import load_model_and_tokenizer  # noqa: E402
 from sdpg.records import RecordStream  # noqa: E402
 from sdpg.rollout import HFRolloutEngine  # noqa: E402
 from sdpg.rollout_vllm import VLLMRolloutEngine  # noqa: E402

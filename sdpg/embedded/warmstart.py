@@ -3,24 +3,16 @@
 Shapes: B sequences, L tokens per padded sequence, V vocabulary.
 
 Design choices:
-- Teacher forcing on the response only: `\\boxed{answer}` + EOS after the chat-rendered prompt; the
-  prompt tokens carry no loss.
-- A fixed share of each batch (`hinted_fraction`) is rendered from the teacher prompt (question plus
-  privileged hint) so the model learns to read the hint: in SDPG the teacher is this same model. The
-  hint's column sums also speed up the student's own learning of addition.
-- Every example is a distinct problem from the train split (one pass, no repeats while the split is
-  large enough), so the model must generalise rather than memorise.
-- Training stops on a skill target, never on time: every `check_every` steps the student's greedy
-  pass rate on unseen problems is measured, and training ends once it reaches `stop_at` (else after
-  `steps`). Near the learning transition the pass rate jumps within a few dozen steps, at a step
-  that varies with the seed and even with the CPU thread count, so a fixed step count lands anywhere
-  between "nothing learned" and "solved"; a time cap would add machine load on top.
-- Sequences are right-padded with no attention mask while training: causal attention already keeps
-  real tokens from seeing the padding after them, and the loss mask drops the padded positions.
-- Held-out figures are measured the way RL sees the model: pass@1 as the mean over samples at
-  temperature 1 with the student prompt, and with the teacher prompt; answers are compared to the
-  gold as exact strings inside `\\boxed{}` (the reward module's math-verify agrees on this task).
-- Reproducible by seed; the caller's RNG state is left as it was.
+- Teacher forcing on the response only (`\\boxed{answer}` + EOS after the chat-rendered prompt).
+- A share of each batch (`hinted_fraction`) uses the teacher prompt, so the model learns to read the hint:
+  in SDPG the teacher is this same model.
+- Every example is a distinct train-split problem, so the model must generalise rather than memorise.
+- Training stops on a skill target (`stop_at`, checked every `check_every` steps), never on time or a fixed
+  step count: the pass rate jumps near a step that varies with the seed and even the CPU thread count.
+- Right-padding without an attention mask is safe: causal attention keeps real tokens from seeing the
+  padding after them, and the loss mask drops it.
+- Held-out figures are measured the way RL sees the model (sampled pass@1 at temperature 1, student and
+  teacher prompts). Reproducible by seed; the caller's RNG state is left as it was.
 """
 from __future__ import annotations
 
@@ -35,8 +27,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sdpg.data import PromptRow
-from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompts
+from sdpg.data import PromptRow, render_prompts
+from sdpg.embedded.model import TinyModelConfig, build_tiny_model
+from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.task import make_rows, target_text
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -1,0 +1,99 @@
+"""The warm-started embedded model on disk, built once per settings.
+
+Design choices:
+- Entries live under `$SDPG_CACHE` (default `~/.cache/sdpg-lab`), keyed by a hash of everything that
+  shapes the model, so changing a setting builds a new entry instead of reusing a stale one.
+- An entry is built in a temporary folder and renamed into place, so a crash never leaves a half-written
+  entry behind; a file lock lets one process build while the others wait.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sdpg.config import DataConfig
+from sdpg.embedded.tokenizer import CHARS, CHAT_TEMPLATE
+from sdpg.embedded.warmstart import WarmStartConfig, warm_start
+from sdpg.task import make_rows
+
+WARMSTART_FILE = "warmstart.json"
+
+
+def default_cache_dir() -> Path:
+    """`$SDPG_CACHE`, else `~/.cache/sdpg-lab`."""
+    return Path(os.environ.get("SDPG_CACHE") or Path.home() / ".cache" / "sdpg-lab")
+
+
+def embedded_entry(*, cache_dir: str | Path | None = None, warm_cfg: WarmStartConfig | None = None,
+                   progress: bool = True) -> Path:
+    """The cache folder of the embedded model for `warm_cfg`, warm-starting and saving it if absent.
+
+    The folder holds the model, the tokenizer and `warmstart.json` (settings, held-out pass rates,
+    wall time).
+    """
+    warm_cfg = warm_cfg or WarmStartConfig()
+    entry = Path(cache_dir or default_cache_dir()) / f"embedded-{embedded_key(warm_cfg)}"
+    if (entry / WARMSTART_FILE).is_file():
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per entry: a second process (the dashboard and a notebook started together) waits for
+    # the first instead of spending the same minutes; the OS drops the lock if the builder dies.
+    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (entry / WARMSTART_FILE).is_file():
+            _build_entry(entry, warm_cfg, progress)
+    return entry
+
+
+def embedded_key(warm_cfg: WarmStartConfig) -> str:
+    """Hash of everything that shapes the embedded model: warm-start settings (model shape, digits and
+    seed included), the tokenizer's characters and template, and the task's text format."""
+    sample = make_rows(1, digits=warm_cfg.digits, seed=0, split="val")[0]
+    fingerprint = {
+        "warm_start": dataclasses.asdict(warm_cfg),
+        "chars": CHARS,
+        "chat_template": CHAT_TEMPLATE,
+        "sample": [sample.teacher_prompt, sample.answer],
+    }
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_warmstart_report(entry: str | Path) -> dict:
+    """The `warmstart.json` record of an embedded cache entry."""
+    return json.loads((Path(entry) / WARMSTART_FILE).read_text())
+
+
+def embedded_settings(warm_cfg: WarmStartConfig | None, data_cfg: DataConfig | None) -> WarmStartConfig:
+    """The warm-start settings for a run: `warm_cfg` (default settings when None) with the task digits
+    of `data_cfg` when given."""
+    warm_cfg = warm_cfg or WarmStartConfig()
+    if data_cfg is not None:
+        warm_cfg = dataclasses.replace(warm_cfg, digits=tuple(data_cfg.digits))
+    return warm_cfg
+
+
+def _build_entry(entry: Path, warm_cfg: WarmStartConfig, progress: bool) -> None:
+    for stale in entry.parent.glob(f".{entry.name}-*"):  # staging left by a builder that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        model, tokenizer, report = warm_start(warm_cfg, progress=progress)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        # Written last: its presence marks a complete entry.
+        (staging / WARMSTART_FILE).write_text(json.dumps(report, indent=2))
+        try:
+            staging.rename(entry)
+        except OSError:
+            # Another process finished the same entry first; it is equally valid, keep it.
+            if not (entry / WARMSTART_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
