@@ -127,6 +127,12 @@ class LossConfig:
     """RLSD: steps over which rlsd_lambda decays linearly to 0 (0 = constant)"""
     rlsd_eps_w: float = 0.2
     """RLSD: the evidence weight exp(sign(A) * (log q - log p_old)) is clipped to [1 - eps_w, 1 + eps_w]"""
+    kl_clamp: float = 20.0
+    """cap on each token's distillation KL in the loss, in nats (a clamped token gets no gradient; the authors' fork
+    clamps at 20); metrics and records keep the unclamped KL; 0 = off"""
+    opsd_teacher_temperature: float = 1.0
+    """OPSD methods: temperature dividing the frozen teacher's logits (the fork's `opsd_teacher_temperature`; the
+    OPSD paper uses the sampling temperature); 1.0 = raw logits"""
 
 
 @dataclass
@@ -224,6 +230,8 @@ class TrainConfig:
             ("loss.rlsd_lambda", 0 <= self.loss.rlsd_lambda <= 1, "must be in [0, 1]"),
             ("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps >= 0, "must be >= 0"),
             ("loss.rlsd_eps_w", 0 <= self.loss.rlsd_eps_w < 1, "must be in [0, 1)"),
+            ("loss.kl_clamp", self.loss.kl_clamp >= 0, "must be >= 0 (--loss.kl_clamp 0 turns the clamp off)"),
+            ("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature > 0, "must be > 0"),
             ("model.dtype", self.model.dtype in ("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
             ("model.device", self.model.device in ("auto", "cpu", "cuda") or
              re.fullmatch(r"cuda:\d+", self.model.device) is not None, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
