@@ -148,7 +148,7 @@ class Trainer:
         ro, g = batch.rollout, batch.rollout.group_size
         teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
             self._render([row.teacher_prompt for row in batch.rows for _ in range(g)])))  # (B, P')
-        beta_k = beta_schedule(self.step, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
+        beta_k = beta_schedule(self.step + 1, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
         mask = ro.response_mask.float()  # (B, T)
         nb = mask.shape[0]
         recorded = set(range(min(cfg.run.record_groups, nb // g) * g))
@@ -371,8 +371,9 @@ def make_engine(cfg: TrainConfig, model, tokenizer) -> RolloutEngine:
 
 
 def lr_warmup(step: int, warmup_steps: int) -> float:
-    """Learning-rate factor at optimizer step `step` (0-based): linear over `warmup_steps` steps, then 1."""
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    """Learning-rate factor after `step` training steps: min(1, step / warmup_steps), verl's constant schedule with
+    warmup (training step k, counted from 1, runs at (k - 1) / warmup_steps: the first at rate 0)."""
+    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
 
 
 @torch.no_grad()
