@@ -295,7 +295,7 @@ def preset(name: str) -> TrainConfig:
         cfg.rollout = RolloutConfig(engine="vllm", prompts_per_step=128, group_size=8, temperature=1.0,
                                     max_new_tokens=4096, max_prompt_tokens=2048)
         cfg.loss = LossConfig(method="sdpg", beta=1e-3, alpha=1e-3, ref_mode="urkl", gate=True,
-                              beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2)
+                              beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2, clip_c=10.0)
         cfg.optim = OptimConfig(lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1, grad_clip=1.0,
                                 warmup_steps=10, micro_batch=8)
         cfg.run = RunConfig(steps=400, eval_every=25, eval_samples=32, save_every=50)
