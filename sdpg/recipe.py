@@ -1,4 +1,4 @@
-"""The paper's recipe beside `--preset paper`: writes docs/paper-recipe.md (`python -m sdpg.recipe > docs/paper-recipe.md`).
+"""The paper's recipe beside `--preset paper`, as docs/paper-recipe.md (`python -m sdpg.recipe > docs/paper-recipe.md`).
 
 Design choices:
 - The paper's values (App. A, Fig. 4, as SPEC.md restates them) and the authors' script's values
@@ -131,7 +131,7 @@ def render(cfg: TrainConfig) -> str:
         "",
     ]
     for section, settings in SECTIONS.items():
-        lines += [f"## {section}", "", "| setting | paper | script | ours | matches | why |", "|---|---|---|---|---|---|"]
+        lines += [f"## {section}", "", "| setting | paper | script | ours | matches | why |", "|---" * 6 + "|"]
         for s in settings:
             ours = s.ours(cfg)
             lines.append(f"| {s.name} | {_show(s.paper)} | {_show(s.script)} | {_show(ours)} | "
