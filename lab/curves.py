@@ -109,8 +109,8 @@ def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
 def planned_beta(config: dict) -> tuple[list[int], list[float]]:
     """The beta schedule the config asks for, at every recorded step 1..run.steps.
 
-    The trainer records step s after training it with `beta_schedule(s - 1)` (the schedule counts the
-    steps done before), so the plan lines up with the measured `beta/effective`. Empty without a config,
+    The trainer records step s after training it with `beta_schedule(s)` (steps count from 1, as in verl),
+    so the plan lines up with the measured `beta/effective`. Empty without a config,
     or for a registered method whose loss has no distillation term.
     """
     loss, run = config.get("loss"), config.get("run")
@@ -119,7 +119,7 @@ def planned_beta(config: dict) -> tuple[list[int], list[float]]:
         return [], []
     total = int(run["steps"])
     steps = list(range(1, total + 1))
-    return steps, [float(beta_schedule(s - 1, total, loss["beta"], loss["beta_warmup"], loss["beta_decay"]))
+    return steps, [float(beta_schedule(s, total, loss["beta"], loss["beta_warmup"], loss["beta_decay"]))
                    for s in steps]
 
 

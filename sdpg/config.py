@@ -22,6 +22,7 @@ from sdpg.losses import ADV_SCALES, AGG_MODES, REF_MODES
 ROLLOUT_ENGINES = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16")
 PRESETS = ("cpu", "paper")
+REWARD_SCALES = ("01", "pm1")
 
 
 @dataclass
@@ -94,7 +95,11 @@ class RewardConfig:
     overlong_buffer: int = 0
     """DAPO soft overlong penalty: tokens before max_new_tokens where the penalty ramps in (0 = off)"""
     overlong_penalty: float = 1.0
-    """DAPO soft overlong penalty at the length limit"""
+    """DAPO soft overlong penalty at the length limit, in the units of `scale` (added to the verifier's reward, as the
+    authors' fork adds its penalty factor 1.0 to its -1/+1 rewards)"""
+    scale: str = "01"
+    """verifier reward: "01" (1 correct, 0 wrong, the paper's R) or "pm1" (+1 correct, -1 wrong, the authors' fork);
+    with std-scaled advantages the two train alike unless a penalty is added"""
 
 
 @dataclass
@@ -110,7 +115,8 @@ class LossConfig:
     gate: bool = True
     """count the distillation KL only on responses with positive advantage"""
     beta_warmup: int = 0
-    """steps over which beta ramps up linearly (T_warm; 0 = no ramp)"""
+    """steps over which beta ramps up linearly (T_warm; 0 = no ramp); training step k (from 1, as verl counts)
+    gets beta * min(1, k / T_warm) * min(1, (T - k) / T_decay), so step 1 has beta / T_warm"""
     beta_decay: int = 0
     """steps before the end over which beta ramps down to 0 (T_decay; 0 = no decay)"""
     clip_low: float = 0.2
@@ -131,6 +137,12 @@ class LossConfig:
     """RLSD: steps over which rlsd_lambda decays linearly to 0 (0 = constant)"""
     rlsd_eps_w: float = 0.2
     """RLSD: the evidence weight exp(sign(A) * (log q - log p_old)) is clipped to [1 - eps_w, 1 + eps_w]"""
+    kl_clamp: float = 20.0
+    """cap on each token's distillation KL in the loss, in nats (a clamped token gets no gradient; the authors' fork
+    clamps at 20); metrics and records keep the unclamped KL; 0 = off"""
+    opsd_teacher_temperature: float = 1.0
+    """OPSD methods: temperature dividing the frozen teacher's logits (the fork's `opsd_teacher_temperature`; the
+    OPSD paper uses the sampling temperature); 1.0 = raw logits"""
 
 
 @dataclass
@@ -144,7 +156,8 @@ class OptimConfig:
     grad_clip: float = 1.0
     """gradient-norm clip"""
     warmup_steps: int = 0
-    """linear learning-rate warmup in steps"""
+    """linear learning-rate warmup in training steps, as verl's: training step k (from 1) runs at
+    lr * min(1, (k - 1) / warmup_steps), so the first step's rate is 0 (0 = no warmup)"""
     micro_batch: int = 64
     """sequences per forward/backward pass; gradients accumulate over a step's batch"""
     micro_batch_tokens: int = 0
@@ -223,6 +236,8 @@ class TrainConfig:
             ("loss.rlsd_lambda", 0 <= self.loss.rlsd_lambda <= 1, "must be in [0, 1]"),
             ("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps >= 0, "must be >= 0"),
             ("loss.rlsd_eps_w", 0 <= self.loss.rlsd_eps_w < 1, "must be in [0, 1)"),
+            ("loss.kl_clamp", self.loss.kl_clamp >= 0, "must be >= 0 (--loss.kl_clamp 0 turns the clamp off)"),
+            ("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature > 0, "must be > 0"),
             ("model.dtype", self.model.dtype in DTYPES, f"must be one of {DTYPES}"),
             ("model.device", self.model.device in ("auto", "cpu", "cuda") or
              re.fullmatch(r"cuda:\d+", self.model.device) is not None, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
@@ -238,6 +253,7 @@ class TrainConfig:
             ("rollout.max_new_tokens", self.rollout.max_new_tokens >= 1, "must be >= 1"),
             ("reward.timeout_s", self.reward.timeout_s > 0, "must be > 0"),
             ("reward.workers", self.reward.workers >= 1, "must be >= 1"),
+            ("reward.scale", self.reward.scale in REWARD_SCALES, f"must be one of {REWARD_SCALES}"),
             ("reward.overlong_buffer", 0 <= self.reward.overlong_buffer < self.rollout.max_new_tokens,
              "must be in [0, rollout.max_new_tokens)"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
@@ -268,11 +284,12 @@ def preset(name: str) -> TrainConfig:
         cfg = TrainConfig()
         # verl's FSDP bf16 is mixed precision: float32 master weights and AdamW state, bf16 compute. bf16
         # weights would round away most updates at lr 1e-6.
-        cfg.model = ModelConfig(name="Qwen/Qwen3-4B", dtype="float32", autocast=True, gradient_checkpointing=True)
+        cfg.model = ModelConfig(name="Qwen/Qwen3-4B", dtype="float32", autocast=True, gradient_checkpointing=True,
+                                enable_thinking=True)
         cfg.rollout = RolloutConfig(engine="vllm", prompts_per_step=128, group_size=8, temperature=1.0,
                                     max_new_tokens=4096, max_prompt_tokens=2048)
         cfg.loss = LossConfig(method="sdpg", beta=1e-3, alpha=1e-3, ref_mode="urkl", gate=True,
-                              beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2)
+                              beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2, clip_c=10.0)
         cfg.optim = OptimConfig(lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1, grad_clip=1.0,
                                 warmup_steps=10, micro_batch=8)
         cfg.run = RunConfig(steps=400, eval_every=25, eval_samples=32, save_every=50)

@@ -77,20 +77,28 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, enab
     return tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True, **extra)
 
 
+# Paper Fig. 4, word for word: the student sees the first three lines, the teacher those followed by the
+# privileged context (the on-disk sentinel sits between them).
 STUDENT_TEMPLATE = (
-    "Solve the following math problem step by step. Present your final answer inside \\boxed{}.\n\n{question}"
+    "Solve the following math problem step by step. Present your final answer inside \\boxed{}, "
+    "for example \\boxed{42}.\n"
+    "{question}\n"
+    "Remember to put your final answer inside \\boxed{}."
 )
-"""the paper's student prompt; `{question}` is filled in"""
+"""the paper's student prompt (Fig. 4); `{question}` is filled in"""
+TEACHER_INSTRUCTION = (
+    "[Instruction] If possible, derive the answer {answer} using an alternative, equally rigorous mathematical "
+    "approach (e.g., algebraic vs geometric, or different substitution). If no alternative exists, articulate the "
+    "standard approach with exceptional clarity. Do NOT state that you were given the answer or reference."
+)
+"""the paper's instruction to the teacher not to reveal its hint (Fig. 4)"""
 TEACHER_TEMPLATE = (
-    "\n\n[Hint] The correct answer is {answer}. A common way to solve this is: {solution}\n"
-    "Do not reveal that you have seen this hint; solve the problem as if on your own."
+    "\n[Hint] The correct answer is {answer}. A common way to solve this is:\n"
+    "{solution}\n" + TEACHER_INSTRUCTION
 )
-"""the paper's privileged context (appended to the student prompt); `{answer}`, `{solution}` filled in"""
-TEACHER_TEMPLATE_NO_SOLUTION = (
-    "\n\n[Hint] The correct answer is {answer}.\n"
-    "Do not reveal that you have seen this hint; solve the problem as if on your own."
-)
-"""the privileged context for problems that come without a worked solution"""
+"""the paper's privileged context (Fig. 4, appended to the student prompt); `{answer}`, `{solution}` filled in"""
+TEACHER_TEMPLATE_NO_SOLUTION = "\n[Hint] The correct answer is {answer}.\n" + TEACHER_INSTRUCTION
+"""the privileged context for problems that come without a worked solution (ours: Fig. 4 without the solution)"""
 
 _PLACEHOLDER = re.compile(r"\{(question|answer|solution)\}")
 _JSON_SUFFIXES = (".jsonl", ".json")

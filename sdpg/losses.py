@@ -11,7 +11,10 @@ Design choices:
   normaliser (e.g. all response tokens of the batch for "token-mean") is the same for every term and
   the three terms add up exactly: `loss/total = loss/pg + loss/distill + loss/ref_kl`.
 - The KL direction is student-to-teacher, `KL(p || q)`, exact over the whole vocabulary; the teacher
-  is always detached; temperature divides the student logits only. No clamping of the per-token KL.
+  is always detached; temperature divides the student logits only.
+- `kl_clamp` caps the per-token KL where the loss uses it (the authors' fork clamps at 20): a clamped
+  token adds a constant and gets no gradient. The KL statistics and records stay unclamped, so they
+  measure the same thing whatever the clamp.
 - `fused_self_distill` (from `sdpg.fused_kl`) gives the same KL from hidden states without (N, V)
   logits; `sdpg_loss` accepts either its output (`distill_kl`) or logits.
 - Sequence-mean aggregations average over sequences that have at least one response token.
@@ -210,16 +213,22 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
               student_logits: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None,
               temperature: float = 1.0, beta: float = 1e-3, alpha: float = 1e-3, ref_mode: str = "urkl",
               gate: bool = True, clip_low: float = 0.2, clip_high: float = 0.2, clip_c: float | None = None,
-              agg: str = "token-mean") -> tuple[torch.Tensor, dict[str, float]]:
-    """L_out + beta * gate * KL(p_student || SG[q_teacher]) + alpha * L_ref, aggregated with `agg`.
+              agg: str = "token-mean", kl_clamp: float = 0.0, loss_mask: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_out + beta * gate * min(KL(p_student || SG[q_teacher]), kl_clamp) + alpha * L_ref, aggregated with `agg`.
 
     `beta` is the effective (already scheduled) weight. The distillation KL comes from `distill_kl`
     (B, T) or from `student_logits` / `teacher_logits` (B, T, V); exactly one source when beta > 0.
     The gate passes sequences with positive advantage (per-token `adv` is averaged per sequence).
+    `kl_clamp` > 0 caps each token's KL in the loss (a clamped token gets no gradient); 0 = no cap.
+    `loss_mask` (B, T), a non-empty subset of `mask`, is what the terms average over when not every response
+    token (OPSD-fork's gated tokens); the statistics stay over `mask`.
     """
     _check_bt(logp=logp, old_logp=old_logp, mask=mask)
     if beta < 0 or alpha < 0:
         raise ValueError(f"beta and alpha must be >= 0, got beta={beta}, alpha={alpha}")
+    if kl_clamp < 0:
+        raise ValueError(f"kl_clamp must be >= 0 (0 = off), got {kl_clamp}")
     if alpha > 0 and ref_logp is None:
         raise ValueError("alpha > 0 needs ref_logp (the reference model's log-probs of the sampled tokens)")
     kl = _distill_kl_source(beta, distill_kl, student_logits, teacher_logits, temperature, logp.shape)
@@ -230,9 +239,13 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
         _check_bt(ref_logp=ref_logp, logp=logp)
         ref_mat = ref_kl_penalty(logp, ref_logp, ref_mode)  # (B, T)
     zero = logp.new_zeros(())
-    loss_pg = aggregate(pg_mat, mask, agg)
-    loss_distill = zero if kl is None else beta * aggregate(kl * passes[:, None], mask, agg)
-    loss_ref = zero if ref_mat is None or alpha == 0 else alpha * aggregate(ref_mat, mask, agg)
+    norm = mask if loss_mask is None else loss_mask  # (B, T)
+    if loss_mask is not None:
+        _check_bt(loss_mask=loss_mask, mask=mask)
+    loss_pg = aggregate(pg_mat, norm, agg)
+    kl_loss = kl if kl is None or not kl_clamp else kl.clamp(max=kl_clamp)  # (B, T)
+    loss_distill = zero if kl is None else beta * aggregate(kl_loss * passes[:, None], norm, agg)
+    loss_ref = zero if ref_mat is None or alpha == 0 else alpha * aggregate(ref_mat, norm, agg)
     loss = loss_pg + loss_distill + loss_ref
     if not bool(torch.isfinite(loss)):
         _raise_non_finite(mask, logp=logp, old_logp=old_logp, adv=_adv_per_token(adv, logp.shape),
@@ -246,6 +259,7 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
             stats["gate/tokens"] = float(gated.sum())
             stats["kl/distill_mean"] = _mean(kl, mask)
             stats["kl/distill_gated_mean"] = _mean(kl, gated) if bool(gated.any()) else 0.0
+            stats["kl/clamped_fraction"] = _mean((kl > kl_clamp).float(), mask) if kl_clamp else 0.0
         if ref_mat is not None:
             stats["kl/ref_mean"] = _mean(ref_mat, mask)
     return loss, stats

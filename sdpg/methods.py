@@ -76,6 +76,9 @@ class MethodSpec:
     """whether the method's loss uses the distillation KL (others only monitor it)"""
     outcome: bool = True
     """whether the loss has an outcome (verifier reward) term; without one, beta is its only weight"""
+    loss_tokens: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """(mask (B, T), adv (B,), correct (B,)) -> the (B, T) tokens the loss averages over, when not every response
+    token; the trainer weights each micro-batch by its share of them"""
 
     def uses_reference(self, loss: LossConfig) -> bool:
         """Whether this method under `loss` needs the frozen reference model (the alpha anchor or a reference teacher)."""
@@ -122,6 +125,16 @@ def rlsd_token_advantage(adv: torch.Tensor, teacher_logp: torch.Tensor, old_logp
     return adv * ((1 - lam) + lam * u.clamp(1 - eps_w, 1 + eps_w))  # (B, T) or (T,)
 
 
+def opsd_fork_passes(adv: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """OPSD (authors' fork) gate per response: positive advantage and, here also, a correct verdict. (B,)"""
+    return correct.bool() & (adv > 0)
+
+
+def opsd_fork_loss_tokens(mask: torch.Tensor, adv: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """The response tokens of gated responses, which OPSD (authors' fork) averages its loss over. (B, T)"""
+    return mask * opsd_fork_passes(adv, correct)[:, None].to(mask.dtype)  # (B, T)
+
+
 def opsd_fork_token_weight(teacher_logp: torch.Tensor, old_logp: torch.Tensor, passes: torch.Tensor) -> torch.Tensor:
     """OPSD (authors' fork): clamp(SG[log q(y) - log p_old(y)], 0, OPSD_CLAMP) where `passes`, else 0.
 
@@ -138,7 +151,7 @@ def opsd_fork_token_weight(teacher_logp: torch.Tensor, old_logp: torch.Tensor, p
 def _common(inputs: LossInputs, cfg: LossConfig) -> dict:
     return dict(logp=inputs.logp, old_logp=inputs.old_logp, adv=inputs.adv, mask=inputs.mask,
                 temperature=inputs.temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                clip_c=cfg.clip_c, agg=cfg.agg)
+                clip_c=cfg.clip_c, agg=cfg.agg, kl_clamp=cfg.kl_clamp)
 
 
 def _need(inputs: LossInputs, field: str, method: str) -> torch.Tensor:
@@ -190,18 +203,20 @@ def opsd_fork(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     As in the fork there is no outcome term and no KL loss: the reward only opens the gate. The fork gates on
     GRPO advantage > 0 (with 0/1 rewards: correct, in a group that is not all correct); we also require the
     verifier's verdict, so a reward-shaping term (the overlong penalty) can never open the gate for a wrong
-    answer. Differences from the fork: the loss is averaged over all response tokens of the batch (the fork's
-    verl engine does the same; its legacy path divides by the gated tokens only, a different scale), and the
-    fork's script adds an entropy bonus (coefficient 0.02), which this engine has no term for.
+    answer. The loss averages over the gated tokens only (`loss_tokens`), as the fork's default (legacy FSDP
+    worker) path does; the trainer makes that the batch's gated tokens, whatever the micro-batch size.
+    The teacher's log-probs carry `loss.opsd_teacher_temperature`. Difference from the fork: its script adds an
+    entropy bonus (coefficient 0.02), which this engine has no term for.
     """
     teacher_logp = _need(inputs, "ref_teacher_logp", "opsd_fork")
-    passes = inputs.correct.bool() & (inputs.adv > 0)  # (B,)
+    passes = opsd_fork_passes(inputs.adv, inputs.correct)  # (B,)
     weight = opsd_fork_token_weight(teacher_logp, inputs.old_logp, passes[:, None])  # (B, T)
+    gated = opsd_fork_loss_tokens(inputs.mask, inputs.adv, inputs.correct)  # (B, T)
+    any_gated = bool(gated.any())
+    # without a gated token every weight is 0, so the all-token loss is an exact 0 that still backpropagates
     loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": weight}), distill_kl=inputs.distill_kl.detach(),
-                            beta=0.0, alpha=0.0, gate=False)
+                            beta=0.0, alpha=0.0, gate=False, loss_mask=gated if any_gated else None)
     with torch.no_grad():
-        gated = inputs.mask.bool() & passes[:, None]  # (B, T)
-        any_gated = bool(gated.any())
         stats |= {"gate/fraction": float(passes.float().mean()), "gate/tokens": float(gated.sum()),
                   "kl/distill_gated_mean": float(masked_mean(inputs.distill_kl, gated)) if any_gated else 0.0,
                   "opsd/weight_mean": float(masked_mean(weight, gated)) if any_gated else 0.0}
@@ -212,11 +227,12 @@ def opsd(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     """OPSD as its paper runs it (arXiv 2601.18734): a pure full-vocabulary divergence from the student to the
     privileged teacher on the student's own samples, no reward: beta_k * KL(p || SG[q_ref]).
 
-    Teacher: the frozen initial policy on the privileged prompt (the paper's recommended `fixed_teacher`).
-    Deviations: the paper's default divergence is the generalised Jensen-Shannon divergence with mixture weight
+    Teacher: the frozen initial policy on the privileged prompt (the paper's recommended `fixed_teacher`), its
+    logits divided by `loss.opsd_teacher_temperature` (the paper divides both logits by the sampling temperature:
+    set it to `rollout.temperature` for that; the default 1.0 divides only the student's, as in SDPG).
+    Deviation: the paper's default divergence is the generalised Jensen-Shannon divergence with mixture weight
     0.5; this engine's fused kernel computes the student-to-teacher KL, which is that family's reverse-KL end
-    (mixture weight 1). The paper divides both logits by the sampling temperature; here only the student's
-    are (as in SDPG). The paper's loss has no coefficient; beta scales it (with one term and Adam, beta acts
+    (mixture weight 1). The paper's loss has no coefficient; beta scales it (with one term and Adam, beta acts
     only through gradient clipping) so that the beta schedule applies as for the other distilling methods.
     """
     ref_kl = _need(inputs, "ref_distill_kl", "opsd")
@@ -245,7 +261,7 @@ METHODS: dict[str, MethodSpec] = {
                        needs=frozenset({"teacher_logp"})),
     "opsd_fork": MethodSpec("opsd_fork", opsd_fork,
                             "clipped PG on correct answers, token weight = frozen teacher's log-ratio (OPSD, SDPG fork)",
-                            needs=frozenset({"ref_teacher_logp"}), outcome=False),
+                            needs=frozenset({"ref_teacher_logp"}), outcome=False, loss_tokens=opsd_fork_loss_tokens),
     "opsd": MethodSpec("opsd", opsd, "full-vocabulary KL to the frozen privileged teacher, no reward (OPSD paper)",
                        needs=frozenset({"ref_distill_kl"}), distills=True, outcome=False),
     "self_distill": MethodSpec("self_distill", self_distill,

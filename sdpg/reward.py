@@ -36,6 +36,8 @@ _POLL_S = 0.02
 _MEMO_SIZE = 100_000
 _DETAIL_CHARS = 300
 _BOXED = "\\boxed"
+REWARD_VALUES = {"01": (0.0, 1.0), "pm1": (-1.0, 1.0)}
+"""verifier reward (wrong, correct) per scale: the paper's 0/1, the authors' fork's -1/+1"""
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Verdict:
     correct: bool
     """the boxed answer matches the gold answer"""
     reward: float
-    """1.0 if correct else 0.0"""
+    """the verifier's scale value for correct or wrong (`REWARD_VALUES`; 1.0 or 0.0 by default)"""
     status: str
     """"ok" (checked), "no_answer" (no complete \\boxed{}), "timeout" or "error" (math-verify failed)"""
     extracted: str | None
@@ -224,13 +226,16 @@ class MathVerifier:
     _check = staticmethod(_math_verify_check)
     """the per-item check run in the workers (module-level, so it pickles by reference)"""
 
-    def __init__(self, timeout_s: float = 5.0, workers: int = 1):
+    def __init__(self, timeout_s: float = 5.0, workers: int = 1, scale: str = "01"):
+        if scale not in REWARD_VALUES:
+            raise ValueError(f"MathVerifier: scale must be one of {sorted(REWARD_VALUES)}, got {scale!r}")
         if not timeout_s > 0:
             raise ValueError(f"MathVerifier: timeout_s must be > 0, got {timeout_s}")
         if workers < 1:
             raise ValueError(f"MathVerifier: workers must be >= 1, got {workers}")
         self.timeout_s = float(timeout_s)
         self.workers = int(workers)
+        self.values = REWARD_VALUES[scale]
         self._pool: _Pool | None = None
         self._memo: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
         self._lock = threading.Lock()
@@ -267,7 +272,7 @@ class MathVerifier:
             known.update(fresh)
         no_answer = _Outcome("no_answer", False, "")
         outcomes = [known[k] if k is not None else no_answer for k in keys]
-        return [Verdict(o.correct, float(o.correct), o.status, e, o.detail) for o, e in zip(outcomes, extracted)]
+        return [Verdict(o.correct, self.values[o.correct], o.status, e, o.detail) for o, e in zip(outcomes, extracted)]
 
     def _remember(self, key: tuple[str, str], outcome: _Outcome) -> None:
         self._memo[key] = outcome

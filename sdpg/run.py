@@ -64,7 +64,7 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
                      torch.cuda.get_device_properties(device).total_memory, uses_reference=uses_reference)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress)
     ref = make_reference(model) if uses_reference else None
-    verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
+    verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers, scale=cfg.reward.scale)
     return Trainer(cfg, model=model, tokenizer=tokenizer, ref_model=ref, train_rows=train_rows,
                    val_rows=val_rows, records=records, verifier=verifier)
 

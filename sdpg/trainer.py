@@ -147,7 +147,7 @@ class Trainer:
         ro, g = batch.rollout, batch.rollout.group_size
         teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
             self._render([row.teacher_prompt for row in batch.rows for _ in range(g)])))  # (B, P')
-        beta_k = beta_schedule(self.step, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
+        beta_k = beta_schedule(self.step + 1, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
         mask = ro.response_mask.float()  # (B, T)
         nb = mask.shape[0]
         recorded = set(range(min(cfg.run.record_groups, nb // g) * g))
@@ -158,9 +158,11 @@ class Trainer:
         self.model.train()
         skip_reason = ""
         rows = self._micro_rows(teacher_ids.shape[1] + mask.shape[1])
+        norm = mask if self.method.loss_tokens is None else self.method.loss_tokens(
+            mask, batch.adv.to(mask.device), torch.tensor([v.correct for v in batch.verdicts], device=mask.device))
         for lo in range(0, nb, rows):
             sl = slice(lo, min(nb, lo + rows))
-            share = float(mask[sl].sum() / mask.sum()) if lc.agg == "token-mean" else (sl.stop - sl.start) / nb
+            share = loss_share(norm, sl, lc.agg)
             try:
                 stats = self._micro_step(batch, sl, teacher_ids[sl], teacher_mask[sl], beta_k, share, times,
                                          {i - lo: i for i in recorded if sl.start <= i < sl.stop}, token_records)
@@ -224,6 +226,9 @@ class Trainer:
         if "ref_distill_kl" in self.method.needs:
             with torch.no_grad():
                 ref_h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
+            tau = self.cfg.loss.opsd_teacher_temperature
+            if tau != 1.0:  # the head has no bias, so dividing the hidden state divides the teacher's logits
+                ref_h = ref_h.float() / tau  # (b, T, H)
             ref_kl, _, _ = distill(student_h[sel], ref_h[sel], weight, resp[sel], temperature=temp,
                                               teacher_weight=lm_head_weight(self.ref_model))  # (N,)
             refs["ref_distill_kl"] = torch.zeros_like(mask).masked_scatter(sel, ref_kl)  # (b, T)
@@ -265,7 +270,8 @@ class Trainer:
             out["ref_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
         if "ref_teacher_logp" in self.method.needs:
             h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
-            out["ref_teacher_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp) * rmask
+            out["ref_teacher_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp,
+                                                 temperature=self.cfg.loss.opsd_teacher_temperature) * rmask
         return out
 
     def _token_record(self, j, student_h, teacher_h, resp, rmask, kl_mat, logp_mat, ent_mat, old_logp, ref_logp) -> dict:
@@ -312,6 +318,16 @@ GATED_MEANS = ("kl/distill_gated_mean", "opsd/weight_mean")
 """micro-batch statistics that are means over the gated tokens (`gate/tokens` of them)"""
 
 
+def loss_share(norm: torch.Tensor, sl: slice, agg: str) -> float:
+    """A micro-batch's share of the batch's loss normaliser: its tokens of `norm` (B, T), the tokens the loss
+    averages over, for `token-mean`, else its sequences with such tokens; 0 when the batch has none."""
+    if not bool(norm.any()):
+        return 0.0
+    if agg == "token-mean":
+        return float(norm[sl].sum() / norm.sum())
+    return int(norm[sl].bool().any(-1).sum()) / int(norm.bool().any(-1).sum())
+
+
 def combine_micro_stats(parts: list[tuple[dict, dict[str, float]]]) -> dict[str, float]:
     """Whole-batch statistics from per-micro-batch ones, each mean weighted by what it averages over.
 
@@ -354,8 +370,9 @@ def make_engine(cfg: TrainConfig, model, tokenizer) -> RolloutEngine:
 
 
 def lr_warmup(step: int, warmup_steps: int) -> float:
-    """Learning-rate factor at optimizer step `step` (0-based): linear over `warmup_steps` steps, then 1."""
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    """Learning-rate factor after `step` training steps: min(1, step / warmup_steps), verl's constant schedule with
+    warmup (training step k, counted from 1, runs at (k - 1) / warmup_steps: the first at rate 0)."""
+    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ def test_paper_preset_has_the_reference_settings():
     assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.beta_warmup, cfg.loss.beta_decay) == (1e-3, 1e-3, 50, 350)
     assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (128, 8, 4096)
     assert cfg.run.steps == 400 and cfg.loss.ref_mode == "urkl" and cfg.loss.gate
+    assert cfg.model.enable_thinking and cfg.loss.kl_clamp == 20.0  # as the authors' script and fork
 
 
 @pytest.mark.parametrize("section,name,value,needle", [
@@ -29,6 +30,9 @@ def test_paper_preset_has_the_reference_settings():
     ("rollout", "temperature", 0.0, "rollout.temperature=0.0"),
     ("rollout", "group_size", 0, "rollout.group_size=0"),
     ("optim", "lr", 0.0, "optim.lr=0.0"),
+    ("loss", "kl_clamp", -1.0, "loss.kl_clamp=-1.0 is invalid: must be >= 0 (--loss.kl_clamp 0 turns"),
+    ("loss", "opsd_teacher_temperature", 0.0, "loss.opsd_teacher_temperature=0.0"),
+    ("reward", "scale", "pm2", "reward.scale='pm2' is invalid: must be one of ('01', 'pm1'"),
 ])
 def test_invalid_values_name_the_field(section, name, value, needle):
     cfg = TrainConfig()

@@ -174,16 +174,32 @@ def test_write_rows_rejects_nothing_and_bad_suffix(tmp_path):
         write_rows(ROWS, tmp_path / "x.txt")
 
 
+# Paper Fig. 4, copied from the paper's figure (SPEC.md), not from the code under test.
+FIG4_STUDENT = """Solve the following math problem step by step. Present your final answer inside \\boxed{}, for example \\boxed{42}.
+What is 2+2?
+Remember to put your final answer inside \\boxed{}."""
+FIG4_CONTEXT = """
+[Hint] The correct answer is 4. A common way to solve this is:
+Add the two numbers.
+[Instruction] If possible, derive the answer 4 using an alternative, equally rigorous mathematical approach (e.g., algebraic vs geometric, or different substitution). If no alternative exists, articulate the standard approach with exceptional clarity. Do NOT state that you were given the answer or reference."""
+
+
 def test_templates_fill_placeholders_and_keep_other_braces():
-    assert fill_template(STUDENT_TEMPLATE, question="Find {x}: $x^{2}=4$") == (
-        "Solve the following math problem step by step. Present your final answer inside \\boxed{}.\n\n"
-        "Find {x}: $x^{2}=4$")
-    assert teacher_context("4", "Square both sides.") == (
-        "\n\n[Hint] The correct answer is 4. A common way to solve this is: Square both sides.\n"
-        "Do not reveal that you have seen this hint; solve the problem as if on your own.")
-    assert teacher_context("4") == (
-        "\n\n[Hint] The correct answer is 4.\n"
-        "Do not reveal that you have seen this hint; solve the problem as if on your own.")
+    assert fill_template(STUDENT_TEMPLATE, question="Find {x}: $x^{2}=4$") == FIG4_STUDENT.replace(
+        "What is 2+2?", "Find {x}: $x^{2}=4$")
+    assert teacher_context("4", "Add the two numbers.") == FIG4_CONTEXT
+    assert teacher_context("4") == FIG4_CONTEXT.replace(" A common way to solve this is:\nAdd the two numbers.", "")
+
+
+def test_convert_dapo_rows_writes_the_paper_prompts_word_for_word(tmp_path):
+    source = _write_jsonl(tmp_path / "dapo.jsonl", [{"question": "What is 2+2?", "answer": 4,
+                                                      "solution": "Add the two numbers."}])
+    (row,) = convert_dapo_rows(source, tmp_path / "out.parquet").rows
+    assert row.prompt == FIG4_STUDENT
+    assert row.teacher_prompt == FIG4_STUDENT + FIG4_CONTEXT
+    # on disk the sentinel sits between the student's last line and the hint, as in Fig. 4
+    assert load_rows(tmp_path / "out.parquet").rows[0].to_text() == (
+        FIG4_STUDENT + TEACHER_CONTEXT_TOKEN + FIG4_CONTEXT)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -200,8 +216,11 @@ def test_convert_dapo_rows(tmp_path, suffix):
                                 context=teacher_context("4", "Add."), answer="4", data_source="dapo_math")
     assert rows[1].context == teacher_context("6")
     assert rows[1].data_source == "aime"
-    assert rows[1].teacher_prompt.endswith("[Hint] The correct answer is 6.\n"
-                                           "Do not reveal that you have seen this hint; solve the problem as if on your own.")
+    assert rows[1].teacher_prompt.endswith("[Hint] The correct answer is 6.\n[Instruction] If possible, derive the "
+                                           "answer 6 using an alternative, equally rigorous mathematical approach "
+                                           "(e.g., algebraic vs geometric, or different substitution). If no "
+                                           "alternative exists, articulate the standard approach with exceptional "
+                                           "clarity. Do NOT state that you were given the answer or reference.")
 
 
 def test_convert_dapo_rows_names_bad_rows(tmp_path):

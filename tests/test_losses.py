@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+from sdpg.forward import logits_self_distill
 from sdpg.losses import (
-    REF_MODES, aggregate, beta_schedule, clipped_pg_loss, distill_token_advantage, group_advantages,
-    masked_mean, ref_kl_penalty, sdpg_loss, self_distill_kl,
+    REF_MODES, aggregate, beta_schedule, clipped_pg_loss, distill_token_advantage, fused_self_distill,
+    group_advantages, masked_mean, ref_kl_penalty, sdpg_loss, self_distill_kl,
 )
 
 # ----------------------------------------------------------------------------- reductions
@@ -233,6 +234,80 @@ def test_beta_schedule_edges():
     assert beta_schedule(399, total, beta, 0, 0) == beta
     with pytest.raises(ValueError, match="warmup_steps"):
         beta_schedule(0, total, beta, -1, 0)
+
+
+def _fork_effective_beta(beta, current_step, total_steps, warmup_steps, decay_steps):
+    """The authors' fork's `_compute_effective_beta` (verl/trainer/ppo/core_algos.py), restated as an
+    independent reference: warmup while k < T_warm, decay once k >= T - T_decay."""
+    effective = beta
+    if warmup_steps > 0 and current_step < warmup_steps:
+        effective = beta * (current_step / warmup_steps)
+    if decay_steps > 0 and total_steps > 0 and current_step >= total_steps - decay_steps:
+        effective = effective * (max(total_steps - current_step, 0) / decay_steps)
+    return effective
+
+
+@pytest.mark.parametrize("total, warm, decay", [(400, 50, 350), (400, 0, 0), (30, 10, 5), (12, 20, 0), (7, 0, 7)])
+def test_beta_schedule_matches_the_forks_for_steps_one_to_T(total, warm, decay):
+    beta = 1e-3
+    ours = [beta_schedule(k, total, beta, warm, decay) for k in range(1, total + 1)]
+    fork = [_fork_effective_beta(beta, k, total, warm, decay) for k in range(1, total + 1)]
+    assert ours == pytest.approx(fork, rel=1e-12, abs=0.0)
+    if warm:
+        assert ours[0] == pytest.approx(beta / warm * (min(1, (total - 1) / decay) if decay else 1))
+    if decay:
+        assert ours[-1] == 0.0  # the last training step distils with weight 0, as in verl
+
+
+# ----------------------------------------------------------------------------- KL clamp
+
+def _clamp_case():
+    """Six tokens, V = H = 8, an identity-like LM head; the teacher is peaked far from the student on two
+    tokens (KL ~ 50 nats there, < 1 elsewhere)."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.eye(8) + 0.01 * torch.randn(8, 8, generator=g)  # (V, H)
+    student = 0.3 * torch.randn(6, 8, generator=g)  # (N, H)
+    teacher = student + 0.3 * torch.randn(6, 8, generator=g)  # (N, H)
+    teacher[1] = torch.tensor([60.0, 0, 0, 0, 0, 0, 0, 0])
+    teacher[4] = torch.tensor([0, 0, 0, 0, 0, 0, 0, 60.0])
+    tokens = torch.randint(0, 8, (6,), generator=g)  # (N,)
+    return student, teacher, weight, tokens
+
+
+def _distill_grads(path, kl_clamp):
+    student, teacher, weight, tokens = _clamp_case()
+    student.requires_grad_()
+    kl, logp, _ = path(student, teacher, weight, tokens)  # (N,)
+    kl_mat = kl.view(2, 3)  # (B, T)
+    loss, stats = sdpg_loss(logp=logp.detach().view(2, 3), old_logp=logp.detach().view(2, 3), adv=torch.ones(2),
+                            mask=torch.ones(2, 3), distill_kl=kl_mat, beta=0.5, alpha=0.0, gate=False,
+                            kl_clamp=kl_clamp)
+    (grad,) = torch.autograd.grad(loss, student)
+    return kl.detach(), loss, stats, grad
+
+
+@pytest.mark.parametrize("path", [fused_self_distill, logits_self_distill], ids=["fused", "materialised"])
+def test_kl_clamp_zeroes_the_gradient_of_clamped_tokens_in_both_kl_paths(path):
+    kl, loss, stats, grad = _distill_grads(path, 20.0)
+    clamped = kl > 20.0
+    assert clamped.tolist() == [False, True, False, False, True, False]  # the case is what it claims
+    _, loss_off, stats_off, grad_off = _distill_grads(path, 0.0)
+    assert grad[clamped].eq(0).all() and grad_off[clamped].abs().sum() > 1.0
+    torch.testing.assert_close(grad[~clamped], grad_off[~clamped], rtol=0, atol=0)  # others untouched
+    assert grad[~clamped].abs().sum() > 0
+    assert stats["loss/distill"] == pytest.approx(0.5 * float(kl.clamp(max=20.0).mean()), rel=1e-6)
+    assert stats["kl/clamped_fraction"] == pytest.approx(2 / 6)
+    assert stats["kl/distill_mean"] == pytest.approx(float(kl.mean()))  # the statistic stays unclamped
+    assert stats_off["kl/clamped_fraction"] == 0.0
+
+
+def test_kl_clamp_off_is_the_unclamped_loss_exactly():
+    kl, loss_off, _, _ = _distill_grads(fused_self_distill, 0.0)
+    assert torch.equal(loss_off.detach(), -1.0 + 0.5 * kl.view(2, 3).sum() / 6)  # pg term -A = -1 per token
+    _, loss_high, _, _ = _distill_grads(fused_self_distill, 1e6)  # a clamp no token reaches changes nothing
+    assert torch.equal(loss_high.detach(), loss_off.detach())
+    with pytest.raises(ValueError, match="kl_clamp must be >= 0"):
+        _distill_grads(fused_self_distill, -1.0)
 
 
 # ----------------------------------------------------------------------------- total loss

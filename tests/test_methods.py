@@ -8,13 +8,15 @@ import torch.nn.functional as F
 
 from conftest import tiny_config
 from sdpg.config import LossConfig, TrainConfig
+from sdpg.forward import lm_head_weight, response_hidden
 from sdpg.fused_kl import fused_self_distill
-from sdpg.losses import beta_schedule
+from sdpg.losses import beta_schedule, masked_mean, self_distill_kl
 from sdpg.methods import (METHODS, OPSD_CLAMP, LossInputs, check_config, get_method, opsd_fork_token_weight,
                           rlsd_evidence_weight, rlsd_lambda, rlsd_token_advantage)
 from sdpg.records import RecordStream
 from sdpg.reward import Verdict
 from sdpg.run import build_trainer
+from sdpg.trainer import loss_share
 from sdpg.whatif import token_weights
 
 STANDARD_KEYS = ("loss/total", "loss/pg", "loss/distill", "loss/ref_kl", "kl/distill_mean", "gate/fraction",
@@ -197,10 +199,11 @@ def test_opsd_fork_trains_only_correct_answers_with_positive_advantage():
     x = _inputs(adv=(1.0, -1.0, 0.0, 0.5), correct=(True, False, True, False))
     x.ref_teacher_logp = x.old_logp + torch.tensor([[0.7, -0.4], [2.0, 2.0], [3.0, 0.0], [4.0, 4.0]])
     loss, stats = METHODS["opsd_fork"].loss(x, _cfg(), 0.0)
-    assert loss.item() == pytest.approx(-(0.7 + 0.0) / N_TOKENS)  # only the first response, log-ratio >= 0
+    # only the first response, log-ratio >= 0, averaged over its 2 gated tokens as in the fork
+    assert loss.item() == pytest.approx(-(0.7 + 0.0) / 2)
     loss.backward()
     want_grad = torch.zeros(4, 2)
-    want_grad[0, 0] = -0.7 / N_TOKENS
+    want_grad[0, 0] = -0.7 / 2
     torch.testing.assert_close(x.logp.grad, want_grad)
     assert stats["gate/fraction"] == 0.25 and stats["opsd/weight_mean"] == pytest.approx(0.35)
     assert stats["loss/distill"] == 0.0 and stats["loss/ref_kl"] == 0.0 and x.distill_kl.grad is None
@@ -213,10 +216,29 @@ def test_opsd_fork_uses_the_ppo_ratio_clip():
     with torch.no_grad():
         x.logp[0, 0] += math.log(1.5)  # ratio 1.5 > 1 + clip_high: clipped at 1.2, no gradient
     loss, stats = METHODS["opsd_fork"].loss(x, _cfg(clip_high=0.2), 0.0)
-    assert loss.item() == pytest.approx(-(2.0 * 1.2 + 2.0 * 1.0) / N_TOKENS)
+    assert loss.item() == pytest.approx(-(2.0 * 1.2 + 2.0 * 1.0) / 2)  # the gated response's 2 tokens
     loss.backward()
-    assert float(x.logp.grad[0, 0]) == 0.0 and float(x.logp.grad[0, 1]) == pytest.approx(-2.0 / N_TOKENS)
-    assert stats["loss/clipfrac_high"] == pytest.approx(1 / N_TOKENS)
+    assert float(x.logp.grad[0, 0]) == 0.0 and float(x.logp.grad[0, 1]) == pytest.approx(-2.0 / 2)
+    assert stats["loss/clipfrac_high"] == pytest.approx(1 / N_TOKENS)  # statistics stay over every token
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_opsd_fork_averages_over_the_batchs_gated_tokens_whatever_the_micro_batches(agg):
+    adv, correct = (1.0, -1.0, 2.0, 0.5), (True, False, True, True)
+    x = _inputs(adv=adv, correct=correct)
+    x.ref_teacher_logp = x.old_logp + torch.tensor([[0.7, 0.2], [2.0, 2.0], [3.0, 0.0], [0.4, 1.0]])
+    whole, _ = METHODS["opsd_fork"].loss(x, _cfg(agg=agg), 0.0)
+    gated = (0.7 + 0.2) + 3.0 + (0.4 + 1.0)  # responses 0, 2, 3 pass: 5 gated tokens, 3 gated sequences
+    want = -gated / 5 if agg == "token-mean" else -((0.7 + 0.2) / 2 + 3.0 + (0.4 + 1.0) / 2) / 3
+    assert whole.item() == pytest.approx(want)
+    norm = METHODS["opsd_fork"].loss_tokens(MASK, torch.tensor(adv), torch.tensor(correct))  # (B, T)
+    total = 0.0
+    for sl in (slice(0, 1), slice(1, 2), slice(2, 4)):  # the middle micro-batch has no gated token
+        part = _inputs(adv=adv[sl], correct=correct[sl], mask=MASK[sl], logp=x.logp.detach()[sl],
+                       old_logp=x.old_logp[sl], distill_kl=KL[sl], ref_teacher_logp=x.ref_teacher_logp[sl])
+        loss, _ = METHODS["opsd_fork"].loss(part, _cfg(agg=agg), 0.0)
+        total += loss.item() * loss_share(norm, sl, agg)
+    assert total == pytest.approx(whole.item())
 
 
 def test_methods_that_need_a_teacher_say_which_input_is_missing():
@@ -362,3 +384,40 @@ def test_one_training_step_per_method(method, tiny_model_dir, tmp_path):
     for key in STANDARD_KEYS + ("grad/norm", "entropy/mean"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+
+
+@pytest.mark.parametrize("method", ["opsd", "opsd_fork"])
+def test_opsd_teacher_temperature_divides_the_frozen_teachers_logits(method, tiny_model_dir, tmp_path):
+    tau = 0.5
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__method=method, loss__beta=0.5, optim__micro_batch=64,
+                      loss__opsd_teacher_temperature=tau)
+    trainer = build_trainer(cfg, RecordStream(tmp_path), progress=False)
+    trainer.verifier.score = _mixed_verdicts
+    real_sample, seen = trainer.sample_batch, []
+    trainer.sample_batch = lambda: seen.append(real_sample()) or seen[-1]
+    try:
+        metrics = trainer.train_step()
+    finally:
+        trainer.verifier.close()
+    # recompute by hand from the frozen reference (on step 1 the student still equals it)
+    ro, ref = seen[0].rollout, trainer.ref_model
+    teacher_ids, teacher_mask = trainer.engine.encode_prompts(
+        trainer._render([row.teacher_prompt for row in seen[0].rows for _ in range(ro.group_size)]))
+    sel = ro.response_mask.bool()  # (B, T)
+    with torch.no_grad():
+        student = response_hidden(ref, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)[sel]
+        teacher = response_hidden(ref, teacher_ids, teacher_mask, ro.response_ids, ro.response_mask)[sel]
+        s_logits, t_logits = student @ lm_head_weight(ref).T, teacher @ lm_head_weight(ref).T  # (N, V)
+    if method == "opsd":
+        measured, key = metrics["kl/ref_teacher_mean"], "kl/ref_teacher_mean"
+        want, untempered = (float(self_distill_kl(s_logits, t_logits / t).mean()) for t in (tau, 1.0))
+    else:
+        measured, key = metrics["opsd/weight_mean"], "opsd/weight_mean"
+        gated = torch.tensor([i % 2 == 0 for i in range(sel.shape[0])])[:, None].expand_as(sel)[sel]  # (N,)
+
+        def weight_mean(t):
+            logq = F.log_softmax(t_logits / t, -1).gather(-1, ro.response_ids[sel][:, None]).squeeze(-1)  # (N,)
+            return float(masked_mean((logq - ro.old_logp[sel]).clamp(0, OPSD_CLAMP), gated))
+        want, untempered = weight_mean(tau), weight_mean(1.0)
+    assert measured == pytest.approx(want, rel=1e-4, abs=1e-6), key
+    assert abs(want - untempered) > 1e-2  # the temperature matters in this case

@@ -193,7 +193,14 @@ def test_two_workers_score_a_batch():
     assert [x.correct for x in out] == [n % 3 != 0 for n in range(20)]
 
 
-@pytest.mark.parametrize("kwargs", [{"timeout_s": 0}, {"workers": 0}])
+def test_pm1_scale_gives_the_forks_plus_minus_one_rewards():
+    with MathVerifier(timeout_s=5.0, scale="pm1") as v:
+        out = v.score(["\\boxed{3}", "\\boxed{4}", "no box"], ["3", "3", "3"])
+    assert [x.reward for x in out] == [1.0, -1.0, -1.0]
+    assert [x.correct for x in out] == [True, False, False]
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout_s": 0}, {"workers": 0}, {"scale": "0-1"}])
 def test_constructor_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         MathVerifier(**kwargs)

@@ -145,6 +145,7 @@ SAME_SPLIT_ONLY = ("gate/fraction", "kl/distill_gated_mean")
 @pytest.mark.parametrize("micro_batch", [12, 5], ids=["one-micro-batch", "accumulated"])
 def test_two_trl_steps_match_two_engine_steps_on_the_same_batch(tiny_model_dir, tmp_path, micro_batch):
     cfg = parity_config(tiny_model_dir, tmp_path / "engine", micro_batch)
+    cfg.run.steps = 3  # verl's warmup trains step 1 at rate 0, so the anchor has something to pull back from step 3
     engine, batch, ours, our_grads = run_engine(cfg, tmp_path)
     try:
         trl_cfg = TrainConfig.from_dict(cfg.to_dict())
@@ -153,17 +154,18 @@ def test_two_trl_steps_match_two_engine_steps_on_the_same_batch(tiny_model_dir, 
     finally:
         engine.verifier.close()
     theirs = stream.metrics()
-    assert [m["step"] for m in theirs] == [1, 2]
-    # the batch exercises every term: outcome, gated distillation, anchor (step 2), clipping both ways, dual clip
+    assert [m["step"] for m in theirs] == [1, 2, 3]
+    # the batch exercises every term: outcome, gated distillation, anchor (step 3), clipping both ways, dual clip
     assert int((batch.adv > 0).sum()) == 3 and ours[0]["loss/pg"] != 0 and ours[0]["loss/distill"] > 0
-    assert ours[1]["loss/ref_kl"] > 0 and ours[1]["beta/effective"] == pytest.approx(0.5 / 3)
+    assert ours[2]["loss/ref_kl"] > 1e-6 and ours[1]["beta/effective"] == pytest.approx(0.5 / 3)
+    assert [m["optim/lr"] for m in ours] == [0.0, cfg.optim.lr / 2, cfg.optim.lr]
     assert ours[0]["loss/clipfrac_high"] > 0 and ours[0]["loss/clipfrac_low"] > 0 and ours[0]["loss/dual_clipfrac"] > 0
     keys = EXACT_UNDER_ANY_SPLIT + (SAME_SPLIT_ONLY if micro_batch == 12 else ())
     for mine, other in zip(ours, theirs):
         for key in keys:
             assert other[key] == pytest.approx(mine[key], rel=1e-5, abs=1e-6), key
         assert sorted(other["adv/values"]) == sorted(mine["adv/values"])
-    assert len(our_grads) == len(trl_grads) == 2
+    assert len(our_grads) == len(trl_grads) == 3
     for mine, other in zip(our_grads, trl_grads):
         for name, g in mine.items():
             torch.testing.assert_close(other[name], g, rtol=1e-4, atol=1e-4 * float(g.abs().max()), msg=name)
@@ -324,7 +326,7 @@ def test_the_paper_settings_become_these_grpo_config_fields():
         # 128 prompts x 8 = 1024 sequences: 128 per process, micro-batches of 8, 16 accumulated, one update
         "per_device_train_batch_size": 8, "gradient_accumulation_steps": 16, "steps_per_generation": 16,
         "num_iterations": 1, "num_generations": 8, "max_completion_length": 4096, "temperature": 1.0, "top_p": 1.0,
-        "top_k": 0, "chat_template_kwargs": {"enable_thinking": False},
+        "top_k": 0, "chat_template_kwargs": {"enable_thinking": True},  # the script renders with thinking on
         "learning_rate": 1e-6, "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.1, "max_grad_norm": 1.0,
         "optim": "adamw_torch", "lr_scheduler_type": "constant",
         "beta": 1e-3, "epsilon": 0.2, "epsilon_high": 0.2, "scale_rewards": "group",

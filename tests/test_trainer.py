@@ -10,7 +10,7 @@ from lab.curves import planned_beta
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle, build_trainer
-from sdpg.trainer import combine_micro_stats
+from sdpg.trainer import combine_micro_stats, lr_warmup
 from sdpg.train import main as cli_main
 
 
@@ -124,7 +124,7 @@ def test_bad_data_file_crashes_with_a_clear_message(tiny_model_dir, tmp_path):
 
 
 def test_cli_runs_and_summarises(tiny_model_dir, tmp_path, capsys):
-    cfg = tiny_config(tiny_model_dir, tmp_path, loss__beta_warmup=2)
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__beta_warmup=2, optim__warmup_steps=2)
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps(cfg.to_dict()))
     assert cli_main(["--config", str(config_file), "--steps", "2", "--quiet", "--run-dir", str(tmp_path / "cli")]) == 0
@@ -135,6 +135,9 @@ def test_cli_runs_and_summarises(tiny_model_dir, tmp_path, capsys):
     measured = [(m["step"], m["beta/effective"]) for m in RecordStream.open(tmp_path / "cli").metrics()
                 if "beta/effective" in m]
     assert measured == list(zip(*planned_beta(saved)))  # the dashboard's plan lines up with what ran
+    assert measured[0] == (1, cfg.loss.beta / 2)  # steps count from 1: the first has beta / T_warm, as in verl
+    lrs = [m["optim/lr"] for m in RecordStream.open(tmp_path / "cli").metrics() if "optim/lr" in m]
+    assert lrs == [0.0, cfg.optim.lr / 2]  # verl's warmup: the first step's rate is 0
     assert cli_main(["--loss.beta", "-1", "--quiet"]) == 2
     assert "loss.beta=-1.0" in capsys.readouterr().err
 
@@ -196,3 +199,19 @@ def test_gated_means_skip_micro_batches_without_gated_tokens():
     assert combined["gate/fraction"] == 0.25 and combined["gate/tokens"] == 30.0
     assert combined["kl/distill_mean"] == pytest.approx(0.25 * 1.0 + 0.75 * 3.0)
     assert combined["loss/pg"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.1)
+
+
+def _verl_constant_warmup(current_step: int, num_warmup_steps: int) -> float:
+    """verl's `get_constant_schedule_with_warmup` factor (verl/utils/torch_functional.py), restated as a reference:
+    the scheduler is stepped once per training step, so training step k sees current_step = k - 1."""
+    if current_step < num_warmup_steps:
+        return float(current_step) / float(max(1.0, num_warmup_steps))
+    return 1.0
+
+
+def test_lr_warmup_is_verls_constant_schedule_with_warmup():
+    for warmup in (1, 3, 10):
+        assert [lr_warmup(k - 1, warmup) for k in range(1, 16)] == [_verl_constant_warmup(k - 1, warmup)
+                                                                    for k in range(1, 16)]
+    assert lr_warmup(0, 10) == 0.0 and lr_warmup(10, 10) == 1.0
+    assert [lr_warmup(k, 0) for k in range(5)] == [1.0] * 5

@@ -50,8 +50,8 @@ def test_curves_draw_the_metric_values_and_sparse_eval_points():
 def test_planned_beta_follows_warmup_and_decay():
     cfg = fixture_config(steps=6).to_dict()  # beta 0.05, warmup 2, decay 2
     steps, values = planned_beta(cfg)
-    assert steps == [1, 2, 3, 4, 5, 6]  # as recorded: step s trains with the schedule's value after s - 1 steps
-    assert values == pytest.approx([0.0, 0.025, 0.05, 0.05, 0.05, 0.025])
+    assert steps == [1, 2, 3, 4, 5, 6]  # as recorded: step s trains with the schedule at s (from 1, as in verl)
+    assert values == pytest.approx([0.025, 0.05, 0.05, 0.05, 0.025, 0.0])
     planned = trace(curves_figure([], cfg), "β planned")
     assert list(planned.y) == pytest.approx(values)
 

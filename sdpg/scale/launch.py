@@ -115,7 +115,7 @@ def train(cfg: TrainConfig, scale: ScaleConfig, *, quiet: bool = False) -> int:
     with state.main_process_first():
         model, tokenizer = load_model_and_tokenizer(cfg.model, data_cfg=cfg.data, progress=state.is_main_process)
     train_rows, _ = load_data(cfg)
-    verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
+    verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers, scale=cfg.reward.scale)
     records = RecordStreamCallback(cfg.run.run_dir, cfg.to_dict())
     trainer = None
     try:

@@ -296,7 +296,8 @@ class SDPGTrainer(GRPOTrainer):
         lc = self.sdpg_cfg.loss
         if not self.method.distills:
             return 0.0
-        return beta_schedule(self.state.global_step, self.sdpg_cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay)
+        return beta_schedule(self.state.global_step + 1, self.sdpg_cfg.run.steps, lc.beta, lc.beta_warmup,
+                             lc.beta_decay)
 
     @staticmethod
     def _old_logp(inputs: dict, logp: torch.Tensor) -> torch.Tensor:
