@@ -28,6 +28,10 @@ STEPS = 2
 UNPINNED = ("time/", "perf/")
 """wall-clock keys"""
 REL, ABS = 1e-6, 1e-7
+ADDED = {"grad/norm_max", "optim/updates", "rollout/logp_gap_mean", "rollout/logp_gap_max"}
+"""keys the step writes since the golden file was made (mini-batch updates, recomputed old log-probs)"""
+DROPPED = {"grpo": {"kl/distill_mean", "kl/distill_gated_mean", "gate/tokens"}}
+"""keys a method no longer writes: GRPO runs its teacher on the recorded groups only (`sdpg.metrics`)"""
 
 
 def run_case(model_dir, run_dir, overrides: dict) -> list[dict]:
@@ -46,9 +50,11 @@ def test_the_step_reproduces_its_pinned_metrics(tiny_model_dir, tmp_path, case):
     golden = json.loads(GOLDEN.read_text())[case]
     got = run_case(tiny_model_dir, tmp_path, CASES[case])
     for step, (want, have) in enumerate(zip(golden, got, strict=True), 1):
-        assert sorted(have) == sorted(want), f"step {step}: keys differ"
+        dropped = DROPPED.get(CASES[case]["loss__method"], set())
+        assert set(have) == (set(want) - dropped) | ADDED, f"step {step}: keys differ"
         for key, value in want.items():
-            assert _close(have[key], value), f"step {step} {key}: {have[key]} != pinned {value}"
+            if key not in dropped:
+                assert _close(have[key], value), f"step {step} {key}: {have[key]} != pinned {value}"
 
 
 def _close(have, want) -> bool:
