@@ -44,7 +44,8 @@ _ENTRIES = (
     Metric("adv/zero_var_groups", "fraction of groups whose rewards are all equal", "step", "frac_reward_zero_std"),
     Metric("adv/resample_rounds", "dynamic sampling: extra rollout rounds taken", "step"),
     Metric("response/length_mean", "mean response length in tokens", "step", "completions/mean_length"),
-    Metric("response/truncated", "fraction of responses that hit the length limit", "step", "completions/clipped_ratio"),
+    Metric("response/truncated", "fraction of responses that hit the length limit", "step",
+           "completions/clipped_ratio"),
     Metric("rollout/logp_gap_mean", "mean |sampler log-prob - recomputed old log-prob| over response tokens", "step"),
     Metric("rollout/logp_gap_max", "largest |sampler log-prob - recomputed old log-prob| over response tokens", "step"),
     # loss terms and their statistics, per micro-batch

@@ -148,7 +148,8 @@ def _teacher_hidden(fw: Forwards, mb: MicroBatch, rows: list[int]) -> torch.Tens
     if len(rows) == mb.response_ids.shape[0]:
         return fw.hidden(mb.teacher_ids, mb.teacher_mask, mb.response_ids, mb.response_mask)  # (b, T, H)
     idx = torch.tensor(rows, device=mb.response_ids.device)  # (r,)
-    return fw.hidden(mb.teacher_ids[idx], mb.teacher_mask[idx], mb.response_ids[idx], mb.response_mask[idx])  # (r, T, H)
+    ids, mask = mb.teacher_ids[idx], mb.teacher_mask[idx]  # (r, P')
+    return fw.hidden(ids, mask, mb.response_ids[idx], mb.response_mask[idx])  # (r, T, H)
 
 
 def _ref_distill_kl(fw: Forwards, mb: MicroBatch, student_h: torch.Tensor, ctx: StepContext) -> torch.Tensor:

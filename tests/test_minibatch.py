@@ -122,7 +122,8 @@ def test_beta_and_learning_rate_advance_per_training_step_not_per_update(tiny_mo
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--optim.mini_batch_prompts", "2"], "optim.mini_batch_prompts=2 is invalid: must divide rollout.prompts_per_step=3"),
+    (["--optim.mini_batch_prompts", "2"],
+     "optim.mini_batch_prompts=2 is invalid: must divide rollout.prompts_per_step=3"),
     (["--optim.mini_batch_prompts", "-1"], "optim.mini_batch_prompts=-1 is invalid: must be >= 0"),
     (["--optim.epochs", "0"], "optim.epochs=0 is invalid: must be >= 1"),
 ])

@@ -12,8 +12,8 @@ Design choices:
   mini-batch that fits); TRL's micro-batches have a fixed size, so a token budget (`optim.micro_batch_tokens`)
   becomes the number of the longest possible sequences (longest prompt + response limit) that fit in it.
 - `GRPOConfig.beta` (our `loss.alpha`: the names are swapped) only switches on TRL's frozen reference model and its
-  log-probs (it is set to `loss.alpha` when the method anchors to the reference); the trainer replaces TRL's loss, so TRL's own k3 term never runs and the
-  anchor is ours (`loss.ref_mode`). Clip settings are passed for TRL's logs only; our loss reads `LossConfig`.
+  log-probs (it is set to `loss.alpha` when the method anchors to the reference); the trainer replaces TRL's loss,
+  so TRL's own k3 term never runs and the anchor is ours (`loss.ref_mode`). Clip settings are passed for TRL's logs only; our loss reads `LossConfig`.
 - Precision: the policy is loaded in `model.dtype`; `model.autocast` or bfloat16 weights switch on accelerate's bf16
   mixed precision (under DDP: bfloat16 autocast of the forwards, as the engine's `model.autocast`; under ZeRO-2
   DeepSpeed keeps float32 master weights). `model.device` is accelerate's business and is not read.
@@ -28,8 +28,8 @@ Design choices:
   ZeRO-3 shard it, and are refused. DDP's search for unused parameters is off: it walks the graph from the forward's
   outputs (final hidden states) and would miss an untied LM head, whose gradient comes from the fused KL; every
   parameter gets a gradient every step.
-- Checkpoints are TRL's, in `<run_dir>/trl/checkpoint-N` (N counts updates): every `run.save_every` training steps and at the end (with
-  `save_every = 0` at the end only, as the engine does), the last two kept.
+- Checkpoints are TRL's, in `<run_dir>/trl/checkpoint-N` (N counts updates): every `run.save_every` training steps
+  and at the end (with `save_every = 0` at the end only, as the engine does), the last two kept.
 """
 from __future__ import annotations
 
