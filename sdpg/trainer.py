@@ -122,8 +122,8 @@ class Batch:
 class Update:
     """What one optimizer update returns: its micro-batches' results, gradient norm, and per-token records."""
 
-    micro: list[tuple[slice, MicroResult]]
-    """(rows of the batch, result) per micro-batch"""
+    micro: list[tuple[slice, dict[str, float]]]
+    """(rows of the batch, statistics) per micro-batch"""
     grad_norm: float
     skipped: bool
     records: dict[int, dict]
@@ -271,11 +271,10 @@ class Trainer:
                     break
                 (result.loss * self._loss_share(batch, sl, rows)).backward()
                 records |= {sl.start + j: self._token_record(args) for j, args in result.records.items()}
-                micro.append((sl, result))
+                if first and self.cfg.rollout.recompute_old_logp:  # the step-start policy's, for later epochs
+                    batch.old_logp[sl] = result.logp * batch.rollout.response_mask[sl]
+                micro.append((sl, result.stats))  # not the result: its hidden states would outlive the update
             grad_norm, skipped = self._apply(skip)
-        if first and self.cfg.rollout.recompute_old_logp:
-            for sl, result in micro:  # the step-start policy's log-probs, for later epochs and the gap metric
-                batch.old_logp[sl] = result.logp * batch.rollout.response_mask[sl]
         return Update(micro, grad_norm, skipped, records)
 
     def _micro(self, batch: Batch, ctx: StepContext, sl: slice, first: bool, epoch: int) -> MicroResult:
@@ -342,8 +341,8 @@ class Trainer:
         parts = []
         for k, update in enumerate(updates):
             rows = self._update_rows(batch.rollout)[k % per_pass]
-            for sl, result in update.micro:
-                parts.append(Part(result.stats, self._loss_share(batch, sl, rows) / len(updates),
+            for sl, stats in update.micro:
+                parts.append(Part(stats, self._loss_share(batch, sl, rows) / len(updates),
                                   float(mask[sl].sum()) / (epochs * n_tokens), (sl.stop - sl.start) / (epochs * n_rows),
                                   1.0 / epochs))
         return parts
