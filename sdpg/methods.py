@@ -14,7 +14,7 @@ Design choices:
   input checks. Terms a method does not have report 0.0.
 - `kl/distill_mean` is always the KL to the *live* teacher (current weights, privileged prompt), so curves of
   different methods measure the same thing; methods whose loss does not use the live teacher (GRPO, OPSD-fork)
-  get `distill_kl = None` and do not report it (the step runs no teacher for them but on the recorded groups).
+  get `distill_kl = None` (the step runs their teacher on the recorded groups only and reports the KL there).
   OPSD's frozen teacher gets its own key, `kl/ref_teacher_mean`.
 - Ablations of SDPG are settings, not methods: `loss.alpha = 0`, `loss.beta = 0`, `loss.gate = False`,
   `loss.beta_warmup = loss.beta_decay = 0` all go through `sdpg`.

@@ -10,8 +10,9 @@ Design choices:
   or gated tokens (`gate/tokens`) behind the value, over all updates; `sum`: added up over one pass over the batch
   (averaged over epochs); `max`: the largest; `updates`: the mean over the step's optimizer updates; `step`: written
   once per training step (rollout, schedule, timing and evaluation values), never reduced.
-- Keys with a live teacher's KL (`kl/distill_*`, `gate/tokens`) are absent for methods that run no live teacher in
-  their loss (`needs_live_teacher`: GRPO, OPSD-fork); their recorded groups still carry per-token KL for the views.
+- Methods without a live teacher in their loss (`sdpg.step.needs_live_teacher`: GRPO, OPSD-fork) run the teacher on
+  the recorded groups only (`run.record_groups`): their `kl/distill_mean` and `kl/distill_gated_mean` are means over
+  those groups' tokens (absent with no recorded group), and `gate/tokens` is absent.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ _ENTRIES = (
     Metric("loss/dual_clipfrac", "fraction of tokens with A < 0 whose ratio exceeds the dual-clip cap", "tokens"),
     Metric("kl/approx_old", "k1 estimate of KL(pi_old || pi_theta) on the sampled tokens (0 in the first update)",
            "tokens"),
-    Metric("kl/distill_mean", "KL(student || live teacher) per response token, full vocabulary (nats)", "tokens"),
+    Metric("kl/distill_mean", "KL(student || live teacher) per response token, full vocabulary (nats); recorded "
+           "groups only for methods without a live teacher in their loss", "tokens"),
     Metric("kl/distill_gated_mean", "the same KL over the gated responses' tokens only (nats)", "gated tokens"),
     Metric("kl/ref_mean", "reference-anchor penalty per response token (the loss.ref_mode estimator)", "tokens", "kl"),
     Metric("kl/ref_teacher_mean", "OPSD: KL(student || frozen privileged teacher) per response token", "tokens"),
@@ -96,7 +98,7 @@ _ENTRIES = (
 METRICS: dict[str, Metric] = {m.key: m for m in _ENTRIES}
 _PATTERNS = [(re.compile(re.escape(m.key).replace(r"\{k\}", r"\d+") + "$"), m) for m in _ENTRIES if "{k}" in m.key]
 LIVE_TEACHER_KEYS = ("kl/distill_mean", "kl/distill_gated_mean", "gate/tokens")
-"""keys that need the live teacher on every response token"""
+"""keys the micro-batches measure with the live teacher on every response token"""
 
 
 def metric(key: str) -> Metric:

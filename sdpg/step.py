@@ -230,9 +230,18 @@ def reduce_stats(parts: list[Part]) -> dict[str, float]:
     return finish_reduce(reduce_parts(parts))
 
 
-def drop_live_teacher_keys(stats: dict[str, float], method: MethodSpec) -> dict[str, float]:
-    """Statistics a method without a live teacher must not report (they would describe no teacher)."""
-    return stats if needs_live_teacher(method) else {k: v for k, v in stats.items() if k not in LIVE_TEACHER_KEYS}
+def teacher_stats(stats: dict[str, float], method: MethodSpec, groups: list[dict]) -> dict[str, float]:
+    """The step's statistics with the live teacher's KL: as the micro-batches measured it, or, for a method without a
+    live teacher in its loss, over the recorded groups' tokens (`groups`: `group_record` dicts), where it ran."""
+    if needs_live_teacher(method):
+        return stats
+    out = {k: v for k, v in stats.items() if k not in LIVE_TEACHER_KEYS}
+    kl = [x for g in groups for r in g["responses"] for x in r["kl"]]
+    if kl:
+        gated = [x for g in groups for r in g["responses"] if r["gate"] for x in r["kl"]]
+        out |= {"kl/distill_mean": sum(kl) / len(kl),
+                "kl/distill_gated_mean": sum(gated) / len(gated) if gated else 0.0}
+    return out
 
 
 # ----------------------------------------------------------------------------- rollout metrics

@@ -43,8 +43,8 @@ from sdpg.models import render_prompts
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier, overlong_penalty
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
-from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, drop_live_teacher_keys, logp_gap,
-                       micro_step, reduce_stats, rollout_metrics)
+from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, micro_step, reduce_stats,
+                       rollout_metrics, teacher_stats)
 
 TOPK = 5
 
@@ -238,9 +238,10 @@ class Trainer:
             self.scheduler.step()
             with timer("update"):
                 self.engine.sync_weights(self.model)
-        metrics = self._metrics(batch, ctx, updates, lr)
+        groups = self._group_records(batch, updates)
+        metrics = self._metrics(batch, ctx, updates, lr, groups)
         self.step += 1
-        self.records.emit_rollouts(self.step, self._group_records(batch, updates))
+        self.records.emit_rollouts(self.step, groups)
         return metrics
 
     def _context(self) -> StepContext:
@@ -312,12 +313,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next update: free them
         return grad_norm, bool(skip)
 
-    def _metrics(self, batch: Batch, ctx: StepContext, updates: list[Update], lr: float) -> dict:
+    def _metrics(self, batch: Batch, ctx: StepContext, updates: list[Update], lr: float, groups: list[dict]) -> dict:
         """The step's metrics row: rollout, reduced micro-batch statistics, update and timing values."""
         ro, t = batch.rollout, self.timer.seconds
         mask = ro.response_mask.float()  # (B, T)
         norms = [u.grad_norm for u in updates]
-        stats = drop_live_teacher_keys(reduce_stats(self._parts(batch, updates)), self.method)
+        stats = teacher_stats(reduce_stats(self._parts(batch, updates)), self.method, groups)
         metrics = {
             **rollout_metrics(batch.verdicts, batch.rewards, batch.adv, ro.lengths, ro.truncated, ro.group_size),
             **stats, "adv/zero_var_groups": batch.scored.zero_var_groups,

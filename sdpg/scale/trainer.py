@@ -63,8 +63,8 @@ from sdpg.methods import get_method
 from sdpg.reward import MathVerifier, overlong_penalty
 from sdpg.run import uses_reference
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
-from sdpg.step import (MicroBatch, Part, StepContext, drop_live_teacher_keys, finish_reduce, micro_step, reduce_parts,
-                       rollout_metrics)
+from sdpg.step import (MicroBatch, Part, StepContext, finish_reduce, micro_step, reduce_parts, rollout_metrics,
+                       teacher_stats)
 from sdpg.trainer import group_record, lr_warmup, token_record
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
@@ -425,7 +425,8 @@ class SDPGTrainer(GRPOTrainer):
         totals = self.accelerator.reduce(values, reduction="sum").tolist()
         stats = finish_reduce({k: (totals[2 * i], totals[2 * i + 1]) for i, k in enumerate(keys)})
         elapsed = time.perf_counter() - step.started
-        metrics = {**step.metrics, **drop_live_teacher_keys(stats, self.method), "beta/effective": self._beta_k(),
+        groups = self._group_records() if self.accelerator.is_main_process else []
+        metrics = {**step.metrics, **teacher_stats(stats, self.method, groups), "beta/effective": self._beta_k(),
                    "optim/updates": float(self.updates), "step/skipped": 0.0,
                    "perf/tokens_per_s": step.tokens / elapsed, "time/rollout": step.times["rollout"],
                    "time/teacher": step.times["teacher"],
@@ -433,7 +434,6 @@ class SDPGTrainer(GRPOTrainer):
         if totals[-1]:
             gap_max = self.accelerator.reduce(torch.tensor(step.gap[2], device=self.accelerator.device), "max")
             metrics |= {"rollout/logp_gap_mean": totals[-2] / totals[-1], "rollout/logp_gap_max": float(gap_max)}
-        groups = self._group_records() if self.accelerator.is_main_process else []
         for callback in self.callback_handler.callbacks:
             handler = getattr(callback, "on_sdpg_step", None)
             if handler is not None:
