@@ -84,6 +84,10 @@ class RolloutConfig:
     vllm_sleep: bool = True
     """vLLM engine on a GPU: free its weights and KV cache between rollouts so the update gets the card
     (ignored where vLLM has no sleep mode, e.g. on a CPU)"""
+    recompute_old_logp: bool = True
+    """take the PPO ratio's old log-probs from a no-grad forward of the training model (same autocast as the
+    update) before the step's first update, as verl does, so the first ratio is exactly 1 whatever sampled; the
+    sampler's log-probs are kept and their gap reported (`rollout/logp_gap_mean`, `_max`). Off: the sampler's"""
 
 
 @dataclass
@@ -107,18 +111,20 @@ class LossConfig:
     method: str = "sdpg"
     """training method: a name registered in `sdpg.methods.METHODS` ("sdpg", "grpo", ...)"""
     beta: float = 0.05
-    """weight of the full-vocabulary self-distillation KL (beta_base in the paper)"""
+    """weight of the full-vocabulary self-distillation KL (beta_base in the paper); TRL's GRPO has no such term
+    (its `beta` is our `alpha`)"""
     alpha: float = 1e-3
-    """weight of the reference-model anchor L_K"""
+    """weight of the reference-model anchor L_K: what TRL's `GRPOConfig.beta` weighs (the names are swapped)"""
     ref_mode: str = "urkl"
     """reference anchor: "urkl" (paper default), "ufkl", "rkl", "fkl", or "k3" (GRPO's estimator)"""
     gate: bool = True
     """count the distillation KL only on responses with positive advantage"""
     beta_warmup: int = 0
-    """steps over which beta ramps up linearly (T_warm; 0 = no ramp); training step k (from 1, as verl counts)
-    gets beta * min(1, k / T_warm) * min(1, (T - k) / T_decay), so step 1 has beta / T_warm"""
+    """training steps over which beta ramps up linearly (T_warm; 0 = no ramp); training step k (from 1, as verl
+    counts) gets beta * min(1, k / T_warm) * min(1, (T - k) / T_decay), so step 1 has beta / T_warm; the schedule
+    advances per training step, not per optimizer update"""
     beta_decay: int = 0
-    """steps before the end over which beta ramps down to 0 (T_decay; 0 = no decay)"""
+    """training steps before the end over which beta ramps down to 0 (T_decay; 0 = no decay)"""
     clip_low: float = 0.2
     """PPO ratio clip below 1"""
     clip_high: float = 0.2
@@ -157,9 +163,15 @@ class OptimConfig:
     """gradient-norm clip"""
     warmup_steps: int = 0
     """linear learning-rate warmup in training steps, as verl's: training step k (from 1) runs at
-    lr * min(1, (k - 1) / warmup_steps), so the first step's rate is 0 (0 = no warmup)"""
+    lr * min(1, (k - 1) / warmup_steps), so the first step's rate is 0 (0 = no warmup); all updates of a step
+    share its rate"""
+    mini_batch_prompts: int = 0
+    """prompt groups per optimizer update (verl's ppo_mini_batch_size): the step's rollout batch is cut, in order,
+    into mini-batches of this many whole groups, one AdamW update each (0 = the whole batch, one update)"""
+    epochs: int = 1
+    """passes over the step's mini-batches (verl's ppo_epochs), the same mini-batches in the same order each pass"""
     micro_batch: int = 64
-    """sequences per forward/backward pass; gradients accumulate over a step's batch"""
+    """sequences per forward/backward pass; gradients accumulate over a mini-batch"""
     micro_batch_tokens: int = 0
     """token budget per forward/backward pass instead of `micro_batch`: consecutive sequences are grouped
     while (rows x (longest teacher prompt + longest response)) stays within it, at least one sequence per
@@ -169,7 +181,7 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     steps: int = 200
-    """training steps (one optimizer step per rollout batch)"""
+    """training steps (one rollout batch each, and one optimizer update per mini-batch of it)"""
     seed: int = 0
     """seed for data order, sampling and the embedded model"""
     run_dir: str = ""
@@ -260,6 +272,11 @@ class TrainConfig:
             ("optim.grad_clip", self.optim.grad_clip > 0, "must be > 0"),
             ("optim.micro_batch", self.optim.micro_batch >= 1, "must be >= 1"),
             ("optim.micro_batch_tokens", self.optim.micro_batch_tokens >= 0, "must be >= 0"),
+            ("optim.mini_batch_prompts", self.optim.mini_batch_prompts >= 0, "must be >= 0 (0 = the whole batch)"),
+            ("optim.mini_batch_prompts", self.optim.mini_batch_prompts == 0 or
+             self.rollout.prompts_per_step % self.optim.mini_batch_prompts == 0,
+             f"must divide rollout.prompts_per_step={self.rollout.prompts_per_step} (whole mini-batches of groups)"),
+            ("optim.epochs", self.optim.epochs >= 1, "must be >= 1"),
             ("run.steps", self.run.steps >= 1, "must be >= 1"),
             ("run.eval_every", self.run.eval_every >= 0, "must be >= 0"),
             ("run.eval_samples", self.run.eval_samples >= 1, "must be >= 1"),
@@ -290,8 +307,9 @@ def preset(name: str) -> TrainConfig:
                                     max_new_tokens=4096, max_prompt_tokens=2048)
         cfg.loss = LossConfig(method="sdpg", beta=1e-3, alpha=1e-3, ref_mode="urkl", gate=True,
                               beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2, clip_c=10.0)
+        # the authors' script: ppo_mini_batch_size 16 -> 8 AdamW updates per 128-prompt step
         cfg.optim = OptimConfig(lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1, grad_clip=1.0,
-                                warmup_steps=10, micro_batch=8)
+                                warmup_steps=10, mini_batch_prompts=16, micro_batch=8)
         cfg.run = RunConfig(steps=400, eval_every=25, eval_samples=32, save_every=50)
         return cfg
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")

@@ -12,9 +12,10 @@ Design choices:
   alpha = 0, or an all-zero outcome advantage), so every method returns the same metric names
   (`loss/total`, `loss/pg`, `loss/distill`, `loss/ref_kl`, `gate/fraction`, clip fractions) and the same
   input checks. Terms a method does not have report 0.0.
-- `kl/distill_mean` is always the KL to the *live* teacher (current weights, privileged prompt), which the
-  trainer computes for every method, so curves of different methods measure the same thing. OPSD's
-  frozen teacher gets its own key, `kl/ref_teacher_mean`.
+- `kl/distill_mean` is always the KL to the *live* teacher (current weights, privileged prompt), so curves of
+  different methods measure the same thing; methods whose loss does not use the live teacher (GRPO, OPSD-fork)
+  get `distill_kl = None` (the step runs their teacher on the recorded groups only and reports the KL there).
+  OPSD's frozen teacher gets its own key, `kl/ref_teacher_mean`.
 - Ablations of SDPG are settings, not methods: `loss.alpha = 0`, `loss.beta = 0`, `loss.gate = False`,
   `loss.beta_warmup = loss.beta_decay = 0` all go through `sdpg`.
 - The per-token weights of RLSD and OPSD live here, once; `sdpg.whatif` imports them.
@@ -45,8 +46,9 @@ class LossInputs:
     """(B,) group advantages"""
     mask: torch.Tensor
     """(B, T) 1 on response tokens"""
-    distill_kl: torch.Tensor
-    """(B, T) KL(p_student || SG[q_teacher]) over the full vocabulary (gradient flows to the student)"""
+    distill_kl: torch.Tensor | None
+    """(B, T) KL(p_student || SG[q_teacher]) over the full vocabulary (gradient flows to the student); None for
+    methods that neither distill nor read the live teacher (`sdpg.step.needs_live_teacher`)"""
     temperature: float
     """sampling temperature (applied to the student's logits)"""
     correct: torch.Tensor
@@ -162,6 +164,10 @@ def _need(inputs: LossInputs, field: str, method: str) -> torch.Tensor:
     return value
 
 
+def _detached(kl: torch.Tensor | None) -> torch.Tensor | None:
+    return None if kl is None else kl.detach()
+
+
 def sdpg(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     """L_out + beta_k * gate * KL(p || SG[q]) + alpha * L_K (the paper's SDPG)."""
     return sdpg_loss(**_common(inputs, cfg), ref_logp=inputs.ref_logp, distill_kl=inputs.distill_kl,
@@ -170,8 +176,8 @@ def sdpg(inputs: LossInputs, cfg: LossConfig, beta_k: float):
 
 def grpo(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     """GRPO/DAPO: the clipped outcome policy gradient, plus alpha * the chosen reference KL when alpha > 0.
-    The distillation KL is passed with weight 0: it is monitored, never trained on."""
-    return sdpg_loss(**_common(inputs, cfg), ref_logp=inputs.ref_logp, distill_kl=inputs.distill_kl.detach(),
+    A distillation KL, when given, is passed with weight 0: it is monitored, never trained on."""
+    return sdpg_loss(**_common(inputs, cfg), ref_logp=inputs.ref_logp, distill_kl=_detached(inputs.distill_kl),
                      beta=0.0, alpha=cfg.alpha, ref_mode=cfg.ref_mode, gate=cfg.gate)
 
 
@@ -214,12 +220,14 @@ def opsd_fork(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     gated = opsd_fork_loss_tokens(inputs.mask, inputs.adv, inputs.correct)  # (B, T)
     any_gated = bool(gated.any())
     # without a gated token every weight is 0, so the all-token loss is an exact 0 that still backpropagates
-    loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": weight}), distill_kl=inputs.distill_kl.detach(),
+    loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": weight}), distill_kl=_detached(inputs.distill_kl),
                             beta=0.0, alpha=0.0, gate=False, loss_mask=gated if any_gated else None)
     with torch.no_grad():
+        # gate/tokens is what opsd/weight_mean averages over, live teacher or not
         stats |= {"gate/fraction": float(passes.float().mean()), "gate/tokens": float(gated.sum()),
-                  "kl/distill_gated_mean": float(masked_mean(inputs.distill_kl, gated)) if any_gated else 0.0,
                   "opsd/weight_mean": float(masked_mean(weight, gated)) if any_gated else 0.0}
+        if inputs.distill_kl is not None:
+            stats["kl/distill_gated_mean"] = float(masked_mean(inputs.distill_kl, gated)) if any_gated else 0.0
     return loss, stats
 
 

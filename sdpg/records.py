@@ -41,7 +41,8 @@ RESPONSE_FIELDS = {
     "tokens": "response tokens as text, one per position",
     "student_logp": "log p(y_t) under the student (current policy, sampling temperature)",
     "teacher_logp": "log q(y_t) under the teacher (privileged prompt)",
-    "old_logp": "log-prob under the policy that sampled the response",
+    "old_logp": "the PPO ratio's old log-prob: the sampling policy's, recomputed by the training model unless "
+                "rollout.recompute_old_logp is off",
     "ref_logp": "log-prob under the frozen reference model (absent when alpha = 0 and not needed)",
     "kl": "per-token KL(p_t || q_t) over the full vocabulary", "entropy": "student entropy per token",
     "student_topk": "per position, [[token, prob], ...] top-k of the student",

@@ -3,15 +3,21 @@
 Legend: B sequences (prompts x G), G group size, P prompt tokens, T response tokens, H hidden, V vocabulary, N tokens.
 
 Design choices:
-- One optimizer step per rollout batch (on-policy, as in the paper), with gradient accumulation over
-  micro-batches. Each micro-batch loss is weighted by its share of the batch normaliser (tokens for
-  `token-mean`, sequences otherwise), so accumulation gives exactly the full-batch loss; the step's
-  metrics combine the micro-batches' by what each averages over (`combine_micro_stats`), so they do not
-  change with the micro-batch size either.
+- A step reads top to bottom (`train_step`): `sample_batch()` makes a frozen batch without gradient (rollouts,
+  rewards, advantages, teacher prompts, old log-probs), then one optimizer update per mini-batch of
+  `optim.mini_batch_prompts` whole groups, `optim.epochs` times over, as verl does; the beta schedule and the
+  learning rate advance once per training step. Within an update, gradients accumulate over micro-batches, each
+  loss weighted by its share of the mini-batch's normaliser (tokens for `token-mean`, sequences otherwise), so
+  accumulation gives exactly the mini-batch loss.
+- The micro-step itself (teacher, student, fused KL, the method's loss) and the metric reduction are
+  `sdpg.step`'s, shared with the TRL-based trainer; the reduction follows `sdpg.metrics`, so a step's metrics
+  do not change with the micro-batch size.
+- Old log-probs (`rollout.recompute_old_logp`): recomputed by the training model before the first update on the
+  rows of later updates; the first update uses its own log-probs (its weights are the step's start weights), so
+  its ratio is exactly 1. The sampler's log-probs are kept for the gap metric.
 - The teacher is the current model with no gradient on the privileged prompt and the very same response
-  tokens; KL, student log-probs and entropy come from `fused_self_distill` on final hidden states, so no
-  `(B, T, V)` tensor is ever built. GRPO runs compute the same KL for monitoring with beta = 0.
-- A non-finite loss or gradient norm skips the optimizer step and is reported (`step/skipped`).
+  tokens; it runs on every row only for methods that use it, else on the recorded groups alone.
+- A non-finite loss or gradient norm skips that optimizer update and is reported (`step/skipped`, a fraction).
 - Real models: the rollout engine is the one `rollout.engine` names (`make_engine`; vLLM gets the weights
   after every step); micro-batches hold `optim.micro_batch_tokens` worth of padded sequences when set;
   model forwards run under bfloat16 autocast with `model.autocast` (the KL and the backward stay outside
@@ -30,12 +36,14 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow, render_prompts
-from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp, topk_next_tokens
-from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
-from sdpg.methods import LossInputs, get_method
+from sdpg.forward import lm_head_weight, response_hidden, token_logp, topk_next_tokens
+from sdpg.losses import NonFiniteError, beta_schedule, group_advantages
+from sdpg.methods import get_method
 from sdpg.records import RecordStream
-from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
+from sdpg.reward import MathVerifier, overlong_penalty
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
+from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, micro_step, reduce_stats,
+                       rollout_metrics, teacher_stats)
 
 TOPK = 5
 
@@ -74,8 +82,8 @@ class PromptSampler:
         self._shuffle()
 
 
-@dataclass
-class Batch:
+@dataclass(frozen=True)
+class Scored:
     """One step's scored rollouts, laid out group after group."""
 
     rows: list[PromptRow]
@@ -87,6 +95,54 @@ class Batch:
     resample_rounds: int
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Everything a training step's updates read, made without gradient before the first update."""
+
+    scored: Scored
+    teacher_ids: torch.Tensor
+    """(B, P') privileged prompts, on the training device"""
+    teacher_mask: torch.Tensor
+    """(B, P')"""
+    old_logp: torch.Tensor
+    """(B, T) the PPO ratio's old log-probs: recomputed by the training model (the first update's rows are written
+    by that update, from its own forward), or the sampler's with `rollout.recompute_old_logp` off"""
+    old_logp_s: float = 0.0
+    """seconds the recomputation took"""
+
+    rows = property(lambda self: self.scored.rows)
+    rollout = property(lambda self: self.scored.rollout)
+    verdicts = property(lambda self: self.scored.verdicts)
+    rewards = property(lambda self: self.scored.rewards)
+    adv = property(lambda self: self.scored.adv)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one optimizer update returns: its micro-batches' results, gradient norm, and per-token records."""
+
+    micro: list[tuple[slice, dict[str, float]]]
+    """(rows of the batch, statistics) per micro-batch"""
+    grad_norm: float
+    skipped: bool
+    records: dict[int, dict]
+    """batch row -> per-token record"""
+
+
+class _Forwards:
+    """The engine's models as `sdpg.step.Forwards`: forwards under the configured autocast."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.weight = lm_head_weight(trainer.model)
+
+    def hidden(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        return self.trainer._hidden(self.trainer.model, prompt_ids, prompt_mask, response_ids, response_mask)
+
+    def reference_hidden(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        return self.trainer._hidden(self.trainer.ref_model, prompt_ids, prompt_mask, response_ids, response_mask)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, model, tokenizer, ref_model, train_rows: list[PromptRow],
                  val_rows: list[PromptRow], records: RecordStream, verifier: MathVerifier):
@@ -96,9 +152,12 @@ class Trainer:
         self.engine = make_engine(cfg, model, tokenizer)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        # stepped once per training step: every update of a step shares its learning rate
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: lr_warmup(k, o.warmup_steps))
         self.sampler = PromptSampler(len(train_rows), cfg.run.seed)
         self.method = get_method(cfg.loss.method)
+        self.forwards = _Forwards(self)
+        self.timer = Timer()
         self.step = 0
 
     # ---------------- sampling ----------------
@@ -115,7 +174,7 @@ class Trainer:
                                                      rc.overlong_buffer, rc.overlong_penalty))  # (B,)
         return verdicts, rewards
 
-    def sample_batch(self) -> Batch:
+    def sample_rollouts(self) -> Scored:
         """Rollouts for one step; with dynamic sampling, zero-variance groups are replaced (bounded rounds)."""
         g, n = self.cfg.rollout.group_size, self.cfg.rollout.prompts_per_step
         rows = [self.train_rows[i] for i in self.sampler.take(n)]
@@ -135,124 +194,170 @@ class Trainer:
                 (rows, rollout, verdicts, rewards, keep), (extra_rows, extra, extra_verdicts, extra_rewards), n,
                 self.engine.pad_id)
         adv = group_advantages(rewards, g, scale=self.cfg.loss.adv_scale)  # (B,)
-        return Batch(rows, rollout, verdicts, rewards, adv, zero_var, rounds)
+        return Scored(rows, rollout, verdicts, rewards, adv, zero_var, rounds)
+
+    @torch.no_grad()
+    def sample_batch(self) -> Batch:
+        """The step's frozen batch: scored rollouts with advantages, the teacher's prompts, the old log-probs."""
+        scored = self.sample_rollouts()
+        g = scored.rollout.group_size
+        teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
+            self._render([row.teacher_prompt for row in scored.rows for _ in range(g)])))  # (B, P')
+        t0 = time.perf_counter()
+        old_logp = self._old_logp(scored.rollout, teacher_ids.shape[1])  # (B, T)
+        return Batch(scored, teacher_ids, teacher_mask, old_logp, time.perf_counter() - t0)
+
+    def _old_logp(self, ro: Rollout, teacher_width: int) -> torch.Tensor:
+        """The sampler's log-probs, or (recompute on) the current model's on every row outside the first update,
+        in the update's micro-batches; the first update writes its rows itself (`_update`)."""
+        if not self.cfg.rollout.recompute_old_logp:
+            return ro.old_logp
+        old = ro.old_logp.clone()  # (B, T)
+        self.model.train()  # the mode the updates run in
+        first = self._update_rows(ro)[0]
+        seq = teacher_width + ro.response_ids.shape[1]
+        for sl in self._micro_slices(slice(first.stop, ro.response_ids.shape[0]), seq):
+            resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
+            h = self._hidden(self.model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
+            old[sl] = token_logp(h, self.forwards.weight, resp, temperature=self.cfg.rollout.temperature) * rmask
+        return old
 
     # ---------------- update ----------------
     def train_step(self) -> dict:
-        """One rollout batch, one optimizer step; emits metrics and rollout records, returns the metrics."""
-        cfg, lc = self.cfg, self.cfg.loss
-        t0 = time.perf_counter()
-        batch = self.sample_batch()
-        t_sample = time.perf_counter() - t0
-        ro, g = batch.rollout, batch.rollout.group_size
-        teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
-            self._render([row.teacher_prompt for row in batch.rows for _ in range(g)])))  # (B, P')
-        beta_k = beta_schedule(self.step + 1, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
-        mask = ro.response_mask.float()  # (B, T)
-        nb = mask.shape[0]
-        recorded = set(range(min(cfg.run.record_groups, nb // g) * g))
-        token_records: dict[int, dict] = {}
-        parts: list[tuple[dict, dict[str, float]]] = []
-        times = {"teacher": 0.0, "reference": 0.0, "update": 0.0}
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.train()
-        skip_reason = ""
-        rows = self._micro_rows(teacher_ids.shape[1] + mask.shape[1])
-        norm = mask if self.method.loss_tokens is None else self.method.loss_tokens(
-            mask, batch.adv.to(mask.device), torch.tensor([v.correct for v in batch.verdicts], device=mask.device))
-        for lo in range(0, nb, rows):
-            sl = slice(lo, min(nb, lo + rows))
-            share = loss_share(norm, sl, lc.agg)
-            try:
-                stats = self._micro_step(batch, sl, teacher_ids[sl], teacher_mask[sl], beta_k, share, times,
-                                         {i - lo: i for i in recorded if sl.start <= i < sl.stop}, token_records)
-            except NonFiniteError as exc:  # a NaN/inf step is skipped and reported, never applied
-                skip_reason = str(exc)
-                break
-            parts.append((stats, {"loss": share, "tokens": float(mask[sl].sum() / mask.sum()),
-                                  "rows": (sl.stop - sl.start) / nb}))
-        t4 = time.perf_counter()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
-        if not skip_reason and not math.isfinite(grad_norm):
-            skip_reason = f"gradient norm is {grad_norm}"
-        skipped = bool(skip_reason)
-        if skipped:
-            self.records.emit_event("step_skipped", step=self.step + 1, reason=skip_reason)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next update: free them
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        self.engine.sync_weights(self.model)
-        times["update"] += time.perf_counter() - t4
-        step_time = time.perf_counter() - t0
-        metrics = {
-            **reward_metrics(batch.verdicts), **combine_micro_stats(parts),
-            "reward/mean": float(batch.rewards.mean()),
-            "adv/values": [round(a, 4) for a in batch.adv.tolist()],
-            "adv/zero_var_groups": batch.zero_var_groups, "adv/resample_rounds": batch.resample_rounds,
-            "response/length_mean": float(ro.lengths.float().mean()),
-            "response/truncated": float(ro.truncated.float().mean()),
-            "grad/norm": grad_norm, "optim/lr": lr, "beta/effective": beta_k, "step/skipped": float(skipped),
-            "perf/tokens_per_s": float(mask.sum()) / step_time,
-            "time/rollout": t_sample, "time/teacher": times["teacher"], "time/reference": times["reference"],
-            "time/update": times["update"], "time/step": step_time,
-        }
+        """One rollout batch, one optimizer update per mini-batch and epoch; emits metrics and rollout records."""
+        self.timer = timer = Timer()
+        with timer("step"):
+            with timer("rollout"):
+                batch = self.sample_batch()
+            ctx = self._context()
+            plan = self._update_rows(batch.rollout)
+            updates = [self._update(batch, ctx, rows, i // (len(plan) // self.cfg.optim.epochs))
+                       for i, rows in enumerate(plan)]
+            lr = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+            with timer("update"):
+                self.engine.sync_weights(self.model)
+        groups = self._group_records(batch, updates)
+        metrics = self._metrics(batch, ctx, updates, lr, groups)
         self.step += 1
-        self.records.emit_rollouts(self.step, self._group_records(batch, token_records))
+        self.records.emit_rollouts(self.step, groups)
         return metrics
 
-    def _micro_step(self, batch: Batch, sl: slice, teacher_ids, teacher_mask, beta_k: float, share: float,
-                    times: dict, recorded: dict[int, int], token_records: dict[int, dict]) -> dict:
-        """Forward the teacher, reference and student on one micro-batch and accumulate its gradient."""
-        ro, temp = batch.rollout, self.cfg.rollout.temperature
-        resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
-        mask = rmask.float()  # (b, T)
-        sel = rmask.bool()  # (b, T)
-        weight = lm_head_weight(self.model)
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            teacher_h = self._hidden(self.model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
-        t2 = time.perf_counter()
-        refs = self._reference_inputs(ro, sl, teacher_ids, teacher_mask)
-        t3 = time.perf_counter()
-        student_h = self._hidden(self.model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
-        distill = fused_self_distill if self.cfg.loss.fused_kl else logits_self_distill
-        kl, logp, ent = distill(student_h[sel], teacher_h[sel], weight, resp[sel], temperature=temp)  # (N,)
-        kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl)  # (b, T)
-        logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (b, T)
-        teacher_logp = token_logp(teacher_h, weight, resp) * mask if "teacher_logp" in self.method.needs else None
-        if "ref_distill_kl" in self.method.needs:
-            with torch.no_grad():
-                ref_h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
-            tau = self.cfg.loss.opsd_teacher_temperature
-            if tau != 1.0:  # the head has no bias, so dividing the hidden state divides the teacher's logits
-                ref_h = ref_h.float() / tau  # (b, T, H)
-            ref_kl, _, _ = distill(student_h[sel], ref_h[sel], weight, resp[sel], temperature=temp,
-                                              teacher_weight=lm_head_weight(self.ref_model))  # (N,)
-            refs["ref_distill_kl"] = torch.zeros_like(mask).masked_scatter(sel, ref_kl)  # (b, T)
-        inputs = LossInputs(logp=logp_mat, old_logp=ro.old_logp[sl], adv=batch.adv[sl].to(self.device), mask=mask,
-                            distill_kl=kl_mat, temperature=temp, teacher_logp=teacher_logp,
-                            correct=torch.tensor([v.correct for v in batch.verdicts[sl]], device=self.device),
-                            step=self.step, **refs)
-        loss, stats = self.method.loss(inputs, self.cfg.loss, beta_k)
-        (loss * share).backward()
-        stats["entropy/mean"] = float(ent.detach().mean())
-        ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (b, T)
-        for j, i in recorded.items():
-            token_records[i] = self._token_record(j, student_h.detach(), teacher_h, resp, rmask, kl_mat.detach(),
-                                                  logp_mat.detach(), ent_mat, ro.old_logp[sl], refs.get("ref_logp"))
-        times["teacher"] += t2 - t1
-        times["reference"] += t3 - t2
-        times["update"] += time.perf_counter() - t3
-        return stats
+    def _context(self) -> StepContext:
+        """What every micro-batch of this step shares: config, method, and the step's scheduled beta."""
+        lc = self.cfg.loss
+        beta_k = beta_schedule(self.step + 1, self.cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
+        ref_weight = lm_head_weight(self.ref_model) if "ref_distill_kl" in self.method.needs else None
+        return StepContext(self.cfg, self.method, beta_k, self.step, ref_weight)
 
-    def _micro_rows(self, seq_tokens: int) -> int:
-        """Sequences per forward/backward pass: `optim.micro_batch_tokens` worth of padded `seq_tokens`
-        (at least one sequence), else `optim.micro_batch`."""
+    def _update_rows(self, ro: Rollout) -> list[slice]:
+        """The rows of each optimizer update, in order: whole-group mini-batches, `optim.epochs` times over."""
+        g, n = ro.group_size, ro.response_ids.shape[0]
+        per = (self.cfg.optim.mini_batch_prompts or n // g) * g
+        return [slice(lo, min(n, lo + per)) for lo in range(0, n, per)] * self.cfg.optim.epochs
+
+    def _update(self, batch: Batch, ctx: StepContext, rows: slice, epoch: int) -> Update:
+        """One optimizer update on the mini-batch `rows`, its gradient accumulated over micro-batches."""
+        first = epoch == 0 and rows.start == 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
+        micro, records, skip = [], {}, ""
+        with self.timer("update"):
+            for sl in self._micro_slices(rows, batch.teacher_ids.shape[1] + batch.rollout.response_ids.shape[1]):
+                try:
+                    result = self._micro(batch, ctx, sl, first, epoch)
+                except NonFiniteError as exc:  # a NaN/inf update is skipped and reported, never applied
+                    skip = str(exc)
+                    break
+                (result.loss * self._loss_share(batch, sl, rows)).backward()
+                records |= {sl.start + j: self._token_record(args) for j, args in result.records.items()}
+                if first and self.cfg.rollout.recompute_old_logp:  # the step-start policy's, for later epochs
+                    batch.old_logp[sl] = result.logp * batch.rollout.response_mask[sl]
+                micro.append((sl, result.stats))  # not the result: its hidden states would outlive the update
+            grad_norm, skipped = self._apply(skip)
+        return Update(micro, grad_norm, skipped, records)
+
+    def _micro(self, batch: Batch, ctx: StepContext, sl: slice, first: bool, epoch: int) -> MicroResult:
+        """The shared micro-step on rows `sl`: the frozen reference's inputs, then `sdpg.step.micro_step`."""
+        ro = batch.rollout
+        with self.timer("reference"):
+            refs = self._reference_inputs(ro, sl, batch.teacher_ids[sl], batch.teacher_mask[sl])
+        recorded = min(self.cfg.run.record_groups, len(batch.rows)) * ro.group_size
+        mb = MicroBatch(ro.prompt_ids[sl], ro.prompt_mask[sl], batch.teacher_ids[sl], batch.teacher_mask[sl],
+                        ro.response_ids[sl], ro.response_mask[sl], batch.adv[sl].to(self.device),
+                        torch.tensor([v.correct for v in batch.verdicts[sl]], device=self.device),
+                        old_logp=None if first and self.cfg.rollout.recompute_old_logp else batch.old_logp[sl],
+                        refs=refs, record_rows=tuple(i - sl.start for i in range(sl.start, min(sl.stop, recorded)))
+                        if epoch == 0 else ())
+        result = micro_step(self.forwards, mb, ctx)
+        self.timer.add("teacher", result.teacher_s)
+        return result
+
+    def _loss_share(self, batch: Batch, sl: slice, rows: slice) -> float:
+        """The micro-batch's share of its update's loss normaliser (tokens for token-mean, else sequences); a
+        method with its own `loss_tokens` (opsd_fork: the gated ones) normalises by those instead."""
+        mask = batch.rollout.response_mask
+        if self.method.loss_tokens is not None:
+            norm = self.method.loss_tokens(mask[rows].float(), batch.adv[rows].to(mask.device), torch.tensor(
+                [v.correct for v in batch.verdicts[rows]], device=mask.device))  # (b, T)
+            return loss_share(norm, slice(sl.start - rows.start, sl.stop - rows.start), self.cfg.loss.agg)
+        if self.cfg.loss.agg == "token-mean":
+            return float(mask[sl].sum() / mask[rows].sum())
+        return (sl.stop - sl.start) / (rows.stop - rows.start)
+
+    def _apply(self, skip: str) -> tuple[float, bool]:
+        """Clip and apply the accumulated gradient, unless the update is to be skipped; (grad norm, skipped)."""
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+        if not skip and not math.isfinite(grad_norm):
+            skip = f"gradient norm is {grad_norm}"
+        if skip:
+            self.records.emit_event("step_skipped", step=self.step + 1, reason=skip)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next update: free them
+        return grad_norm, bool(skip)
+
+    def _metrics(self, batch: Batch, ctx: StepContext, updates: list[Update], lr: float, groups: list[dict]) -> dict:
+        """The step's metrics row: rollout, reduced micro-batch statistics, update and timing values."""
+        ro, t = batch.rollout, self.timer.seconds
+        mask = ro.response_mask.float()  # (B, T)
+        norms = [u.grad_norm for u in updates]
+        stats = teacher_stats(reduce_stats(self._parts(batch, updates)), self.method, groups)
+        metrics = {
+            **rollout_metrics(batch.verdicts, batch.rewards, batch.adv, ro.lengths, ro.truncated, ro.group_size),
+            **stats, "adv/zero_var_groups": batch.scored.zero_var_groups,
+            "adv/resample_rounds": batch.scored.resample_rounds,
+            "grad/norm": sum(norms) / len(norms), "grad/norm_max": max(norms), "optim/lr": lr,
+            "optim/updates": float(sum(not u.skipped for u in updates)), "beta/effective": ctx.beta_k,
+            "step/skipped": sum(u.skipped for u in updates) / len(updates),
+            "perf/tokens_per_s": float(mask.sum()) / t["step"],
+            "time/rollout": t["rollout"] - batch.old_logp_s, "time/old_logp": batch.old_logp_s,
+            "time/teacher": t["teacher"], "time/reference": t["reference"],
+            "time/update": t["update"] - t["teacher"] - t["reference"], "time/step": t["step"],
+        }
+        if self.cfg.rollout.recompute_old_logp:
+            metrics |= logp_gap(ro.old_logp, batch.old_logp, mask)
+        return metrics
+
+    def _parts(self, batch: Batch, updates: list[Update]) -> list[Part]:
+        """Every micro-batch's statistics with its shares of the step (see `sdpg.step.Part`)."""
+        mask, epochs = batch.rollout.response_mask.float(), self.cfg.optim.epochs
+        n_rows, n_tokens, per_pass = mask.shape[0], float(mask.sum()), len(updates) // epochs
+        parts = []
+        for k, update in enumerate(updates):
+            rows = self._update_rows(batch.rollout)[k % per_pass]
+            for sl, stats in update.micro:
+                parts.append(Part(stats, self._loss_share(batch, sl, rows) / len(updates),
+                                  float(mask[sl].sum()) / (epochs * n_tokens), (sl.stop - sl.start) / (epochs * n_rows),
+                                  1.0 / epochs))
+        return parts
+
+    def _micro_slices(self, rows: slice, seq_tokens: int) -> list[slice]:
+        """The rows of each forward/backward pass within `rows`: `optim.micro_batch_tokens` worth of padded
+        `seq_tokens` (at least one sequence), else `optim.micro_batch` sequences."""
         budget = self.cfg.optim.micro_batch_tokens
-        return max(1, budget // seq_tokens) if budget else self.cfg.optim.micro_batch
+        per = max(1, budget // seq_tokens) if budget else self.cfg.optim.micro_batch
+        return [slice(lo, min(rows.stop, lo + per)) for lo in range(rows.start, rows.stop, per)]
 
     def _hidden(self, model, prompt_ids, prompt_mask, resp, rmask) -> torch.Tensor:
         """`response_hidden` under bfloat16 autocast when `model.autocast` is on: (b, P) + (b, T) -> (b, T, H)."""
@@ -274,16 +379,15 @@ class Trainer:
                                                  temperature=self.cfg.loss.opsd_teacher_temperature) * rmask
         return out
 
-    def _token_record(self, j, student_h, teacher_h, resp, rmask, kl_mat, logp_mat, ent_mat, old_logp, ref_logp) -> dict:
-        """Per-token arrays for one recorded response (row j of the micro-batch)."""
-        n = int(rmask[j].sum())
-        return token_record(self.tokenizer, lm_head_weight(self.model), self.cfg.rollout.temperature,
-                            student_h[j, :n], teacher_h[j, :n], resp[j, :n], kl=kl_mat[j, :n], logp=logp_mat[j, :n],
-                            entropy=ent_mat[j, :n], old_logp=old_logp[j, :n],
-                            ref_logp=None if ref_logp is None else ref_logp[j, :n])
+    def _token_record(self, args: dict) -> dict:
+        """Per-token arrays of one recorded response from `MicroResult.records` arguments."""
+        return token_record(self.tokenizer, self.forwards.weight, self.cfg.rollout.temperature, args["student_h"],
+                            args["teacher_h"], args["ids"], kl=args["kl"], logp=args["logp"], entropy=args["entropy"],
+                            old_logp=args["old_logp"], ref_logp=args["ref_logp"])
 
-    def _group_records(self, batch: Batch, token_records: dict[int, dict]) -> list[dict]:
+    def _group_records(self, batch: Batch, updates: list[Update]) -> list[dict]:
         g = batch.rollout.group_size
+        token_records = {i: rec for u in updates for i, rec in u.records.items()}
         return [group_record(gi, batch.rows[gi], batch.rollout.texts[gi * g:(gi + 1) * g],
                              batch.rewards[gi * g:(gi + 1) * g].tolist(), batch.verdicts[gi * g:(gi + 1) * g],
                              batch.adv[gi * g:(gi + 1) * g].tolist(), [token_records[i] for i in range(gi * g, (gi + 1) * g)])
@@ -312,12 +416,6 @@ class Trainer:
         return out
 
 
-ROW_MEANS = ("gate/fraction",)
-"""micro-batch statistics that are means over responses"""
-GATED_MEANS = ("kl/distill_gated_mean", "opsd/weight_mean")
-"""micro-batch statistics that are means over the gated tokens (`gate/tokens` of them)"""
-
-
 def loss_share(norm: torch.Tensor, sl: slice, agg: str) -> float:
     """A micro-batch's share of the batch's loss normaliser: its tokens of `norm` (B, T), the tokens the loss
     averages over, for `token-mean`, else its sequences with such tokens; 0 when the batch has none."""
@@ -326,33 +424,6 @@ def loss_share(norm: torch.Tensor, sl: slice, agg: str) -> float:
     if agg == "token-mean":
         return float(norm[sl].sum() / norm.sum())
     return int(norm[sl].bool().any(-1).sum()) / int(norm.bool().any(-1).sum())
-
-
-def combine_micro_stats(parts: list[tuple[dict, dict[str, float]]]) -> dict[str, float]:
-    """Whole-batch statistics from per-micro-batch ones, each mean weighted by what it averages over.
-
-    `parts` holds (stats, shares) per micro-batch, shares being its fraction of the batch's loss normaliser
-    ("loss"), response tokens ("tokens") and responses ("rows"). Loss terms add with the loss share (their
-    sum is the batch loss), response means with the row share, gated-token means with the micro-batch's
-    share of `gate/tokens` (a micro-batch without gated tokens counts for nothing, not for a zero), the
-    `gate/tokens` count adds up, and every other statistic is a token mean.
-    """
-    gated_total = sum(stats.get("gate/tokens", 0.0) for stats, _ in parts)
-    out: dict[str, float] = {}
-    for stats, shares in parts:
-        for key, value in stats.items():
-            if key == "gate/tokens":
-                weight = 1.0
-            elif key.startswith("loss/"):
-                weight = shares["loss"]
-            elif key in ROW_MEANS:
-                weight = shares["rows"]
-            elif key in GATED_MEANS:
-                weight = stats.get("gate/tokens", 0.0) / gated_total if gated_total else 0.0
-            else:
-                weight = shares["tokens"]
-            out[key] = out.get(key, 0.0) + float(value) * weight
-    return out
 
 
 def make_engine(cfg: TrainConfig, model, tokenizer) -> RolloutEngine:

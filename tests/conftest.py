@@ -15,7 +15,11 @@ from sdpg.methods import check_config  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer random Qwen3 + char tokenizer in `save_pretrained` format (no warm start: fast)."""
-    path = tmp_path_factory.mktemp("tiny-model")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def save_tiny_model(path):
+    """Build the tiny model (seeded) and save it with its tokenizer to `path`."""
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,

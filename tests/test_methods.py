@@ -417,7 +417,7 @@ def test_opsd_teacher_temperature_divides_the_frozen_teachers_logits(method, tin
 
         def weight_mean(t):
             logq = F.log_softmax(t_logits / t, -1).gather(-1, ro.response_ids[sel][:, None]).squeeze(-1)  # (N,)
-            return float(masked_mean((logq - ro.old_logp[sel]).clamp(0, OPSD_CLAMP), gated))
+            return float(masked_mean((logq - seen[0].old_logp[sel]).clamp(0, OPSD_CLAMP), gated))  # recomputed
         want, untempered = weight_mean(tau), weight_mean(1.0)
     assert measured == pytest.approx(want, rel=1e-4, abs=1e-6), key
     assert abs(want - untempered) > 1e-2  # the temperature matters in this case

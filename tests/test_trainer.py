@@ -10,7 +10,8 @@ from lab.curves import planned_beta
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle, build_trainer
-from sdpg.trainer import combine_micro_stats, lr_warmup
+from sdpg.step import Part, reduce_stats
+from sdpg.trainer import lr_warmup
 from sdpg.train import main as cli_main
 
 
@@ -152,7 +153,8 @@ def _wait(cond, timeout=60.0):
 
 
 def test_a_non_finite_step_is_skipped_and_reported(tiny_model_dir, tmp_path, monkeypatch):
-    cfg = tiny_config(tiny_model_dir, tmp_path, loss__gate=False, loss__beta=0.5)
+    # the sampler's old log-probs carry the NaN, so the ratio must read them: no recomputation
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__gate=False, loss__beta=0.5, rollout__recompute_old_logp=False)
     trainer = build_trainer(cfg, RecordStream(tmp_path), progress=False)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     real_sample = trainer.sample_batch
@@ -190,15 +192,17 @@ def test_step_metrics_do_not_depend_on_the_micro_batch_size(tiny_model_dir, tmp_
 
 
 def test_gated_means_skip_micro_batches_without_gated_tokens():
-    parts = [({"gate/fraction": 0.0, "gate/tokens": 0.0, "kl/distill_gated_mean": 0.0, "kl/distill_mean": 1.0,
-               "loss/pg": 0.5}, {"loss": 0.25, "tokens": 0.25, "rows": 0.5}),
-             ({"gate/fraction": 0.5, "gate/tokens": 30.0, "kl/distill_gated_mean": 2.0, "kl/distill_mean": 3.0,
-               "loss/pg": 0.1}, {"loss": 0.75, "tokens": 0.75, "rows": 0.5})]
-    combined = combine_micro_stats(parts)
+    parts = [Part({"gate/fraction": 0.0, "gate/tokens": 0.0, "kl/distill_gated_mean": 0.0, "kl/distill_mean": 1.0,
+                   "loss/pg": 0.5}, loss=0.25, tokens=0.25, rows=0.5, passes=1.0),
+             Part({"gate/fraction": 0.5, "gate/tokens": 30.0, "kl/distill_gated_mean": 2.0, "kl/distill_mean": 3.0,
+                   "loss/pg": 0.1}, loss=0.75, tokens=0.75, rows=0.5, passes=1.0)]
+    combined = reduce_stats(parts)
     assert combined["kl/distill_gated_mean"] == 2.0  # not pulled towards the empty micro-batch's 0
     assert combined["gate/fraction"] == 0.25 and combined["gate/tokens"] == 30.0
     assert combined["kl/distill_mean"] == pytest.approx(0.25 * 1.0 + 0.75 * 3.0)
     assert combined["loss/pg"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.1)
+    with pytest.raises(KeyError, match="'loss/mystery' is not registered"):
+        reduce_stats([Part({"loss/mystery": 1.0}, loss=1.0, tokens=1.0, rows=1.0, passes=1.0)])
 
 
 def _verl_constant_warmup(current_step: int, num_warmup_steps: int) -> float:

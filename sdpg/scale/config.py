@@ -2,19 +2,34 @@
 
 Design choices:
 - `TrainConfig` stays the one source of truth for the algorithm; `ScaleConfig` holds only what a single-process
-  run has no use for, and every TRL setting is derived from the two, so a run cannot drift from its `config.json`.
-- One optimizer step per rollout batch, as in the engine: a step's sequences are one TRL generation batch, split
-  over the processes and then into fixed-size micro-batches (a token budget becomes a count of the longest
-  possible sequences).
-- `GRPOConfig.beta` only switches on TRL's reference model (set to `loss.alpha` when the method anchors to it);
-  our loss replaces TRL's, so the anchor is ours (`loss.ref_mode`) and TRL's clip settings only label its logs.
-- Precision, learning-rate warmup and the weight-decay set follow the engine; accelerate's bf16 mixed precision
-  stands in for `model.autocast`.
-- vLLM's sampling log-probs are the ratio's old log-probs; TRL's importance-sampling correction is off because
-  our loss has no such factor.
-- Backends: DDP and DeepSpeed ZeRO-2. The fused KL needs the LM head weight whole on every process, so FSDP and
-  ZeRO-3 are refused; DDP's unused-parameter search is off because it would miss an untied head's gradient.
-- TRL's checkpoints go to `<run_dir>/trl/checkpoint-N`, apart from the engine's.
+  run has no use for (process count, backend, vLLM server address). Every TRL setting is derived from the two, so a
+  run cannot drift from its saved `config.json`.
+- Mini-batches as in the engine: a step's `prompts_per_step x group_size` sequences are one TRL generation batch
+  (`steps_per_generation` micro-batches per process), each `optim.mini_batch_prompts` groups of it one optimizer
+  update (`gradient_accumulation_steps` micro-batches), `optim.epochs` passes (`num_iterations`). TRL's global step
+  therefore counts updates: `max_steps`, `save_steps`, the warmup and the beta schedule are scaled back to training
+  steps. Micro-batches have at most `optim.micro_batch` sequences (the largest divisor of the per-process share of a
+  mini-batch that fits); TRL's micro-batches have a fixed size, so a token budget (`optim.micro_batch_tokens`)
+  becomes the number of the longest possible sequences (longest prompt + response limit) that fit in it.
+- `GRPOConfig.beta` (our `loss.alpha`: the names are swapped) only switches on TRL's frozen reference model and its
+  log-probs (it is set to `loss.alpha` when the method anchors to the reference); the trainer replaces TRL's loss,
+  so TRL's own k3 term never runs and the anchor is ours (`loss.ref_mode`). Clip settings are passed for TRL's logs only; our loss reads `LossConfig`.
+- Precision: the policy is loaded in `model.dtype`; `model.autocast` or bfloat16 weights switch on accelerate's bf16
+  mixed precision (under DDP: bfloat16 autocast of the forwards, as the engine's `model.autocast`; under ZeRO-2
+  DeepSpeed keeps float32 master weights). `model.device` is accelerate's business and is not read.
+- The learning-rate warmup and the weight-decay set are the engine's (`SDPGTrainer` overrides TRL's), so TRL gets a
+  constant schedule here.
+- Generation: transformers `generate` in each training process (`rollout.engine = "hf"`), TRL's vLLM sharing the
+  training GPUs (`rollout.engine = "vllm"`, the engine's in-process vLLM), or a separate `trl vllm-serve` server
+  (`scale.vllm_server`). The PPO ratio's old log-probs follow `rollout.recompute_old_logp` as in the engine (see
+  `sdpg.scale.trainer`); TRL's truncated importance-sampling correction is off because our loss has no such factor.
+- Backends: accelerate DDP ("ddp") and DeepSpeed ZeRO-2 ("zero2"). The fused full-vocabulary KL reads the LM head
+  weight directly and recomputes tiles in its backward pass, which needs the weight whole on every process: FSDP and
+  ZeRO-3 shard it, and are refused. DDP's search for unused parameters is off: it walks the graph from the forward's
+  outputs (final hidden states) and would miss an untied LM head, whose gradient comes from the fused KL; every
+  parameter gets a gradient every step.
+- Checkpoints are TRL's, in `<run_dir>/trl/checkpoint-N` (N counts updates): every `run.save_every` training steps
+  and at the end (with `save_every = 0` at the end only, as the engine does), the last two kept.
 """
 from __future__ import annotations
 
@@ -93,22 +108,31 @@ def check_supported(cfg: TrainConfig) -> None:
                          "of zero-variance groups); turn it off or use sdpg.train")
 
 
-def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(per-device micro-batch, gradient-accumulation steps) that make one optimizer step per rollout batch.
+def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int, int]:
+    """(per-device micro-batch, gradient-accumulation steps per update, steps per generation) for one generation
+    per training step and one optimizer update per mini-batch of `optim.mini_batch_prompts` groups.
 
-    The micro-batch is the largest divisor of the per-process share that is at most `optim.micro_batch` (or, with
-    `optim.micro_batch_tokens`, at most that budget over the longest possible sequence).
+    The micro-batch is the largest divisor of the per-process share of a mini-batch that is at most
+    `optim.micro_batch` (or, with `optim.micro_batch_tokens`, at most that budget over the longest possible sequence).
     """
-    total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    if world_size < 1 or total % world_size:
-        raise ValueError(f"a step's {total} sequences (rollout.prompts_per_step x rollout.group_size) must split "
-                         f"evenly over {world_size} training processes")
-    share = total // world_size
+    g = cfg.rollout.group_size
+    total = cfg.rollout.prompts_per_step * g
+    mini = (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step) * g
+    if world_size < 1 or mini % world_size:
+        raise ValueError(f"a mini-batch's {mini} sequences (optim.mini_batch_prompts, or rollout.prompts_per_step, x "
+                         f"rollout.group_size) must split evenly over {world_size} training processes")
+    share = mini // world_size
     most = cfg.optim.micro_batch
     if cfg.optim.micro_batch_tokens:
         most = max(1, cfg.optim.micro_batch_tokens // (cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens))
     micro = max(d for d in range(1, min(share, most) + 1) if share % d == 0)
-    return micro, share // micro
+    return micro, share // micro, total // world_size // micro
+
+
+def updates_per_step(cfg: TrainConfig) -> int:
+    """Optimizer updates per training step: mini-batches times epochs (TRL counts these as its global steps)."""
+    minis = cfg.rollout.prompts_per_step // (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step)
+    return minis * cfg.optim.epochs
 
 
 def bf16_compute(cfg: TrainConfig) -> bool:
@@ -125,12 +149,13 @@ def grpo_kwargs(cfg: TrainConfig, scale: ScaleConfig, world_size: int) -> dict[s
     if scale.vllm_server and cfg.rollout.top_p != 1.0:
         raise ValueError(f"rollout.top_p={cfg.rollout.top_p} is invalid with scale.vllm_server: must be 1.0 (vLLM's "
                          "log-probs, the old log-probs, would include the top-p truncation)")
-    micro, accumulation = batch_layout(cfg, world_size)
+    micro, accumulation, per_generation = batch_layout(cfg, world_size)
     r, o, lc = cfg.rollout, cfg.optim, cfg.loss
+    updates = updates_per_step(cfg)
     kwargs: dict[str, Any] = {
-        "output_dir": str(Path(cfg.run.run_dir) / TRL_DIR), "max_steps": cfg.run.steps, "seed": cfg.run.seed,
+        "output_dir": str(Path(cfg.run.run_dir) / TRL_DIR), "max_steps": cfg.run.steps * updates, "seed": cfg.run.seed,
         "per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulation,
-        "steps_per_generation": accumulation, "num_iterations": 1, "num_generations": r.group_size,
+        "steps_per_generation": per_generation, "num_iterations": o.epochs, "num_generations": r.group_size,
         "max_completion_length": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p, "top_k": 0,
         "chat_template_kwargs": {"enable_thinking": cfg.model.enable_thinking},
         "learning_rate": o.lr, "adam_beta1": o.betas[0], "adam_beta2": o.betas[1], "weight_decay": o.weight_decay,
@@ -142,7 +167,7 @@ def grpo_kwargs(cfg: TrainConfig, scale: ScaleConfig, world_size: int) -> dict[s
         "activation_checkpointing": cfg.model.gradient_checkpointing,
         "trust_remote_code": cfg.model.trust_remote_code,
         "logging_strategy": "steps", "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
-        "save_strategy": "steps", "save_steps": cfg.run.save_every or cfg.run.steps, "save_total_limit": 2,
+        "save_strategy": "steps", "save_steps": (cfg.run.save_every or cfg.run.steps) * updates, "save_total_limit": 2,
         "ddp_find_unused_parameters": False,
         "use_vllm": scale.vllm_server or r.engine == "vllm",
     }

@@ -5,10 +5,12 @@ Design choices:
   writes goes through `sdpg.records.RecordStream`, so the files, their schema and `RecordStream.open` are the
   engine's. The stream and `config.json` are created with the callback, so a crash before training starts is
   recorded too.
-- A step's metrics and rollout groups arrive from `SDPGTrainer` as an `on_sdpg_step` event, before the optimizer step;
-  the row is written at the step's `on_log`, which brings the gradient norm (before clipping) and the learning rate
-  the step used (`grad/norm`, `optim/lr`). The trainer therefore has to log every step (`logging_steps=1`, as
-  `sdpg.scale.config` sets it); anything else is refused at the start of training.
+- A training step's metrics and rollout groups arrive from `SDPGTrainer` as an `on_sdpg_step` event, before its last
+  optimizer update; TRL's global step counts updates (`updates` per training step). The row is written at the
+  `on_log` of the step's last update; the logs of its updates bring the gradient norms before clipping (`grad/norm`
+  their mean, `grad/norm_max` the largest) and the learning rate the step used (`optim/lr`). The trainer therefore
+  has to log every update (`logging_steps=1`, as `sdpg.scale.config` sets it); anything else is refused at the start
+  of training. Checkpoint events carry the training step.
 - Lifecycle events mirror `sdpg.run`: start, checkpoint (TRL's checkpoint folder), finished or stopped, and error
   (`record_error`, for the launcher's exception handler), so `lab.replay_status` reads a distributed run's state.
 """
@@ -33,6 +35,8 @@ class RecordStreamCallback(TrainerCallback):
         if self.records is not None:
             self.records.write_config(config)
         self._pending: tuple[int, dict, list[dict]] | None = None
+        self._logs: list[dict] = []
+        self._updates = 1
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.logging_strategy != "steps" or args.logging_steps != 1:
@@ -43,29 +47,36 @@ class RecordStreamCallback(TrainerCallback):
             self.records.emit_event("start", run_dir=str(self.run_dir), resume=False, engine="trl",
                                     processes=args.world_size)
 
-    def on_sdpg_step(self, args, state, control, *, metrics: dict, groups: list[dict]):
-        """The trainer's metrics and rollout groups of the step about to be applied (step `global_step + 1`)."""
+    def on_sdpg_step(self, args, state, control, *, metrics: dict, groups: list[dict], updates: int = 1):
+        """The trainer's metrics and rollout groups of the training step whose last update is about to be applied."""
         if self.records is not None:
-            self._pending = (state.global_step + 1, metrics, groups)
+            self._updates = updates
+            self._pending = (state.global_step // updates + 1, metrics, groups)
 
     def on_log(self, args, state, control, logs: dict, **kwargs):
-        if self.records is None or self._pending is None or self._pending[0] != state.global_step:
+        if self.records is None:
+            return
+        if "grad_norm" in logs:
+            self._logs.append(logs)
+        if self._pending is None or self._pending[0] * self._updates != state.global_step:
             return
         step, metrics, groups = self._pending
+        norms = [log["grad_norm"] for log in self._logs[-self._updates:]]
         self._pending = None
         self.records.emit_rollouts(step, groups)
-        self.records.emit_metrics(step, {**metrics, "grad/norm": logs.get("grad_norm"),
-                                         "optim/lr": logs.get("learning_rate")})
+        self.records.emit_metrics(step, {**metrics, "grad/norm": sum(norms) / len(norms), "grad/norm_max": max(norms),
+                                         "optim/lr": self._logs[-self._updates].get("learning_rate")})
+        self._logs.clear()
 
     def on_save(self, args, state, control, **kwargs):
         if self.records is not None:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.records.emit_event("checkpoint", step=state.global_step, path=str(path))
+            self.records.emit_event("checkpoint", step=state.global_step // self._updates, path=str(path))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.records is not None:
             status = "finished" if state.global_step >= state.max_steps else "stopped"
-            self.records.emit_event(status, step=state.global_step)
+            self.records.emit_event(status, step=state.global_step // self._updates)
 
     def record_error(self, exc: BaseException, step: int) -> None:
         """Record a crash as the engine does (an `error` event with message and traceback); no-op off process 0."""

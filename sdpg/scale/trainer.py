@@ -11,33 +11,40 @@ Design choices:
   be overridden. GRPOTrainer is TRL's stable core with the same vLLM server, reference model and DeepSpeed plumbing,
   and a small surface to override.
 - Overridden, and nothing else: `_generate_and_score_completions` (after TRL's own: our group advantages from the
-  gathered rewards, the teacher prompts, rollout metrics), `compute_loss` (our method's loss on one micro-batch),
-  `training_step` (closes a step's metrics), `create_scheduler` / `get_decay_parameter_names` (the engine's warmup and
-  weight-decay set).
-- The loss is the engine's, called the engine's way: `sdpg.forward.response_hidden` for student and teacher hidden
-  states, `fused_self_distill` for the full-vocabulary KL, log-prob and entropy (no (B, T, V) tensor; the
-  materialised `logits_self_distill` with `loss.fused_kl = False`), and `sdpg.methods` for the loss. The teacher
-  is the current model with no gradient on the student text followed by the row's privileged context and the very
-  same response tokens.
-- Old log-probs: the sampler's when vLLM sampled (its log-probs after temperature), else the current ones (one
-  update per batch, ratio 1), as the engine's sampler gives them.
+  gathered rewards, the teacher prompts, rollout metrics), `_prepare_inputs` (no shuffle), `compute_loss` (our
+  method's loss on one micro-batch), `training_step` (closes a step's metrics), `create_scheduler` /
+  `get_decay_parameter_names` (the engine's warmup and weight-decay set).
+- The micro-step is the engine's own, `sdpg.step.micro_step` (teacher and student forwards, fused KL, the
+  method's loss), and so are the metric reduction (`sdpg.step.reduce_parts`, by the `sdpg.metrics` rules) and the
+  rollout metrics. The teacher is the current model with no gradient on the student text followed by the row's
+  privileged context and the very same response tokens.
+- Old log-probs as in the engine: with `rollout.recompute_old_logp`, the first update's own log-probs, and TRL's
+  no-grad recomputation before the first update (`old_per_token_logps`, computed by TRL whenever a generation
+  feeds several updates) for the later ones; the sampler's log-probs, when it gave them (vLLM, a rollout hook),
+  give the gap metric. Off: the sampler's when given, else TRL's.
+- Mini-batches: TRL's generation batch is the step's rollout batch, its updates the mini-batches
+  (`sdpg.scale.config.batch_layout`). TRL's shuffle of the generation batch is switched off (`_prepare_inputs`) so
+  mini-batches are whole groups in order, as the engine's; TRL's global step counts updates, the training step is
+  it divided by `updates_per_step`.
 - Relies on TRL 1.16 internals besides the public hooks (`_generate_and_score_completions`, `_tokenize_prompts`,
   `_step`): the version is pinned in requirements.txt.
 - Both forwards run through the (possibly DDP- or DeepSpeed-wrapped) model's own forward with the
   `sdpg_backbone` switch (`add_backbone_switch`), so the wrapper's hooks see them. The fused KL runs after the
   forward, outside accelerate's autocast (which wraps the forward only), and computes in float32 itself.
-- Each micro-batch loss is scaled by its share of the step's normaliser times the world size (tokens for
+- Each micro-batch loss is scaled by its share of its mini-batch's normaliser times the world size (tokens for
   `token-mean`, sequences otherwise): summed over micro-batches and averaged over processes by DDP / DeepSpeed, the
-  gradient is exactly the full-batch one, as in the engine.
+  gradient is exactly the mini-batch one, as in the engine.
 - Records: per-step metrics carry the engine's keys, reduced over processes; per-token rollout records come from
   process 0's first whole groups. They reach callbacks as an `on_sdpg_step(args, state, control, metrics, groups)`
-  event (see `sdpg.scale.records`), before the optimizer step; gradient norm and learning rate come with TRL's log.
+  event (see `sdpg.scale.records`), before the step's last optimizer update; gradient norms and learning rate come
+  with TRL's logs.
 """
 from __future__ import annotations
 
 import functools
 import time
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -45,15 +52,18 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
 from trl import GRPOTrainer
+from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer.utils import pad
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
-from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp
-from sdpg.losses import beta_schedule, fused_self_distill, group_advantages
-from sdpg.methods import LossInputs, get_method
-from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
-from sdpg.scale.config import ScaleConfig, check_supported, grpo_config
+from sdpg.forward import lm_head_weight, response_hidden, token_logp
+from sdpg.losses import beta_schedule, group_advantages
+from sdpg.methods import get_method
+from sdpg.reward import MathVerifier, overlong_penalty
+from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
+from sdpg.step import (MicroBatch, Part, StepContext, finish_reduce, micro_step, reduce_parts, rollout_metrics,
+                       teacher_stats)
 from sdpg.trainer import group_record, lr_warmup, token_record
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
@@ -118,6 +128,30 @@ class _ThroughWrapper:
         return self._model(**kwargs, sdpg_backbone=True)
 
 
+class _Forwards:
+    """The (possibly wrapped) training model as `sdpg.step.Forwards`; accelerate's autocast wraps its forward."""
+
+    def __init__(self, model, weight: torch.Tensor):
+        self._through, self.weight = _ThroughWrapper(model), weight
+
+    def hidden(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        return response_hidden(self._through, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
+
+    def reference_hidden(self, *args) -> torch.Tensor:
+        raise ValueError("the TRL-based trainer has no frozen-reference teacher (see SUPPORTED_NEEDS)")
+
+
+@contextmanager
+def _unshuffled():
+    """TRL's generation-batch preparation without its shuffle of the sequences (TRL 1.16's module function)."""
+    shuffle = trl_grpo.shuffle_sequence_dict
+    trl_grpo.shuffle_sequence_dict = lambda batch: batch
+    try:
+        yield
+    finally:
+        trl_grpo.shuffle_sequence_dict = shuffle
+
+
 @dataclass
 class _Rollouts:
     """This process's share of a step's generation batch, in generation order."""
@@ -131,15 +165,32 @@ class _Rollouts:
 
 @dataclass
 class _Step:
-    """What one optimizer step has gathered so far."""
+    """What one training step (one generation, all its updates) has gathered so far."""
 
     started: float
     rollouts: _Rollouts | None = None
     metrics: dict = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    parts: list[Part] = field(default_factory=list)
+    mini_norms: list[float] = field(default_factory=list)
+    """each mini-batch's loss normaliser over all processes (response tokens, or sequences)"""
+    gap: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """|sampler - old| log-probs over response tokens: sum, count, max"""
     times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "teacher": 0.0})
     tokens: float = 0.0
     token_records: dict[int, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a micro-step sits in its training step."""
+
+    epoch: int
+    mini: int
+    """mini-batch index within the epoch"""
+
+    @property
+    def first_update(self) -> bool:
+        return self.epoch == 0 and self.mini == 0
 
 
 class SDPGTrainer(GRPOTrainer):
@@ -155,6 +206,7 @@ class SDPGTrainer(GRPOTrainer):
         check_supported(cfg)
         self.sdpg_cfg = cfg
         self.method = get_method(cfg.loss.method)
+        self.updates = updates_per_step(cfg)
         self.verifier_reward = VerifierReward(verifier, tokenizer, cfg)
         args = grpo_config(cfg, scale or ScaleConfig(), PartialState().num_processes)
         super().__init__(model=model, reward_funcs=[self.verifier_reward], args=args,
@@ -177,14 +229,20 @@ class SDPGTrainer(GRPOTrainer):
         return [name for name, _ in model.named_parameters()]
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """The engine's schedule: linear warmup over `optim.warmup_steps` steps, then constant."""
+        """The engine's schedule: linear warmup over `optim.warmup_steps` training steps, then constant (TRL steps
+        the scheduler per update; every update of a training step shares its rate)."""
         if self.lr_scheduler is None:
-            warmup = self.sdpg_cfg.optim.warmup_steps
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
-                                                                  functools.partial(lr_warmup, warmup_steps=warmup))
+            warmup, updates = self.sdpg_cfg.optim.warmup_steps, self.updates
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer, lambda k: lr_warmup(k // updates, warmup_steps=warmup))
         return self.lr_scheduler
 
     # ---------------- rollouts ----------------
+    def _prepare_inputs(self, generation_batch: dict) -> dict:
+        """TRL's, with the generation batch kept in order: mini-batches are whole groups, as the engine's."""
+        with _unshuffled():
+            return super()._prepare_inputs(generation_batch)
+
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
         """TRL's generation and scoring, then our advantages, the teacher prompts and the step's rollout metrics."""
         t0 = time.perf_counter()
@@ -197,11 +255,14 @@ class SDPGTrainer(GRPOTrainer):
         local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
         out["advantages"] = adv[local].to(device)  # (B_local,)
         out["teacher_prompt_ids"], out["teacher_prompt_mask"] = self._teacher_prompts(inputs)  # (B_local, P')
-        out["sdpg_index"] = torch.arange(n, device=device)  # (B_local,) survives TRL's shuffle and split
+        out["sdpg_index"] = torch.arange(n, device=device)  # (B_local,) the row within this process's batch
         step = self._current
         step.rollouts = _Rollouts([_row(x) for x in inputs], reward.texts, rewards[local].tolist(), reward.verdicts,
                                   adv[local].tolist())
         step.metrics = self._rollout_metrics(out, rewards, adv)
+        step.mini_norms = self._mini_norms(out["completion_mask"])
+        if self.sdpg_cfg.rollout.recompute_old_logp and self.updates > 1:
+            out["old_per_token_logps"] = self._recompute_old_logp(out)  # (B_local, T)
         step.tokens = float(out["num_items_in_batch"])
         step.times["rollout"] = time.perf_counter() - t0
         return out
@@ -222,130 +283,161 @@ class SDPGTrainer(GRPOTrainer):
         return prompt_ids, prompt_mask
 
     def _rollout_metrics(self, out: dict, rewards: torch.Tensor, adv: torch.Tensor) -> dict:
-        """The engine's per-step rollout metrics over all processes' sequences."""
-        g = self.num_generations
+        """The engine's per-step rollout metrics (`sdpg.step.rollout_metrics`) over all processes' sequences."""
         ids, mask = out["completion_ids"], out["completion_mask"]
         lengths = self.accelerator.gather(mask.sum(-1)).float()  # (B_all,)
         is_eos = torch.isin(ids, torch.tensor(self.eos_token_ids, device=ids.device)) & mask.bool()  # (B_local, T)
-        has_eos = is_eos.any(-1)  # (B_local,)
-        truncated = self.accelerator.gather(~has_eos).float()  # (B_all,)
-        return {**reward_metrics(gather_object(self.verifier_reward.verdicts)),
-                "reward/mean": float(rewards.mean()), "adv/values": [round(a, 4) for a in adv.tolist()],
-                "adv/zero_var_groups": float((rewards.view(-1, g).std(-1, unbiased=False) == 0).float().mean()),
-                "response/length_mean": float(lengths.mean()), "response/truncated": float(truncated.mean())}
+        truncated = self.accelerator.gather(~is_eos.any(-1)).float()  # (B_all,)
+        return {**rollout_metrics(gather_object(self.verifier_reward.verdicts), rewards, adv, lengths.cpu(),
+                                  truncated.cpu(), self.num_generations), "adv/resample_rounds": 0}
+
+    @torch.no_grad()
+    def _recompute_old_logp(self, out: dict) -> torch.Tensor:
+        """The current model's log-probs of the sampled tokens, computed as the engine computes them (TRL's own
+        recomputation positions left-padded prompts differently), micro-batch by micro-batch: (B_local, T)."""
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        fw = _Forwards(model, lm_head_weight(self.accelerator.unwrap_model(model)))
+        resp, rmask = out["completion_ids"], out["completion_mask"]
+        per, parts = self.args.per_device_train_batch_size, []
+        for lo in range(0, resp.shape[0], per):
+            sl = slice(lo, lo + per)
+            h = fw.hidden(out["prompt_ids"][sl], out["prompt_mask"][sl], resp[sl], rmask[sl])  # (b, T, H)
+            parts.append(token_logp(h, fw.weight, resp[sl], temperature=self.sdpg_cfg.rollout.temperature) * rmask[sl])
+        return torch.cat(parts)  # (B_local, T)
+
+    def _mini_norms(self, mask: torch.Tensor) -> list[float]:
+        """Each mini-batch's loss normaliser summed over processes: response tokens (token-mean) or sequences."""
+        per = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        units = mask.sum(-1).float() if self.sdpg_cfg.loss.agg == "token-mean" else torch.ones(mask.shape[0],
+                                                                                              device=mask.device)
+        local = units.view(-1, per).sum(-1)  # (mini-batches,)
+        return self.accelerator.reduce(local, reduction="sum").tolist()
 
     # ---------------- update ----------------
     def training_step(self, model, inputs, num_items_in_batch):
-        """TRL's micro-step; the first of a step opens its record, the last closes it."""
-        if self._step % self.args.gradient_accumulation_steps == 0:
+        """TRL's micro-step; the first of a training step opens its record, the last closes it."""
+        cycle = self.args.steps_per_generation * self.num_iterations
+        if self._step % cycle == 0:
             self._current = _Step(started=time.perf_counter())
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._step % self.current_gradient_accumulation_steps == 0:
+        if self._step % cycle == 0:
             self._close_step()
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Our method's loss on one micro-batch, scaled by its share of the step (see the module docstring)."""
+        """Our method's loss on one micro-batch by the shared micro-step, scaled by its share of the mini-batch."""
         if return_outputs:
             raise ValueError("SDPGTrainer.compute_loss returns the loss only (return_outputs=True is not supported)")
-        cfg, step = self.sdpg_cfg, self._current
-        temp = cfg.rollout.temperature
-        resp, rmask = inputs["completion_ids"], inputs["completion_mask"]
-        mask = rmask.float()  # (B, T)
-        sel = rmask.bool()  # (B, T)
-        student_h, teacher_h = self._hidden_states(model, inputs)  # (B, T, H) each
+        step, pos = self._current, self._position()
         weight = lm_head_weight(self.accelerator.unwrap_model(model))
-        distill = fused_self_distill if cfg.loss.fused_kl else logits_self_distill
-        kl, logp, ent = distill(student_h[sel], teacher_h[sel], weight, resp[sel], temperature=temp)  # (N,)
-        kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl)  # (B, T)
-        logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (B, T)
-        old_logp = self._old_logp(inputs, logp_mat) * mask  # (B, T)
-        ref_logp = inputs["ref_per_token_logps"] * mask if self.method.uses_reference(cfg.loss) else None  # (B, T)
-        index = inputs["sdpg_index"].tolist()
-        loss_inputs = LossInputs(
-            logp=logp_mat, old_logp=old_logp, adv=inputs["advantages"], mask=mask, distill_kl=kl_mat,
-            temperature=temp, correct=torch.tensor([step.rollouts.verdicts[i].correct for i in index]),
-            ref_logp=ref_logp, step=self.state.global_step,
-            teacher_logp=token_logp(teacher_h, weight, resp) * mask if "teacher_logp" in self.method.needs else None)
-        loss, stats = self.method.loss(loss_inputs, cfg.loss, self._beta_k())
-        stats["entropy/mean"] = float(ent.detach().mean())
-        share = self._share(mask, inputs)
-        for k, v in stats.items():
-            step.stats[k] = step.stats.get(k, 0.0) + float(v) * share
-        if self.accelerator.is_main_process:
-            ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (B, T)
-            self._record_tokens(index, student_h.detach(), teacher_h, resp, rmask, weight,
-                                (kl_mat.detach(), logp_mat.detach(), ent_mat, old_logp, ref_logp))
-        return loss * share
+        result = micro_step(_Forwards(model, weight), self._micro_batch(inputs, pos), self._context())
+        mask = inputs["completion_mask"].float()  # (B, T)
+        share = self._share(mask, pos)
+        step.parts.append(Part(result.stats, share / self.updates,
+                               float(mask.sum()) / (self.num_iterations * step.tokens),
+                               mask.shape[0] / (self.num_iterations * self.args.generation_batch_size),
+                               1.0 / self.num_iterations))
+        step.times["teacher"] += result.teacher_s
+        if pos.epoch == 0:
+            self._add_gap(inputs, result.logp if pos.first_update else inputs.get("old_per_token_logps"))
+            self._record_tokens(inputs, result.records, weight)
+        return result.loss * share * self.accelerator.num_processes
 
-    def _hidden_states(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states predicting each response token: the student's (gradient flows) on the student prompt,
-        the teacher's (no gradient) on the privileged one, both through `model`'s own forward. (B, T, H) each."""
-        through = _ThroughWrapper(model)
-        resp, rmask = inputs["completion_ids"], inputs["completion_mask"]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            teacher_h = response_hidden(through, inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"],
-                                        resp, rmask)  # (B, T, H)
-        self._current.times["teacher"] += time.perf_counter() - t0
-        student_h = response_hidden(through, inputs["prompt_ids"], inputs["prompt_mask"], resp, rmask)  # (B, T, H)
-        return student_h, teacher_h
+    def _position(self) -> _Position:
+        """The epoch and mini-batch of the micro-step TRL is about to run (`_step` counts micro-steps)."""
+        in_generation = self._step % self.args.steps_per_generation
+        return _Position(self._step // self.args.steps_per_generation % self.num_iterations,
+                         in_generation // self.args.gradient_accumulation_steps)
+
+    def _micro_batch(self, inputs: dict, pos: _Position) -> MicroBatch:
+        """TRL's micro-batch as the shared step's input."""
+        index = inputs["sdpg_index"].tolist()
+        mask = inputs["completion_mask"].float()  # (B, T)
+        recorded = min(self.sdpg_cfg.run.record_groups, len(self._current.rollouts.rows) // self.num_generations)
+        record = self.accelerator.is_main_process and pos.epoch == 0
+        return MicroBatch(
+            inputs["prompt_ids"], inputs["prompt_mask"], inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"],
+            inputs["completion_ids"], inputs["completion_mask"], inputs["advantages"],
+            torch.tensor([self._current.rollouts.verdicts[i].correct for i in index]),
+            old_logp=self._old_logp(inputs, pos),
+            refs={"ref_logp": inputs["ref_per_token_logps"] * mask} if self.method.uses_reference(self.sdpg_cfg.loss) else {},
+            record_rows=tuple(j for j, i in enumerate(index) if record and i < recorded * self.num_generations))
+
+    def _old_logp(self, inputs: dict, pos: _Position) -> torch.Tensor | None:
+        """The PPO ratio's old log-probs (None: the micro-step's own). Recomputed: the first update's own, then TRL's
+        recomputation; else the sampler's where it scored a token, TRL's or the own elsewhere."""
+        mask = inputs["completion_mask"].float()  # (B, T)
+        old = inputs.get("old_per_token_logps")
+        if self.sdpg_cfg.rollout.recompute_old_logp:
+            return None if pos.first_update or old is None else old * mask
+        sampled = inputs.get("sampling_per_token_logps")
+        if sampled is None or (old is None and bool(torch.isnan(sampled).any())):  # unscored tokens: the current's
+            return None if old is None else old * mask
+        return torch.where(torch.isnan(sampled), old if old is not None else sampled, sampled) * mask  # (B, T)
+
+    def _share(self, mask: torch.Tensor, pos: _Position) -> float:
+        """This micro-batch's share of its mini-batch's normaliser over all processes."""
+        units = float(mask.sum()) if self.sdpg_cfg.loss.agg == "token-mean" else float(mask.shape[0])
+        return units / self._current.mini_norms[pos.mini]
+
+    def _add_gap(self, inputs: dict, recomputed: torch.Tensor | None) -> None:
+        """Add |sampler - recomputed old| log-probs of this micro-batch to the step's gap (recomputation on, and a
+        sampler that gave its log-probs)."""
+        sampled = inputs.get("sampling_per_token_logps")
+        if not self.sdpg_cfg.rollout.recompute_old_logp or sampled is None or recomputed is None:
+            return
+        keep = inputs["completion_mask"].bool() & ~torch.isnan(sampled)  # (B, T)
+        gap = (sampled - recomputed).abs()[keep]  # (N,)
+        acc = self._current.gap
+        acc[0], acc[1], acc[2] = acc[0] + float(gap.sum()), acc[1] + gap.numel(), max(acc[2], float(gap.max()))
+
+    def _context(self) -> StepContext:
+        return StepContext(self.sdpg_cfg, self.method, self._beta_k(), self._training_step())
+
+    def _training_step(self) -> int:
+        """Training steps completed before this one (TRL's global step counts optimizer updates)."""
+        return self.state.global_step // self.updates
 
     def _beta_k(self) -> float:
         """The scheduled distillation weight at this step (0 for methods that only monitor the KL)."""
         lc = self.sdpg_cfg.loss
         if not self.method.distills:
             return 0.0
-        return beta_schedule(self.state.global_step + 1, self.sdpg_cfg.run.steps, lc.beta, lc.beta_warmup,
+        return beta_schedule(self._training_step() + 1, self.sdpg_cfg.run.steps, lc.beta, lc.beta_warmup,
                              lc.beta_decay)
 
-    @staticmethod
-    def _old_logp(inputs: dict, logp: torch.Tensor) -> torch.Tensor:
-        """The sampler's log-probs when an external sampler (vLLM) gave them, else TRL's old log-probs, else the
-        current ones (one update per batch: ratio 1). Tokens the sampler could not score (NaN) take the current."""
-        sampled = inputs.get("sampling_per_token_logps")
-        if sampled is not None:
-            return torch.where(torch.isnan(sampled), logp.detach(), sampled)  # (B, T)
-        old = inputs.get("old_per_token_logps")
-        return logp.detach() if old is None else old  # (B, T)
-
-    def _share(self, mask: torch.Tensor, inputs: dict) -> float:
-        """This micro-batch's share of the step's normaliser, times the world size (DDP averages over processes)."""
-        world = self.accelerator.num_processes
-        if self.sdpg_cfg.loss.agg == "token-mean":
-            return float(mask.sum()) * world / float(inputs["num_items_in_batch"])
-        return mask.shape[0] * world / self.args.generation_batch_size
-
-    def _record_tokens(self, index: list[int], student_h, teacher_h, resp, rmask, weight, mats) -> None:
-        """Per-token records for the micro-batch's rows that belong to the recorded groups (process 0 only)."""
-        g = self.num_generations
-        recorded = min(self.sdpg_cfg.run.record_groups, len(self._current.rollouts.rows) // g) * g
-        kl, logp, ent, old_logp, ref_logp = mats
-        for j, i in enumerate(index):
-            if i >= recorded:
-                continue
-            n = int(rmask[j].sum())
-            self._current.token_records[i] = token_record(
-                self._tokenizer, weight, self.sdpg_cfg.rollout.temperature, student_h[j, :n], teacher_h[j, :n],
-                resp[j, :n], kl=kl[j, :n], logp=logp[j, :n], entropy=ent[j, :n], old_logp=old_logp[j, :n],
-                ref_logp=None if ref_logp is None else ref_logp[j, :n])
+    def _record_tokens(self, inputs: dict, records: dict[int, dict], weight: torch.Tensor) -> None:
+        """Per-token records of the micro-batch's recorded rows (process 0, first epoch)."""
+        index = inputs["sdpg_index"].tolist()
+        for j, a in records.items():
+            self._current.token_records[index[j]] = token_record(
+                self._tokenizer, weight, self.sdpg_cfg.rollout.temperature, a["student_h"], a["teacher_h"], a["ids"],
+                kl=a["kl"], logp=a["logp"], entropy=a["entropy"], old_logp=a["old_logp"], ref_logp=a["ref_logp"])
 
     def _close_step(self) -> None:
-        """Reduce the step's loss statistics over processes and hand metrics and groups to the callbacks."""
+        """Reduce the step's statistics over micro-batches, updates and processes; hand metrics and groups to the
+        callbacks."""
         step = self._current
-        keys = sorted(step.stats)
-        values = torch.tensor([step.stats[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
-        totals = (self.accelerator.reduce(values, reduction="sum") / self.accelerator.num_processes).tolist()
+        sums = reduce_parts(step.parts)
+        keys = sorted(sums)
+        values = torch.tensor([v for k in keys for v in sums[k]] + step.gap[:2], dtype=torch.float64,
+                              device=self.accelerator.device)
+        totals = self.accelerator.reduce(values, reduction="sum").tolist()
+        stats = finish_reduce({k: (totals[2 * i], totals[2 * i + 1]) for i, k in enumerate(keys)})
         elapsed = time.perf_counter() - step.started
-        metrics = {**step.metrics, **dict(zip(keys, totals)), "beta/effective": self._beta_k(),
+        groups = self._group_records() if self.accelerator.is_main_process else []
+        metrics = {**step.metrics, **teacher_stats(stats, self.method, groups), "beta/effective": self._beta_k(),
+                   "optim/updates": float(self.updates), "step/skipped": 0.0,
                    "perf/tokens_per_s": step.tokens / elapsed, "time/rollout": step.times["rollout"],
                    "time/teacher": step.times["teacher"],
                    "time/update": elapsed - step.times["rollout"] - step.times["teacher"], "time/step": elapsed}
-        groups = self._group_records() if self.accelerator.is_main_process else []
+        if totals[-1]:
+            gap_max = self.accelerator.reduce(torch.tensor(step.gap[2], device=self.accelerator.device), "max")
+            metrics |= {"rollout/logp_gap_mean": totals[-2] / totals[-1], "rollout/logp_gap_max": float(gap_max)}
         for callback in self.callback_handler.callbacks:
             handler = getattr(callback, "on_sdpg_step", None)
             if handler is not None:
-                handler(self.args, self.state, self.control, metrics=metrics, groups=groups)
+                handler(self.args, self.state, self.control, metrics=metrics, groups=groups, updates=self.updates)
 
     def _group_records(self) -> list[dict]:
         step, g = self._current, self.num_generations

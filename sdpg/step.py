@@ -1,0 +1,287 @@
+"""One micro-batch of a training step, the reduction of its statistics and the rollout metrics, shared by the engine
+(`sdpg.trainer`) and the TRL-based trainer (`sdpg.scale.trainer`), so the two cannot drift.
+
+Legend: b sequences in a micro-batch, P / P' student / teacher prompt tokens (left-padded), T response tokens,
+H hidden size, N response tokens kept, r recorded rows.
+
+Design choices:
+- `micro_step` runs the teacher (no gradient), the student and the fused KL on one micro-batch and returns the
+  method's loss with its statistics; the caller scales and back-propagates it (the engine itself, TRL through its
+  own loop). Models are reached through a `Forwards` object, so the step does not care whether the forward is a
+  bare model under autocast or a DDP / DeepSpeed wrapper.
+- The live teacher runs on every row only for methods whose loss uses it (`needs_live_teacher`); the others (GRPO,
+  OPSD-fork) run it on the recorded rows alone, so the views still get per-token KL and top-k.
+- Old log-probs of `None` mean "the current policy's": the first update of a step, whose weights are those the old
+  log-probs were taken from, uses its own log-probs detached, so its ratio is exactly 1 (verl's on-policy path).
+- `reduce_stats` combines micro-batch statistics by the rule `sdpg.metrics` registers for each key; across
+  processes the caller sums the numerators and denominators it returns before dividing.
+- Per-token records are built by the caller from `MicroResult.records` (`sdpg.trainer.token_record`).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from sdpg.config import TrainConfig
+from sdpg.forward import logits_self_distill, token_logp
+from sdpg.losses import fused_self_distill
+from sdpg.methods import LossInputs, MethodSpec
+from sdpg.metrics import LIVE_TEACHER_KEYS, metric
+from sdpg.reward import reward_metrics
+
+
+def needs_live_teacher(method: MethodSpec) -> bool:
+    """Whether the method's loss uses the live teacher (its KL or its log-probs) on every response."""
+    return method.distills or "teacher_logp" in method.needs
+
+
+class Forwards(Protocol):
+    """What a micro-step needs of the models."""
+
+    weight: torch.Tensor
+    """(V, H) the training model's LM head"""
+
+    def hidden(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        """The training model's final hidden states predicting each response token: (b, T, H)."""
+
+    def reference_hidden(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        """The frozen reference's, for a frozen-reference teacher: (b, T, H)."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every micro-batch of one training step shares."""
+
+    cfg: TrainConfig
+    method: MethodSpec
+    beta_k: float
+    """scheduled distillation weight of the step (0 for methods that do not distill)"""
+    step: int
+    """training steps completed before this one"""
+    reference_weight: torch.Tensor | None = None
+    """(V, H) the frozen reference's LM head, for methods that need `ref_distill_kl`"""
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    prompt_ids: torch.Tensor
+    """(b, P) student prompts"""
+    prompt_mask: torch.Tensor
+    """(b, P)"""
+    teacher_ids: torch.Tensor
+    """(b, P') privileged prompts"""
+    teacher_mask: torch.Tensor
+    """(b, P')"""
+    response_ids: torch.Tensor
+    """(b, T)"""
+    response_mask: torch.Tensor
+    """(b, T)"""
+    adv: torch.Tensor
+    """(b,) group advantages"""
+    correct: torch.Tensor
+    """(b,) verifier verdicts"""
+    old_logp: torch.Tensor | None
+    """(b, T) the PPO ratio's old log-probs; None = the current policy's (the step's first update)"""
+    refs: dict = field(default_factory=dict)
+    """the frozen reference's LossInputs fields the method needs ("ref_logp", "ref_teacher_logp"), (b, T) each"""
+    record_rows: tuple[int, ...] = ()
+    """rows whose per-token arrays go to the rollout records"""
+
+
+@dataclass(frozen=True)
+class MicroResult:
+    loss: torch.Tensor
+    """the method's loss on this micro-batch (unscaled, with gradient)"""
+    stats: dict[str, float]
+    logp: torch.Tensor
+    """(b, T) the student's log-probs of the sampled tokens, detached (the old log-probs of a first update)"""
+    records: dict[int, dict] = field(default_factory=dict)
+    """row -> `token_record` arguments (tensors cut to the response length)"""
+    teacher_s: float = 0.0
+    """seconds in teacher and frozen-teacher forwards"""
+
+
+def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
+    """Teacher and student forwards, the fused KL / log-prob / entropy, and the method's loss on one micro-batch."""
+    live, needs, temp = needs_live_teacher(ctx.method), ctx.method.needs, ctx.cfg.rollout.temperature
+    resp, mask = mb.response_ids, mb.response_mask.float()  # (b, T)
+    sel = mb.response_mask.bool()  # (b, T)
+    teacher_rows = list(range(resp.shape[0])) if live else list(mb.record_rows)
+    t0 = time.perf_counter()
+    teacher_h = _teacher_hidden(fw, mb, teacher_rows)  # (b or r, T, H)
+    t1 = time.perf_counter()
+    student_h = fw.hidden(mb.prompt_ids, mb.prompt_mask, resp, mb.response_mask)  # (b, T, H)
+    distill = fused_self_distill if ctx.cfg.loss.fused_kl else logits_self_distill
+    # without a live teacher the student stands in for it: log-prob and entropy are the student's alone
+    partner = teacher_h[sel] if live else student_h[sel].detach()  # (N, H)
+    kl, logp, ent = distill(student_h[sel], partner, fw.weight, resp[sel], temperature=temp)  # (N,)
+    logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (b, T)
+    kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl) if live else None  # (b, T)
+    refs = dict(mb.refs)
+    t2 = time.perf_counter()
+    if "ref_distill_kl" in needs:
+        refs["ref_distill_kl"] = _ref_distill_kl(fw, mb, student_h, ctx)  # (b, T)
+    teacher_s = (t1 - t0) + (time.perf_counter() - t2)
+    old_logp = logp_mat.detach() if mb.old_logp is None else mb.old_logp  # (b, T)
+    inputs = LossInputs(logp=logp_mat, old_logp=old_logp, adv=mb.adv, mask=mask, distill_kl=kl_mat, temperature=temp,
+                        correct=mb.correct, step=ctx.step, **refs,
+                        teacher_logp=token_logp(teacher_h, fw.weight, resp) * mask if "teacher_logp" in needs else None)
+    loss, stats = ctx.method.loss(inputs, ctx.cfg.loss, ctx.beta_k)
+    stats["entropy/mean"] = float(ent.detach().mean())
+    ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (b, T)
+    records = _record_args(mb, ctx, student_h.detach(), teacher_h, teacher_rows,
+                           {"kl": kl_mat, "logp": logp_mat.detach(), "entropy": ent_mat, "old_logp": old_logp,
+                            "ref_logp": refs.get("ref_logp")}, fw)
+    return MicroResult(loss, stats, logp_mat.detach(), records, teacher_s)
+
+
+@torch.no_grad()
+def _teacher_hidden(fw: Forwards, mb: MicroBatch, rows: list[int]) -> torch.Tensor | None:
+    """The live teacher's hidden states on `rows` of the micro-batch (all of them, or the recorded ones)."""
+    if not rows:
+        return None
+    if len(rows) == mb.response_ids.shape[0]:
+        return fw.hidden(mb.teacher_ids, mb.teacher_mask, mb.response_ids, mb.response_mask)  # (b, T, H)
+    idx = torch.tensor(rows, device=mb.response_ids.device)  # (r,)
+    ids, mask = mb.teacher_ids[idx], mb.teacher_mask[idx]  # (r, P')
+    return fw.hidden(ids, mask, mb.response_ids[idx], mb.response_mask[idx])  # (r, T, H)
+
+
+def _ref_distill_kl(fw: Forwards, mb: MicroBatch, student_h: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """KL(p_student || SG[q_ref]) per token, q_ref the frozen reference on the privileged prompt: (b, T)."""
+    sel = mb.response_mask.bool()  # (b, T)
+    with torch.no_grad():
+        ref_h = fw.reference_hidden(mb.teacher_ids, mb.teacher_mask, mb.response_ids, mb.response_mask)  # (b, T, H)
+    tau = ctx.cfg.loss.opsd_teacher_temperature
+    if tau != 1.0:  # the head has no bias, so dividing the hidden state divides the teacher's logits
+        ref_h = ref_h.float() / tau  # (b, T, H)
+    distill = fused_self_distill if ctx.cfg.loss.fused_kl else logits_self_distill
+    kl, _, _ = distill(student_h[sel], ref_h[sel], fw.weight, mb.response_ids[sel],
+                       temperature=ctx.cfg.rollout.temperature, teacher_weight=ctx.reference_weight)  # (N,)
+    return torch.zeros(sel.shape, device=kl.device).masked_scatter(sel, kl)  # (b, T)
+
+
+@torch.no_grad()
+def _record_args(mb: MicroBatch, ctx: StepContext, student_h, teacher_h, teacher_rows: list[int], mats: dict,
+                 fw: Forwards) -> dict[int, dict]:
+    """`token_record` arguments for the recorded rows; without a live teacher in the loss, their KL is computed here."""
+    out = {}
+    for j in mb.record_rows:
+        n = int(mb.response_mask[j].sum())
+        t_h = teacher_h[teacher_rows.index(j), :n]  # (n, H)
+        kl = mats["kl"][j, :n] if mats["kl"] is not None else logits_self_distill(
+            student_h[j, :n], t_h, fw.weight, mb.response_ids[j, :n], temperature=ctx.cfg.rollout.temperature)[0]
+        ref = mats["ref_logp"]
+        out[j] = {"student_h": student_h[j, :n], "teacher_h": t_h, "ids": mb.response_ids[j, :n], "kl": kl,
+                  "logp": mats["logp"][j, :n], "entropy": mats["entropy"][j, :n], "old_logp": mats["old_logp"][j, :n],
+                  "ref_logp": None if ref is None else ref[j, :n]}
+    return out
+
+
+# ----------------------------------------------------------------------------- reduction
+
+@dataclass(frozen=True)
+class Part:
+    """One micro-batch's statistics and what they stand for, as fractions of the whole training step."""
+
+    stats: dict[str, float]
+    loss: float
+    """share of its update's loss normaliser, divided by the step's number of updates"""
+    tokens: float
+    """share of the response tokens of all the step's updates"""
+    rows: float
+    """share of the responses of all the step's updates"""
+    passes: float
+    """1 / epochs (a `sum` adds up over one pass)"""
+
+
+def reduce_parts(parts: list[Part]) -> dict[str, tuple[float, float]]:
+    """Per key, (numerator, denominator) of its combined value under its registered rule (see `sdpg.metrics`);
+    the two add up across processes, so the caller may all-reduce them before `finish_reduce`."""
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for part in parts:
+        gated = part.stats.get("gate/tokens", 0.0)
+        for key, value in part.stats.items():
+            rule = metric(key).combine
+            weight = {"loss": part.loss, "tokens": part.tokens, "rows": part.rows, "gated tokens": gated,
+                      "sum": part.passes, "step": 1.0}.get(rule)
+            if weight is None:
+                raise ValueError(f"metric {key!r} combines by {rule!r}, which is not a micro-batch rule")
+            acc = out[key]
+            if rule == "step":  # the same in every micro-batch: keep one
+                acc[0], acc[1] = float(value), 1.0
+            else:
+                acc[0] += float(value) * weight
+                acc[1] += 0.0 if rule == "sum" else weight
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def finish_reduce(sums: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Combined values from `reduce_parts` sums: a sum as it is, a mean as numerator over denominator (a gated mean
+    with no gated token is 0)."""
+    return {key: num if metric(key).combine == "sum" else (num / den if den else 0.0)
+            for key, (num, den) in sums.items()}
+
+
+def reduce_stats(parts: list[Part]) -> dict[str, float]:
+    """The step's statistics from its micro-batches' (one process)."""
+    return finish_reduce(reduce_parts(parts))
+
+
+def teacher_stats(stats: dict[str, float], method: MethodSpec, groups: list[dict]) -> dict[str, float]:
+    """The step's statistics with the live teacher's KL: as the micro-batches measured it, or, for a method without a
+    live teacher in its loss, over the recorded groups' tokens (`groups`: `group_record` dicts), where it ran."""
+    if needs_live_teacher(method):
+        return stats
+    out = {k: v for k, v in stats.items() if k not in LIVE_TEACHER_KEYS}
+    kl = [x for g in groups for r in g["responses"] for x in r["kl"]]
+    if kl:
+        gated = [x for g in groups for r in g["responses"] if r["gate"] for x in r["kl"]]
+        out |= {"kl/distill_mean": sum(kl) / len(kl),
+                "kl/distill_gated_mean": sum(gated) / len(gated) if gated else 0.0}
+    return out
+
+
+# ----------------------------------------------------------------------------- rollout metrics
+
+def rollout_metrics(verdicts: list, rewards: torch.Tensor, adv: torch.Tensor, lengths: torch.Tensor,
+                    truncated: torch.Tensor, group_size: int) -> dict:
+    """Per-step metrics of the scored rollouts ((B,) tensors over all of the step's responses)."""
+    flat = rewards.view(-1, group_size).std(-1, unbiased=False) == 0  # (B/G,)
+    return {**reward_metrics(verdicts), "reward/mean": float(rewards.mean()),
+            "adv/values": [round(a, 4) for a in adv.tolist()],
+            "adv/zero_var_groups": float(flat.float().mean()) if group_size > 1 else 1.0,
+            "response/length_mean": float(lengths.float().mean()),
+            "response/truncated": float(truncated.float().mean())}
+
+
+def logp_gap(sampled: torch.Tensor, recomputed: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """`rollout/logp_gap_mean` / `_max`: |sampler - recomputed| old log-probs over response tokens ((B, T) each)."""
+    gap = (sampled - recomputed).abs()[mask.bool()]  # (N,)
+    return {"rollout/logp_gap_mean": float(gap.mean()), "rollout/logp_gap_max": float(gap.max())}
+
+
+# ----------------------------------------------------------------------------- timing
+
+class Timer:
+    """Seconds per phase name, added up over `with timer("name"):` blocks."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] += seconds
+

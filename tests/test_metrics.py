@@ -1,0 +1,61 @@
+"""The metric registry against what the trainer really writes and what the dashboard draws; a GRPO run's teacher."""
+import pytest
+
+from conftest import tiny_config
+from lab.curves import PANELS, curves_figure
+from sdpg.methods import METHODS
+from sdpg.metrics import COMBINE, LIVE_TEACHER_KEYS, METRICS, metric
+from sdpg.records import RecordStream
+from sdpg.run import RunHandle, build_trainer
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_key_a_real_run_writes_is_registered(tiny_model_dir, tmp_path, method):
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__method=method, loss__beta=0.5, run__steps=1, run__eval_every=1,
+                      reward__overlong_buffer=6, optim__mini_batch_prompts=1)
+    handle = RunHandle(cfg).start()
+    handle.join()
+    assert handle.status == "finished", handle.error
+    rows = RecordStream.open(tmp_path).metrics()
+    written = {key for row in rows for key in row} - {"step", "time"}
+    assert "eval/pass@2" in written and "optim/updates" in written
+    for key in sorted(written):
+        metric(key)  # raises KeyError naming an unregistered key
+    assert {"kl/distill_mean", "kl/distill_gated_mean"} <= written  # measured on the recorded groups for grpo
+    assert ("gate/tokens" in written) == (method != "grpo")  # OPSD-fork averages its weights over its gated tokens
+
+
+def test_unregistered_keys_are_named():
+    with pytest.raises(KeyError, match="'loss/new_term' is not registered"):
+        metric("loss/new_term")
+    assert metric("eval/pass@16").key == "eval/pass@{k}"
+
+
+def test_every_registered_rule_is_known_and_every_panel_draws_registered_keys():
+    assert all(m.combine in COMBINE and m.meaning for m in METRICS.values())
+    for panel in PANELS:
+        for s in panel.series:
+            metric(s.key.replace("@k", "@2"))
+
+
+def test_a_grpo_run_runs_its_teacher_on_the_recorded_group_only_and_measures_the_kl_there(tiny_model_dir, tmp_path):
+    rows_seen = []
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__method="grpo", run__record_groups=1, optim__micro_batch=64)
+    trainer = build_trainer(cfg, RecordStream(tmp_path), progress=False)
+    real = trainer.forwards.hidden
+    trainer.forwards.hidden = lambda ids, *rest: rows_seen.append((ids.shape[0], ids.shape[1])) or real(ids, *rest)
+    try:
+        metrics = trainer.train_step()
+    finally:
+        trainer.verifier.close()
+    # one micro-batch of 12 rows: the teacher's (wider) prompts on the recorded group's 4 rows only, the student on 12
+    student_width = min(width for _, width in rows_seen)
+    assert sorted(rows_seen) == sorted([(4, max(w for _, w in rows_seen)), (12, student_width)])
+    (group,) = trainer.records.rollouts(step=1)
+    resp = group["responses"][0]
+    assert len(resp["kl"]) == len(resp["tokens"]) > 0 and sum(resp["kl"]) > 0 and resp["teacher_topk"]
+    recorded = [x for r in group["responses"] for x in r["kl"]]
+    assert metrics["kl/distill_mean"] == pytest.approx(sum(recorded) / len(recorded))  # the recorded group's KL
+    assert "gate/tokens" not in metrics
+    without = {k: v for k, v in metrics.items() if k not in LIVE_TEACHER_KEYS}
+    curves_figure([{"step": 1, **without}], cfg.to_dict())  # a run without records: the KL panel is just empty
