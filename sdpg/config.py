@@ -70,6 +70,9 @@ class DataConfig:
     """embedded task: number of held-out problems (disjoint from training)"""
     skip_bad_rows: bool = False
     """when loading files: skip malformed rows (and report how many) instead of failing"""
+    require_context: bool = False
+    """refuse rows that give the teacher no privileged context (no sentinel, or nothing after it) when the
+    method needs a teacher, instead of warning and counting them"""
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp, topk_next_tokens
+from sdpg.guards import check_finite_weights
 from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
 from sdpg.methods import LossInputs, get_method
 from sdpg.records import RecordStream
@@ -181,6 +182,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
+            check_finite_weights(self.model, self.step + 1)
             self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next update: free them
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
