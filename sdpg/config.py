@@ -305,8 +305,12 @@ def _span(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
           ) -> tuple[str, bool, str]:
     """A validate() check that `value` is a finite number in the interval lo..hi (inf: unbounded)."""
     ok = _finite(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
-    interval = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi == math.inf else f'{hi:g}' + (')' if hi_open else ']')}"
+    interval = f"{'(' if lo_open else '['}{_number(lo)}, {_number(hi)}{')' if hi_open or hi == math.inf else ']'}"
     return name, ok, f"must be a finite number in {interval}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
 
 
 def preset(name: str) -> TrainConfig:
