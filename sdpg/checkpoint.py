@@ -65,7 +65,8 @@ def load_checkpoint(trainer, ckpt: str | Path) -> int:
     try:  # tensors and plain values only: a run directory from elsewhere must not run code when resumed
         state = torch.load(ckpt / STATE_FILE, weights_only=True)
     except pickle.UnpicklingError as err:
-        found = [line.strip().split(". Please")[0] for line in str(err).splitlines() if "Unsupported global" in line]
+        found = [line.strip().split(". Please")[0] for line in str(err).splitlines()
+                 if "Unsupported global" in line]
         raise ValueError(f"{ckpt / STATE_FILE} holds more than tensors and plain values, so it is not loaded "
                          f"(loading it could run code){': ' + found[0] if found else ''}") from None
     trainer.optimizer.load_state_dict(state["optimizer"])
