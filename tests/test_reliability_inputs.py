@@ -24,7 +24,7 @@ from sdpg.memory import MemoryPlanError
 from sdpg.models import ModelLoadError, load_model_and_tokenizer
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle, build_trainer
-from sdpg.train import build_parser, config_from_args
+from sdpg.cli import build_parser, config_from_args
 
 
 def _row(prompt, answer="2", **extra):
