@@ -249,7 +249,8 @@ class TrainConfig:
             _span("loss.rlsd_lambda", self.loss.rlsd_lambda, 0, 1),
             _span("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps, 0, MAX_STEPS),
             _span("loss.rlsd_eps_w", self.loss.rlsd_eps_w, 0, 1, hi_open=True),
-            _span("loss.kl_clamp", self.loss.kl_clamp, 0, math.inf),
+            ("loss.kl_clamp", _finite(self.loss.kl_clamp) and self.loss.kl_clamp >= 0,
+             "must be >= 0 (--loss.kl_clamp 0 turns the clamp off)"),
             _span("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature, 0, MAX_TEMPERATURE, lo_open=True),
             ("model.dtype", self.model.dtype in DTYPES, f"must be one of {DTYPES}"),
             ("model.device", self.model.device in ("auto", "cpu", "cuda") or
