@@ -156,7 +156,8 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
     cfg.run.run_dir = ""
     cfg.loss.method, cfg.loss.ref_mode, cfg.loss.gate = method, ref_mode, bool(gate)
     cfg.loss.beta, cfg.loss.alpha = float(beta), float(alpha)
-    cfg.loss.beta_warmup, cfg.loss.beta_decay = _whole("loss.beta_warmup", beta_warmup), _whole("loss.beta_decay", beta_decay)
+    cfg.loss.beta_warmup = _whole("loss.beta_warmup", beta_warmup)
+    cfg.loss.beta_decay = _whole("loss.beta_decay", beta_decay)
     cfg.optim.lr, cfg.rollout.temperature = float(lr), float(temperature)
     cfg.rollout.group_size, cfg.run.steps = _whole("rollout.group_size", group_size), _whole("run.steps", steps)
     cfg.model.name = (model or "").strip() or "embedded"

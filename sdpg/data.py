@@ -194,7 +194,8 @@ def convert_dapo_rows(path_in: str | Path, path_out: str | Path, *, student_temp
         if not isinstance(question, str) or not question.strip():
             raise _BadRow(f"question must be a non-empty string, got {_describe(question)}")
         if TEACHER_CONTEXT_TOKEN in question:
-            raise _BadRow(f"question holds {TEACHER_CONTEXT_TOKEN}; the teacher context is built from answer and solution")
+            raise _BadRow(f"question holds {TEACHER_CONTEXT_TOKEN}; the teacher context is built from answer and "
+                          f"solution")
         answer = _answer_text(record.get("answer"), "answer")
         solution = record.get("solution")
         if solution is not None and not isinstance(solution, str):

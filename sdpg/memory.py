@@ -212,7 +212,8 @@ def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_refer
     candidates += [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": r.max_prompt_tokens + 2 ** k}
                    for k in range(20, 6, -1) if 2 ** k < r.max_new_tokens]
     fewer = [{"rollout.prompts_per_step": 2 ** k} for k in range(20, -1, -1) if 2 ** k < r.prompts_per_step]
-    fewer += [{"rollout.prompts_per_step": 1, "rollout.group_size": 2 ** k} for k in range(10, 0, -1) if 2 ** k < r.group_size]
+    fewer += [{"rollout.prompts_per_step": 1, "rollout.group_size": 2 ** k}
+              for k in range(10, 0, -1) if 2 ** k < r.group_size]
     shorter = [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": r.max_prompt_tokens + 2 ** k}
                for k in range(20, 6, -1) if 2 ** k < r.max_new_tokens]
     candidates += fewer + [{**batch, **length} for batch in fewer for length in shorter]

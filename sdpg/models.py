@@ -105,7 +105,8 @@ def hub_kwargs(name: str) -> dict:
             return {"local_files_only": True}
         raise ModelLoadError(f"cannot load model {name!r}: the hub ({endpoint}) cannot be reached "
                              f"({type(err).__name__}: {err}) and the model is not in the local HF cache; give a "
-                             f"local save_pretrained folder, or set HF_HUB_OFFLINE=1 to use cached models only") from None
+                             f"local save_pretrained folder, or set HF_HUB_OFFLINE=1 to use cached models only"
+                             ) from None
     return {}
 
 

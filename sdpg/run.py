@@ -44,10 +44,13 @@ PAUSABLE = ("loading", "running")
 TERMINAL = ("stopped", "finished", "crashed")
 """a run whose thread has ended; its records are complete"""
 FIXED_ON_RESUME = {
-    "optim.lr": "the restored optimizer keeps its learning rate", "optim.betas": "the restored optimizer keeps its betas",
+    "optim.lr": "the restored optimizer keeps its learning rate",
+    "optim.betas": "the restored optimizer keeps its betas",
     "optim.weight_decay": "the restored optimizer keeps its weight decay",
-    "model.name": "the checkpoint holds that model's weights", "model.dtype": "the checkpoint's weights and optimizer state have that dtype",
-    "run.seed": "the restored sampler and random states come from that seed", "loss.method": "the run's records are of that method",
+    "model.name": "the checkpoint holds that model's weights",
+    "model.dtype": "the checkpoint's weights and optimizer state have that dtype",
+    "run.seed": "the restored sampler and random states come from that seed",
+    "loss.method": "the run's records are of that method",
 }
 """settings a resume cannot change (every `data.*` setting too: the restored sampler walks that data)"""
 TEACHER_NEEDS = frozenset({"teacher_logp", "ref_teacher_logp", "ref_distill_kl"})
