@@ -19,6 +19,7 @@ Design choices:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import threading
 from pathlib import Path
@@ -155,9 +156,10 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
     cfg.run.run_dir = ""
     cfg.loss.method, cfg.loss.ref_mode, cfg.loss.gate = method, ref_mode, bool(gate)
     cfg.loss.beta, cfg.loss.alpha = float(beta), float(alpha)
-    cfg.loss.beta_warmup, cfg.loss.beta_decay = int(beta_warmup), int(beta_decay)
+    cfg.loss.beta_warmup = _whole("loss.beta_warmup", beta_warmup)
+    cfg.loss.beta_decay = _whole("loss.beta_decay", beta_decay)
     cfg.optim.lr, cfg.rollout.temperature = float(lr), float(temperature)
-    cfg.rollout.group_size, cfg.run.steps = int(group_size), int(steps)
+    cfg.rollout.group_size, cfg.run.steps = _whole("rollout.group_size", group_size), _whole("run.steps", steps)
     cfg.model.name = (model or "").strip() or "embedded"
     cfg.data.train, cfg.data.val = (data or "").strip() or "embedded", (val or "").strip() or "embedded"
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
@@ -167,6 +169,13 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
         raise ValueError(f"config model.name={name!r} is invalid: no such directory (expected a save_pretrained folder)")
     return check_config(cfg)
+
+
+def _whole(name: str, value) -> int:
+    """A count from a page number box; inf or NaN (which int() cannot take) is refused like any bad value."""
+    if not math.isfinite(float(value)):
+        raise ValueError(f"config {name}={value!r} is invalid: must be a finite whole number (set by --{name})")
+    return int(value)
 
 
 # ---------------- record selection (which step / group / response the views show) ----------------

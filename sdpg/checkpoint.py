@@ -5,12 +5,15 @@ Design choices:
   when complete, so a crash mid-save never leaves a half checkpoint that resume would pick up.
 - `latest_checkpoint(run_dir)` finds the highest complete `checkpoints/step_XXXXXX`; older ones beyond
   `keep` are pruned after a successful save.
+- The training state is loaded with `weights_only=True`: it holds only tensors and plain values, and a
+  run directory copied from elsewhere cannot run code through it.
 - Resume restores the trained weights into a model built from the original config, so the frozen
   reference is still the initial policy, not the checkpoint.
 """
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -59,7 +62,13 @@ def load_checkpoint(trainer, ckpt: str | Path) -> int:
         raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE})")
     saved = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=trainer.model.dtype)
     trainer.model.load_state_dict(saved.state_dict())
-    state = torch.load(ckpt / STATE_FILE, weights_only=False)
+    try:  # tensors and plain values only: a run directory from elsewhere must not run code when resumed
+        state = torch.load(ckpt / STATE_FILE, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = [line.strip().split(". Please")[0] for line in str(err).splitlines()
+                 if "Unsupported global" in line]
+        raise ValueError(f"{ckpt / STATE_FILE} holds more than tensors and plain values, so it is not loaded "
+                         f"(loading it could run code){': ' + found[0] if found else ''}") from None
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.sampler.load_state(state["sampler"])

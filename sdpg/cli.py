@@ -8,6 +8,8 @@ Design choices:
 - `--preset paper` starts from the paper's settings; `--config run/config.json` from a saved config;
   flags given on the command line override either. `--resume RUN_DIR` continues a run with the config
   saved in that directory.
+- `model.trust_remote_code` is never taken from a file (`--config`, `--resume`): only the flag given on this
+  command line allows model code to run.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -86,6 +89,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
     else:
         cfg = preset(args.preset)
+    if cfg.model.trust_remote_code:  # a run directory from elsewhere must not be able to run its model code here
+        print(f"note: {args.resume or args.config} sets model.trust_remote_code; ignored (a file cannot allow "
+              f"model code to run: pass --model.trust_remote_code yourself)", file=sys.stderr)
+        cfg.model.trust_remote_code = False
     for key, value in vars(args).items():
         if "." in key:
             section, name = key.split(".")

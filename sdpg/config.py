@@ -12,6 +12,7 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,15 @@ ROLLOUT_ENGINES = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16")
 PRESETS = ("cpu", "paper")
 REWARD_SCALES = ("01", "pm1")
+# Upper bounds far above any real run: they stop a typo (or 1e30 typed into a page) before anything is
+# allocated; the memory planner judges what fits in between.
+MAX_GROUP_SIZE = 1024
+MAX_PROMPTS_PER_STEP = 16384
+MAX_TOKENS = 1 << 20
+MAX_STEPS = 10_000_000
+MAX_ROWS = 10_000_000
+MAX_RECORD_GROUPS = 1024
+MAX_TEMPERATURE = 100.0
 
 
 @dataclass
@@ -60,6 +70,9 @@ class DataConfig:
     """embedded task: number of held-out problems (disjoint from training)"""
     skip_bad_rows: bool = False
     """when loading files: skip malformed rows (and report how many) instead of failing"""
+    require_context: bool = False
+    """refuse rows that give the teacher no privileged context (no sentinel, or nothing after it) when the
+    method needs a teacher, instead of warning and counting them"""
 
 
 @dataclass
@@ -238,58 +251,86 @@ class TrainConfig:
             ("loss.ref_mode", self.loss.ref_mode in REF_MODES, f"must be one of {REF_MODES}"),
             ("loss.agg", self.loss.agg in AGG_MODES, f"must be one of {AGG_MODES}"),
             ("loss.adv_scale", self.loss.adv_scale in ADV_SCALES, f"must be one of {ADV_SCALES}"),
-            ("loss.beta", self.loss.beta >= 0, "must be >= 0"),
-            ("loss.alpha", self.loss.alpha >= 0, "must be >= 0"),
-            ("loss.beta_warmup", self.loss.beta_warmup >= 0, "must be >= 0"),
-            ("loss.beta_decay", self.loss.beta_decay >= 0, "must be >= 0"),
-            ("loss.clip_low", 0 <= self.loss.clip_low < 1, "must be in [0, 1)"),
-            ("loss.clip_high", self.loss.clip_high >= 0, "must be >= 0"),
-            ("loss.clip_c", self.loss.clip_c is None or self.loss.clip_c > 1, "must be > 1 or None"),
-            ("loss.rlsd_lambda", 0 <= self.loss.rlsd_lambda <= 1, "must be in [0, 1]"),
-            ("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps >= 0, "must be >= 0"),
-            ("loss.rlsd_eps_w", 0 <= self.loss.rlsd_eps_w < 1, "must be in [0, 1)"),
-            ("loss.kl_clamp", self.loss.kl_clamp >= 0, "must be >= 0 (--loss.kl_clamp 0 turns the clamp off)"),
-            ("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature > 0, "must be > 0"),
+            _span("loss.beta", self.loss.beta, 0, math.inf),
+            _span("loss.alpha", self.loss.alpha, 0, math.inf),
+            _span("loss.beta_warmup", self.loss.beta_warmup, 0, MAX_STEPS),
+            _span("loss.beta_decay", self.loss.beta_decay, 0, MAX_STEPS),
+            _span("loss.clip_low", self.loss.clip_low, 0, 1, hi_open=True),
+            _span("loss.clip_high", self.loss.clip_high, 0, math.inf),
+            ("loss.clip_c", self.loss.clip_c is None or 1 < self.loss.clip_c < math.inf,
+             "must be > 1 and finite, or None"),
+            _span("loss.rlsd_lambda", self.loss.rlsd_lambda, 0, 1),
+            _span("loss.rlsd_lambda_decay_steps", self.loss.rlsd_lambda_decay_steps, 0, MAX_STEPS),
+            _span("loss.rlsd_eps_w", self.loss.rlsd_eps_w, 0, 1, hi_open=True),
+            ("loss.kl_clamp", _finite(self.loss.kl_clamp) and self.loss.kl_clamp >= 0,
+             "must be >= 0 (--loss.kl_clamp 0 turns the clamp off)"),
+            _span("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature, 0, MAX_TEMPERATURE,
+                  lo_open=True),
             ("model.dtype", self.model.dtype in DTYPES, f"must be one of {DTYPES}"),
             ("model.device", self.model.device in ("auto", "cpu", "cuda") or
              re.fullmatch(r"cuda:\d+", self.model.device) is not None, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
             ("rollout.engine", self.rollout.engine in ROLLOUT_ENGINES, f"must be one of {ROLLOUT_ENGINES}"),
             ("rollout.top_p", self.rollout.engine != "vllm" or self.rollout.top_p == 1.0,
              "must be 1.0 with rollout.engine='vllm' (vLLM's log-probs would include the top-p truncation)"),
-            ("rollout.vllm_gpu_memory_utilization", 0 < self.rollout.vllm_gpu_memory_utilization < 1,
-             "must be in (0, 1)"),
-            ("rollout.group_size", self.rollout.group_size >= 1, "must be >= 1"),
-            ("rollout.prompts_per_step", self.rollout.prompts_per_step >= 1, "must be >= 1"),
-            ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
-            ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
-            ("rollout.max_new_tokens", self.rollout.max_new_tokens >= 1, "must be >= 1"),
-            ("reward.timeout_s", self.reward.timeout_s > 0, "must be > 0"),
-            ("reward.workers", self.reward.workers >= 1, "must be >= 1"),
+            _span("rollout.vllm_gpu_memory_utilization", self.rollout.vllm_gpu_memory_utilization, 0, 1,
+                  lo_open=True, hi_open=True),
+            _span("rollout.group_size", self.rollout.group_size, 1, MAX_GROUP_SIZE),
+            _span("rollout.prompts_per_step", self.rollout.prompts_per_step, 1, MAX_PROMPTS_PER_STEP),
+            _span("rollout.temperature", self.rollout.temperature, 0, MAX_TEMPERATURE, lo_open=True),
+            _span("rollout.top_p", self.rollout.top_p, 0, 1, lo_open=True),
+            _span("rollout.max_new_tokens", self.rollout.max_new_tokens, 1, MAX_TOKENS),
+            _span("rollout.max_prompt_tokens", self.rollout.max_prompt_tokens, 1, MAX_TOKENS),
+            _span("reward.timeout_s", self.reward.timeout_s, 0, 3600, lo_open=True),
+            _span("reward.workers", self.reward.workers, 1, 256),
             ("reward.scale", self.reward.scale in REWARD_SCALES, f"must be one of {REWARD_SCALES}"),
             ("reward.overlong_buffer", 0 <= self.reward.overlong_buffer < self.rollout.max_new_tokens,
              "must be in [0, rollout.max_new_tokens)"),
-            ("optim.lr", self.optim.lr > 0, "must be > 0"),
-            ("optim.grad_clip", self.optim.grad_clip > 0, "must be > 0"),
-            ("optim.micro_batch", self.optim.micro_batch >= 1, "must be >= 1"),
-            ("optim.micro_batch_tokens", self.optim.micro_batch_tokens >= 0, "must be >= 0"),
-            ("optim.mini_batch_prompts", self.optim.mini_batch_prompts >= 0, "must be >= 0 (0 = the whole batch)"),
-            ("optim.mini_batch_prompts", self.optim.mini_batch_prompts == 0 or
-             self.rollout.prompts_per_step % self.optim.mini_batch_prompts == 0,
+            _span("reward.overlong_penalty", self.reward.overlong_penalty, 0, math.inf),
+            _span("optim.lr", self.optim.lr, 0, math.inf, lo_open=True),
+            ("optim.betas", len(self.optim.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.optim.betas),
+             "must be two numbers in [0, 1)"),
+            _span("optim.weight_decay", self.optim.weight_decay, 0, math.inf),
+            _span("optim.grad_clip", self.optim.grad_clip, 0, math.inf, lo_open=True),
+            _span("optim.warmup_steps", self.optim.warmup_steps, 0, MAX_STEPS),
+            _span("optim.micro_batch", self.optim.micro_batch, 1, MAX_PROMPTS_PER_STEP * MAX_GROUP_SIZE),
+            _span("optim.micro_batch_tokens", self.optim.micro_batch_tokens, 0, 2 ** 40),
+            _span("optim.mini_batch_prompts", self.optim.mini_batch_prompts, 0, MAX_PROMPTS_PER_STEP),
+            ("optim.mini_batch_prompts", not _finite(self.optim.mini_batch_prompts) or
+             self.optim.mini_batch_prompts == 0 or self.rollout.prompts_per_step % self.optim.mini_batch_prompts == 0,
              f"must divide rollout.prompts_per_step={self.rollout.prompts_per_step} (whole mini-batches of groups)"),
-            ("optim.epochs", self.optim.epochs >= 1, "must be >= 1"),
-            ("run.steps", self.run.steps >= 1, "must be >= 1"),
-            ("run.eval_every", self.run.eval_every >= 0, "must be >= 0"),
-            ("run.eval_samples", self.run.eval_samples >= 1, "must be >= 1"),
-            ("run.save_every", self.run.save_every >= 0, "must be >= 0"),
-            ("run.record_groups", self.run.record_groups >= 0, "must be >= 0"),
+            _span("optim.epochs", self.optim.epochs, 1, 1000),
+            _span("run.steps", self.run.steps, 1, MAX_STEPS),
+            _span("run.eval_every", self.run.eval_every, 0, MAX_STEPS),
+            _span("run.eval_samples", self.run.eval_samples, 1, MAX_GROUP_SIZE),
+            _span("run.save_every", self.run.save_every, 0, MAX_STEPS),
+            _span("run.record_groups", self.run.record_groups, 0, MAX_RECORD_GROUPS),
+            _span("run.max_resample", self.run.max_resample, 0, 100),
+            _span("data.n_train", self.data.n_train, 1, MAX_ROWS),
+            _span("data.n_val", self.data.n_val, 1, MAX_ROWS),
             ("data.digits", len(self.data.digits) == 2 and all(1 <= d <= 9 for d in self.data.digits),
              "must be two digit counts in 1..9"),
         ]
         for name, ok, why in checks:
             if not ok:
                 value = operator.attrgetter(name)(self)
-                raise ValueError(f"config {name}={value!r} is invalid: {why}")
+                raise ValueError(f"config {name}={value!r} is invalid: {why} (set by --{name})")
         return self
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _span(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+          ) -> tuple[str, bool, str]:
+    """A validate() check that `value` is a finite number in the interval lo..hi (inf: unbounded)."""
+    ok = _finite(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+    interval = f"{'(' if lo_open else '['}{_number(lo)}, {_number(hi)}{')' if hi_open or hi == math.inf else ']'}"
+    return name, ok, f"must be a finite number in {interval}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
 
 
 def preset(name: str) -> TrainConfig:

@@ -21,6 +21,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,8 @@ class LoadedRows:
     """number of bad rows left out (always 0 unless `skip_bad_rows`)"""
     problems: tuple[str, ...] = ()
     """one message per skipped row, e.g. "data/train.jsonl row 17: reward_model.ground_truth is missing" """
+    where: tuple[str, ...] = ()
+    """per kept row, where it is in the file, e.g. "row 3 (line 4)" (empty for generated rows)"""
 
 
 def fill_template(template: str, **values: str) -> str:
@@ -190,6 +193,9 @@ def convert_dapo_rows(path_in: str | Path, path_out: str | Path, *, student_temp
             raise _BadRow("question is missing (expected `question` or a string `prompt`)")
         if not isinstance(question, str) or not question.strip():
             raise _BadRow(f"question must be a non-empty string, got {_describe(question)}")
+        if TEACHER_CONTEXT_TOKEN in question:
+            raise _BadRow(f"question holds {TEACHER_CONTEXT_TOKEN}; the teacher context is built from answer and "
+                          f"solution")
         answer = _answer_text(record.get("answer"), "answer")
         solution = record.get("solution")
         if solution is not None and not isinstance(solution, str):
@@ -206,10 +212,11 @@ def convert_dapo_rows(path_in: str | Path, path_out: str | Path, *, student_temp
 
 def _convert(path: Path, build: Callable[[Any], PromptRow], skip_bad_rows: bool) -> LoadedRows:
     """Build a row from every record of a file, failing or skipping (and counting) the bad ones."""
-    rows, problems = [], []
+    rows, problems, kept = [], [], []
     for where, record in _read_records(path):
         try:
             rows.append(build(record))
+            kept.append(where)
         except _BadRow as e:
             message = f"{path} {where}: {e}"
             if not skip_bad_rows:
@@ -217,7 +224,12 @@ def _convert(path: Path, build: Callable[[Any], PromptRow], skip_bad_rows: bool)
             problems.append(message)
     if not rows:
         raise DataError(f"{path}: no usable rows ({len(problems)} bad; first: {problems[0]})")
-    return LoadedRows(rows=rows, skipped=len(problems), problems=tuple(problems))
+    return LoadedRows(rows=rows, skipped=len(problems), problems=tuple(problems), where=tuple(kept))
+
+
+def rows_without_context(rows: list[PromptRow]) -> int:
+    """How many rows give the teacher nothing beyond the student's prompt (no sentinel, or nothing after it)."""
+    return sum(not row.context.strip() for row in rows)
 
 
 def _check_suffix(path: Path) -> None:
@@ -248,7 +260,7 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
 
 def _read_json_records(path: Path) -> list[tuple[str, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # editors on Windows start files with a byte-order mark
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
     if text.lstrip().startswith("["):
@@ -256,6 +268,8 @@ def _read_json_records(path: Path) -> list[tuple[str, Any]]:
             array = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise DataError(f"{path}: not usable JSON (nested too deeply)") from None
         return [(f"row {i}", r) for i, r in enumerate(array)]
     records = []
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -265,6 +279,8 @@ def _read_json_records(path: Path) -> list[tuple[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             record = _BadRow(f"not valid JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            record = _BadRow("not usable JSON (nested too deeply)")
         records.append((f"row {len(records)} (line {line_no})", record))
     return records
 
@@ -282,6 +298,9 @@ def _row_from_verl(record: Any) -> PromptRow:
         raise _BadRow(f"reward_model must be an object with a ground_truth, got {_describe(reward_model)}")
     else:
         answer = _answer_text(reward_model.get("ground_truth"), "reward_model.ground_truth")
+    if text.count(TEACHER_CONTEXT_TOKEN) > 1:
+        raise _BadRow(f"prompt holds {TEACHER_CONTEXT_TOKEN} {text.count(TEACHER_CONTEXT_TOKEN)} times; it may "
+                      f"appear once, between the student text and the teacher context")
     row = PromptRow.from_text(text, answer=answer, data_source=_source(record))
     if not row.prompt.strip():
         raise _BadRow("prompt is empty (nothing before the teacher context)")
@@ -312,6 +331,10 @@ def _prompt_text(prompt: Any) -> str:
     if not users:
         raise _BadRow("prompt has no user message")
     systems = [m["content"] for m in prompt if m["role"] == "system"]
+    if systems and TEACHER_CONTEXT_TOKEN in systems[0]:
+        # The system text goes before the question, so a context there would hide the question from the student.
+        raise _BadRow(f"prompt's system message holds {TEACHER_CONTEXT_TOKEN}; put it in the last user message, "
+                      f"after the question")
     return f"{systems[0]}\n\n{users[-1]}" if systems else users[-1]
 
 
@@ -320,6 +343,8 @@ def _answer_text(value: Any, field: str) -> str:
         raise _BadRow(f"{field} is missing")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _BadRow(f"{field} must be a string or a number, got {_describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _BadRow(f"{field} is {value} (not a usable answer)")
     text = str(value)
     if not text.strip():
         raise _BadRow(f"{field} is empty")

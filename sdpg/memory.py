@@ -12,6 +12,10 @@ Design choices:
   engine keeps).
 - Activations count what a Qwen3/Llama-style block saves for backward with fused attention; gradient
   checkpointing keeps each layer's input and recomputes one layer at a time.
+- The step's batch itself (ids, masks, texts and verdicts of every sampled sequence) grows with
+  prompts x group size in both phases; on a CPU it is what an absurd group size exhausts first.
+- On a CPU the device is the host's RAM (the physical total, or the cgroup limit when lower), with a
+  Python/torch runtime allowance instead of the CUDA one.
 - A runtime allowance and an allocator slack are added: the plan catches runs that are clearly too big
   (off by tens of percent, not by factors); it does not replace a measurement.
 - A refusal names the phase and its largest terms and suggests the least disruptive change that fits.
@@ -19,8 +23,10 @@ Design choices:
 from __future__ import annotations
 
 import operator
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -30,11 +36,17 @@ from sdpg.embedded.model import TinyModelConfig, build_tiny_model
 from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.fused_kl import TILE_LOGITS
 from sdpg.methods import check_config, get_method
-from sdpg.models import EMBEDDED
+from sdpg.models import EMBEDDED, hub_kwargs
 
 GIB = 1024 ** 3
 RUNTIME_BYTES = int(1.5 * GIB)
 """CUDA context, cuBLAS/NCCL workspaces and the like, outside the allocator's view"""
+CPU_RUNTIME_BYTES = 1 * GIB
+"""the Python interpreter with torch, transformers and the verifier pool loaded, on a CPU run"""
+BATCH_BYTES_PER_TOKEN = 64
+"""per sampled token of the step's batch: prompt, teacher-prompt and response ids and masks, old log-probs"""
+BATCH_BYTES_PER_SEQUENCE = 2048
+"""per sampled sequence: its decoded text, verdict and the Python objects around them"""
 SLACK = 0.08
 """fraction of the card kept free for allocator fragmentation"""
 VLLM_ASLEEP_BYTES = int(0.5 * GIB)
@@ -101,6 +113,8 @@ class MemoryPlan:
     """update-phase terms: name -> bytes"""
     micro_tokens: int
     """tokens (prompt + response) per update micro-batch the plan assumed"""
+    where: str = "device"
+    """what `total` is: "device" (a GPU's memory) or "host RAM" (a CPU run)"""
 
     @property
     def usable(self) -> int:
@@ -112,7 +126,7 @@ class MemoryPlan:
 
     def table(self) -> str:
         """The plan as aligned text, GiB per term and phase."""
-        lines = [f"device {self.total / GIB:.1f} GiB, usable {self.usable / GIB:.1f} GiB "
+        lines = [f"{self.where} {self.total / GIB:.1f} GiB, usable {self.usable / GIB:.1f} GiB "
                  f"({SLACK:.0%} kept for fragmentation); update micro-batch {self.micro_tokens} tokens"]
         for phase, terms in (("rollout", self.rollout), ("update", self.update)):
             lines.append(f"  {phase} phase: {sum(terms.values()) / GIB:.1f} GiB")
@@ -120,8 +134,10 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_reference: bool = True) -> MemoryPlan:
-    """Estimated peak bytes of the rollout and update phases of `cfg` for a model of `shape`."""
+def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_reference: bool = True,
+                on_cpu: bool = False) -> MemoryPlan:
+    """Estimated peak bytes of the rollout and update phases of `cfg` for a model of `shape` (`on_cpu`: in
+    host RAM)."""
     wbytes = 2 if cfg.model.dtype == "bfloat16" else 4
     abytes = 2 if cfg.model.autocast else wbytes
     r = cfg.rollout
@@ -132,7 +148,11 @@ def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_r
     state = {"weights": shape.params * wbytes, "AdamW state (2 moments)": 2 * shape.params * wbytes}
     if uses_reference:
         state["reference model"] = shape.params * wbytes
-    state["CUDA runtime"] = RUNTIME_BYTES
+    if on_cpu:
+        state["Python/torch runtime"] = CPU_RUNTIME_BYTES
+    else:
+        state["CUDA runtime"] = RUNTIME_BYTES
+    state["step batch (ids, texts)"] = batch * (seq * BATCH_BYTES_PER_TOKEN + BATCH_BYTES_PER_SEQUENCE)
     rollout = dict(state)
     if r.engine == "vllm":
         rollout["vLLM share (awake)"] = int(r.vllm_gpu_memory_utilization * total_bytes)
@@ -148,7 +168,8 @@ def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_r
         update["vLLM (asleep)"] = VLLM_ASLEEP_BYTES
     elif r.engine == "vllm":
         update["vLLM share (awake)"] = rollout["vLLM share (awake)"]
-    return MemoryPlan(total=total_bytes, rollout=rollout, update=update, micro_tokens=micro)
+    return MemoryPlan(total=total_bytes, rollout=rollout, update=update, micro_tokens=micro,
+                      where="host RAM" if on_cpu else "device")
 
 
 def micro_batch_tokens(cfg: TrainConfig, seq_tokens: int, batch: int) -> int:
@@ -174,7 +195,8 @@ def kl_workspace_bytes(shape: ModelShape, response_tokens: int, fused: bool) -> 
     return PLAIN_KL_COPIES * response_tokens * shape.vocab * 4
 
 
-def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_reference: bool = True) -> str:
+def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_reference: bool = True,
+            on_cpu: bool = False) -> str:
     """The least disruptive change that makes the plan fit, as command-line flags, else a sentence."""
     r = cfg.rollout
     seq = r.max_prompt_tokens + r.max_new_tokens
@@ -189,12 +211,18 @@ def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_refer
                        for s in range(round(r.vllm_gpu_memory_utilization * 100) - 5, 4, -5)]
     candidates += [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": r.max_prompt_tokens + 2 ** k}
                    for k in range(20, 6, -1) if 2 ** k < r.max_new_tokens]
+    fewer = [{"rollout.prompts_per_step": 2 ** k} for k in range(20, -1, -1) if 2 ** k < r.prompts_per_step]
+    fewer += [{"rollout.prompts_per_step": 1, "rollout.group_size": 2 ** k}
+              for k in range(10, 0, -1) if 2 ** k < r.group_size]
+    shorter = [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": r.max_prompt_tokens + 2 ** k}
+               for k in range(20, 6, -1) if 2 ** k < r.max_new_tokens]
+    candidates += fewer + [{**batch, **length} for batch in fewer for length in shorter]
     for changes in candidates:
         trial = TrainConfig.from_dict(cfg.to_dict())
         for key, value in changes.items():
             section, name = key.split(".")
             setattr(getattr(trial, section), name, value)
-        if plan_memory(trial, shape, total_bytes, uses_reference=uses_reference).fits:
+        if plan_memory(trial, shape, total_bytes, uses_reference=uses_reference, on_cpu=on_cpu).fits:
             return " ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in changes.items())
     per_param = (5 if uses_reference else 4) * (2 if cfg.model.dtype == "bfloat16" else 4)
     largest = (total_bytes * (1 - SLACK) - RUNTIME_BYTES) / per_param
@@ -203,18 +231,32 @@ def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_refer
             f"activations and rollout (this model has {shape.params / 1e9:.2f}B)")
 
 
-def check_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_reference: bool = True) -> MemoryPlan:
+def check_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_reference: bool = True,
+                 on_cpu: bool = False) -> MemoryPlan:
     """The plan when it fits; otherwise MemoryPlanError with the plan and a suggested change."""
-    plan = plan_memory(cfg, shape, total_bytes, uses_reference=uses_reference)
+    plan = plan_memory(cfg, shape, total_bytes, uses_reference=uses_reference, on_cpu=on_cpu)
     if plan.fits:
         return plan
     phase, terms = max((("rollout", plan.rollout), ("update", plan.update)), key=lambda p: sum(p[1].values()))
     biggest = ", ".join(f"{k} {v / GIB:.1f} GiB" for k, v in sorted(terms.items(), key=lambda kv: -kv[1])[:3])
     raise MemoryPlanError(
         f"{cfg.model.name} will not fit: the {phase} phase needs ~{sum(terms.values()) / GIB:.1f} GiB of "
-        f"{plan.usable / GIB:.1f} GiB usable (largest: {biggest}).\n"
-        f"Suggested: {suggest(cfg, shape, total_bytes, uses_reference=uses_reference)}\n"
+        f"{plan.usable / GIB:.1f} GiB usable {plan.where} (largest: {biggest}).\n"
+        f"Suggested: {suggest(cfg, shape, total_bytes, uses_reference=uses_reference, on_cpu=on_cpu)}\n"
         f"(--no-run.memory_check tries anyway)\n{plan.table()}")
+
+
+def host_memory_bytes() -> int:
+    """The host's RAM: physical memory, or the cgroup (container) limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def model_config(cfg: TrainConfig):
@@ -224,7 +266,8 @@ def model_config(cfg: TrainConfig):
     if cfg.model.name == EMBEDDED:
         with torch.device("meta"):
             return build_tiny_model(build_char_tokenizer(), TinyModelConfig()).config
-    return AutoConfig.from_pretrained(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    return AutoConfig.from_pretrained(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                                      **hub_kwargs(cfg.model.name))
 
 
 def main(argv: list[str] | None = None) -> int:

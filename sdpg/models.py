@@ -7,6 +7,8 @@ Design choices:
 - Tokenizers pad on the left so every prompt ends where generation starts; a missing pad token falls
   back to EOS.
 - Loading failures name the model id or path; a path that does not exist fails before any hub call.
+- A hub id honours offline mode (`HF_HUB_OFFLINE`) and a hub that cannot be reached is found by one
+  short probe, so the run loads from the local HF cache or fails at once instead of retrying for a minute.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import copy
 import os
 from pathlib import Path
 
+import huggingface_hub
 import torch
+from huggingface_hub.utils import get_session
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdpg.config import DTYPES, DataConfig, ModelConfig
@@ -23,6 +27,8 @@ from sdpg.embedded.warmstart import WarmStartConfig
 
 EMBEDDED = "embedded"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
+HUB_PROBE_S = 5.0
+"""seconds the hub reachability probe waits before a hub id is taken from the local cache or refused"""
 
 
 class ModelLoadError(OSError):
@@ -42,7 +48,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"model.device={name!r} but torch sees no CUDA device (torch {torch.__version__})")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"model.device={name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1} (set by --model.device)")
+    return device
 
 
 def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "cpu",
@@ -76,14 +86,40 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.isabs(name) or os.path.exists(name)
 
 
+def hub_kwargs(name: str) -> dict:
+    """Extra `from_pretrained` arguments for `name`: {} for a local folder or a reachable hub, local files only
+    when offline or the hub is unreachable but the id is cached; ModelLoadError when it cannot load at all."""
+    if _looks_like_path(name):
+        return {}
+    cached = isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str)
+    if huggingface_hub.is_offline_mode():
+        if cached:
+            return {"local_files_only": True}
+        raise ModelLoadError(f"cannot load model {name!r}: offline mode is on (HF_HUB_OFFLINE) and it is not in "
+                             f"the local HF cache; download it first or give a local save_pretrained folder")
+    endpoint = huggingface_hub.constants.ENDPOINT
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_S)
+    except Exception as err:  # any failure to connect means the downloads would only retry
+        if cached:
+            return {"local_files_only": True}
+        raise ModelLoadError(f"cannot load model {name!r}: the hub ({endpoint}) cannot be reached "
+                             f"({type(err).__name__}: {err}) and the model is not in the local HF cache; give a "
+                             f"local save_pretrained folder, or set HF_HUB_OFFLINE=1 to use cached models only"
+                             ) from None
+    return {}
+
+
 def _from_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool
                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise ModelLoadError(f"cannot load model {name!r}: no such directory (expected a save_pretrained folder)")
     path_or_id = str(Path(name).expanduser()) if _looks_like_path(name) else name
+    hub = hub_kwargs(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code, **hub)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **hub)
     except (OSError, ValueError, KeyError, ImportError) as err:
         raise ModelLoadError(
             f"cannot load model {name!r}: {err}\n(an HF id needs hub access or a local HF cache; "

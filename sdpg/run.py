@@ -8,10 +8,14 @@ Design choices:
 - A crash is caught in the thread: status becomes "crashed", the message and traceback tail land in
   `handle.error` and in an `error` event, and the records and last checkpoint stay on disk.
 - `build_trainer` is the one place that turns a config into model, data, verifier and trainer; the CLI,
-  the dashboard and the notebooks all go through it.
+  the dashboard and the notebooks all go through it. What it notices about the data (rows skipped, rows
+  without a teacher context) is printed and recorded as an event, never dropped silently.
+- A resume continues one run: settings the restored state would override (optimizer hyper-parameters,
+  model, data, seed, method) are refused; the changes that do take effect are recorded as an event.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 import traceback
@@ -22,11 +26,11 @@ import torch
 
 from sdpg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdpg.config import TrainConfig
-from sdpg.data import PromptRow, load_rows
+from sdpg.data import DataError, LoadedRows, PromptRow, load_rows, render_prompts, rows_without_context
 from sdpg.methods import check_config, get_method
-from sdpg.memory import ModelShape, check_memory, model_config
+from sdpg.memory import ModelShape, check_memory, host_memory_bytes, model_config
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
-from sdpg.records import RecordStream
+from sdpg.records import CONFIG_FILE, RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.task import make_rows
 from sdpg.trainer import Trainer
@@ -39,15 +43,33 @@ PAUSABLE = ("loading", "running")
 """a pause request is honoured between steps from these states"""
 TERMINAL = ("stopped", "finished", "crashed")
 """a run whose thread has ended; its records are complete"""
+FIXED_ON_RESUME = {
+    "optim.lr": "the restored optimizer keeps its learning rate",
+    "optim.betas": "the restored optimizer keeps its betas",
+    "optim.weight_decay": "the restored optimizer keeps its weight decay",
+    "model.name": "the checkpoint holds that model's weights",
+    "model.dtype": "the checkpoint's weights and optimizer state have that dtype",
+    "run.seed": "the restored sampler and random states come from that seed",
+    "loss.method": "the run's records are of that method",
+}
+"""settings a resume cannot change (every `data.*` setting too: the restored sampler walks that data)"""
+TEACHER_NEEDS = frozenset({"teacher_logp", "ref_teacher_logp", "ref_distill_kl"})
+"""method inputs computed from the privileged prompt"""
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
+    train, val = load_datasets(cfg)
+    return train.rows, val.rows
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[LoadedRows, LoadedRows]:
+    """The training and held-out rows with what was skipped and where each kept row is in its file."""
     d = cfg.data
 
-    def rows(spec: str, split: str, n: int) -> list[PromptRow]:
+    def rows(spec: str, split: str, n: int) -> LoadedRows:
         if spec == "embedded":
-            return make_rows(n, digits=tuple(d.digits), seed=cfg.run.seed, split=split)
-        return load_rows(spec, skip_bad_rows=d.skip_bad_rows).rows
+            return LoadedRows(make_rows(n, digits=tuple(d.digits), seed=cfg.run.seed, split=split), skipped=0)
+        return load_rows(spec, skip_bad_rows=d.skip_bad_rows)
 
     return rows(d.train, "train", d.n_train), rows(d.val, "val", d.n_val)
 
@@ -55,18 +77,89 @@ def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
 def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = True) -> Trainer:
     uses_reference = get_method(check_config(cfg).loss.method).uses_reference(cfg.loss)  # refuses bad settings first
     torch.manual_seed(cfg.run.seed)
-    train_rows, val_rows = load_data(cfg)
-    if not train_rows:
-        raise ValueError(f"data.train={cfg.data.train!r} gave no training rows")
+    train, val = load_datasets(cfg)
     device = resolve_device(cfg.model.device)
-    if device.type == "cuda" and cfg.run.memory_check:  # refuse before loading a model that will not fit
-        check_memory(cfg, ModelShape.from_config(model_config(cfg)),
-                     torch.cuda.get_device_properties(device).total_memory, uses_reference=uses_reference)
+    if cfg.run.memory_check:  # refuse before loading a model (or sampling a batch) that will not fit
+        on_cpu = device.type != "cuda"
+        total = host_memory_bytes() if on_cpu else torch.cuda.get_device_properties(device).total_memory
+        check_memory(cfg, ModelShape.from_config(model_config(cfg)), total, uses_reference=uses_reference,
+                     on_cpu=on_cpu)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress)
+    train, val = (check_prompt_lengths(cfg, tokenizer, loaded, spec) for loaded, spec in
+                  ((train, cfg.data.train), (val, cfg.data.val)))
+    for loaded, spec, split in ((train, cfg.data.train, "train"), (val, cfg.data.val, "val")):
+        report_data(cfg, records, loaded, spec, split)
+    train_rows, val_rows = train.rows, val.rows
     ref = make_reference(model) if uses_reference else None
     verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers, scale=cfg.reward.scale)
     return Trainer(cfg, model=model, tokenizer=tokenizer, ref_model=ref, train_rows=train_rows,
                    val_rows=val_rows, records=records, verifier=verifier)
+
+
+def check_prompt_lengths(cfg: TrainConfig, tokenizer, loaded: LoadedRows, spec: str) -> LoadedRows:
+    """A file row whose rendered teacher prompt (the longer side) exceeds `rollout.max_prompt_tokens` is a bad
+    row, found at load (naming file and row) rather than when a step samples it."""
+    if not loaded.where:
+        return loaded
+    limit = cfg.rollout.max_prompt_tokens
+    texts = render_prompts(tokenizer, [row.teacher_prompt for row in loaded.rows],
+                           enable_thinking=cfg.model.enable_thinking)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    if not too_long:
+        return loaded
+    problems = tuple(f"{spec} {loaded.where[i]}: prompt is {lengths[i]} tokens with its teacher context, more "
+                     f"than rollout.max_prompt_tokens={limit} (shorten the row or raise --rollout.max_prompt_tokens)"
+                     for i in too_long)
+    if not cfg.data.skip_bad_rows or len(too_long) == len(loaded.rows):
+        raise DataError(problems[0] + (f" ({len(too_long)} rows are too long)" if len(too_long) > 1 else ""))
+    keep = sorted(set(range(len(loaded.rows))) - set(too_long))
+    return LoadedRows([loaded.rows[i] for i in keep], skipped=loaded.skipped + len(too_long),
+                      problems=loaded.problems + problems, where=tuple(loaded.where[i] for i in keep))
+
+
+def report_data(cfg: TrainConfig, records: RecordStream, loaded: LoadedRows, spec: str, split: str) -> None:
+    """Print and record what loading left out, and rows that give a teacher-using method no privileged context."""
+    if loaded.skipped:
+        message = (f"data.{split}: skipped {loaded.skipped} bad rows of {spec} (kept {len(loaded.rows)}); "
+                   f"first: {'; '.join(loaded.problems[:3])}")
+        print(f"warning: {message}", flush=True)
+        records.emit_event("data_rows_skipped", split=split, file=spec, count=loaded.skipped,
+                           kept=len(loaded.rows), reasons=list(loaded.problems[:5]), message=message)
+    spec_method = get_method(cfg.loss.method)
+    bare = rows_without_context(loaded.rows)
+    if not bare or not (spec_method.distills or TEACHER_NEEDS & spec_method.needs):
+        return
+    first = next(i for i, row in enumerate(loaded.rows) if not row.context.strip())
+    where = f"{spec} {loaded.where[first]}" if loaded.where else spec
+    message = (f"data.{split}: {bare} of {len(loaded.rows)} rows have no teacher context (no "
+               f"[TEACHER_CONTEXT_TOKEN] or nothing after it; first: {where}), so method {cfg.loss.method!r} "
+               f"distils from a teacher that sees only the student's prompt there")
+    if cfg.data.require_context:
+        raise DataError(f"{message} (--data.require_context refuses such rows)")
+    print(f"warning: {message}", flush=True)
+    records.emit_event("data_no_context", split=split, file=spec, count=bare, rows=len(loaded.rows), message=message)
+
+
+def resume_changes(run_dir: Path, cfg: TrainConfig) -> dict[str, list]:
+    """{setting: [saved, now]} for the settings `cfg` changes against the run's saved config; ValueError for a
+    change the restored state would silently override."""
+    saved_file = run_dir / CONFIG_FILE
+    if not saved_file.exists():
+        return {}
+    saved = _flat(TrainConfig.from_dict(json.loads(saved_file.read_text())).to_dict())
+    now = _flat(cfg.to_dict())
+    changes = {key: [saved[key], now[key]] for key in now if now[key] != saved[key] and key != "run.run_dir"}
+    for key, (old, new) in changes.items():
+        why = FIXED_ON_RESUME.get(key) or ("the restored sampler walks that data" if key.startswith("data.") else "")
+        if why:
+            raise ValueError(f"cannot resume {run_dir} with --{key} {new!r} (the run has {old!r}): {why}. "
+                             f"Resume without changing it, or start a new run")
+    return changes
+
+
+def _flat(config: dict) -> dict:
+    return {f"{section}.{name}": value for section, fields in config.items() for name, value in fields.items()}
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -81,6 +174,8 @@ class RunHandle:
         self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
         if resume and latest_checkpoint(self.run_dir) is None:
             raise FileNotFoundError(f"cannot resume: {self.run_dir} has no complete checkpoint")
+        resolve_device(cfg.model.device)  # a device that does not exist is refused before the thread starts
+        self.changes = resume_changes(self.run_dir, cfg) if resume else {}
         self.resumed = resume
         self.progress = progress
         self.records = RecordStream(self.run_dir)
@@ -139,6 +234,8 @@ class RunHandle:
                 self.trainer.engine.sync_weights(self.trainer.model)  # an external engine still has the initial weights
                 self.records.truncate_after(self.step)
                 self.records.emit_event("resume_from", step=self.step, checkpoint=str(ckpt))
+                if self.changes:
+                    self.records.emit_event("resume_changes", step=self.step, changes=self.changes)
             else:
                 self.records.emit_metrics(0, self.trainer.evaluate())
             self._loop()

@@ -37,6 +37,7 @@ import torch
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp, topk_next_tokens
+from sdpg.guards import check_finite_weights
 from sdpg.losses import NonFiniteError, beta_schedule, group_advantages
 from sdpg.methods import get_method
 from sdpg.records import RecordStream
@@ -314,6 +315,7 @@ class Trainer:
             self.records.emit_event("step_skipped", step=self.step + 1, reason=skip)
         else:
             self.optimizer.step()
+            check_finite_weights(self.model, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)  # gradients are not needed until the next update: free them
         return grad_norm, bool(skip)
 

@@ -125,8 +125,8 @@ def test_beta_and_learning_rate_advance_per_training_step_not_per_update(tiny_mo
 @pytest.mark.parametrize("flags, needle", [
     (["--optim.mini_batch_prompts", "2"],
      "optim.mini_batch_prompts=2 is invalid: must divide rollout.prompts_per_step=3"),
-    (["--optim.mini_batch_prompts", "-1"], "optim.mini_batch_prompts=-1 is invalid: must be >= 0"),
-    (["--optim.epochs", "0"], "optim.epochs=0 is invalid: must be >= 1"),
+    (["--optim.mini_batch_prompts", "-1"], "optim.mini_batch_prompts=-1 is invalid: must be a finite number in [0, 16384]"),
+    (["--optim.epochs", "0"], "optim.epochs=0 is invalid: must be a finite number in [1, 1000]"),
 ])
 def test_bad_mini_batch_settings_are_refused_naming_the_flag(tiny_model_dir, tmp_path, capsys, flags, needle):
     config = tmp_path / "cfg.json"
