@@ -8,6 +8,7 @@ Design choices:
   free for other cells while training runs in its own thread. `stop()` ends the refresher.
 - The step / group / colour controls redraw the heatmap and histogram at once; "follow latest" keeps
   them on the newest step as records arrive.
+- Health events of the run show as a banner under the status line, as on the page.
 - A replaced figure keeps its widget: traces and layout are swapped inside one `batch_update`, so the
   notebook output does not flicker or grow.
 """
@@ -21,7 +22,7 @@ import plotly.graph_objects as go
 from lab.advantages import advantage_histogram
 from lab.curves import curves_figure
 from lab.heatmap import COLOR_MODES, token_heatmap
-from lab.status import replay_status, status_html
+from lab.status import health_banner, replay_status, status_html
 from sdpg.records import RecordStream
 
 TERMINAL = ("finished", "stopped", "crashed")
@@ -66,6 +67,9 @@ class LiveView:
         return self.source if isinstance(self.source, RecordStream) else self.source.records
 
     def _status_html(self) -> str:
+        return self._card_html() + health_banner(self.records.events())
+
+    def _card_html(self) -> str:
         if isinstance(self.source, RecordStream):
             status, error = replay_status(self.source.events())
             metrics = self.source.metrics()

@@ -24,6 +24,11 @@ Design choices:
 - Both sides are parsed wrapped as `$...$`: plain "579" then parses, and in measurements it matched
   or beat wrapping in `\\boxed{}` (which rejects "579.") or no wrapping (which misses
   `\\dfrac12`, `\\sqrt2`, tuples and `\\text{B}`).
+- Workers die with their parent: each watches, from a daemon thread, whether the process that started
+  it is still its parent, and exits when it is not (after `kill -9`, an OOM kill, SIGTERM without
+  cleanup). Without this they, and the multiprocessing resource tracker that outlives them, keep
+  running for good. `PR_SET_PDEATHSIG` is not used: it fires when the *thread* that started the
+  worker ends, and pools are started from short-lived threads too.
 - Spawned workers re-import the main module: a script that builds a `MathVerifier` needs the
   `if __name__ == "__main__":` guard. Notebooks need nothing.
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -45,6 +51,8 @@ BACKSTOP_GRACE_S = 1.0
 _STALL_LIMIT_S = 60.0
 """seconds without any progress (no item started or finished) before the pool counts as broken"""
 _POLL_S = 0.02
+_PARENT_POLL_S = 0.25
+"""how often a worker checks that its parent is alive"""
 _MEMO_SIZE = 100_000
 _DETAIL_CHARS = 300
 _BOXED = "\\boxed"
@@ -143,9 +151,10 @@ _slot_started = None
 _slot_item = None
 
 
-def _init_worker(started, item, next_slot) -> None:
-    """Claim a progress slot and pay math-verify's import cost once per worker."""
+def _init_worker(started, item, next_slot, parent_pid: int) -> None:
+    """Claim a progress slot, start the parent watch, and pay math-verify's import cost once per worker."""
     global _slot, _slot_started, _slot_item
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
     with next_slot.get_lock():
         _slot = next_slot.value
         next_slot.value += 1
@@ -155,6 +164,13 @@ def _init_worker(started, item, next_slot) -> None:
     # Its only warnings are "timeout disabled" (we time items ourselves) and swallowed errors
     # (we raise them instead).
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker once `parent_pid` is no longer its parent (the parent died and it was re-parented)."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
 
 
 def _raise_item_timeout(signum, frame):
@@ -205,7 +221,7 @@ class _Pool:
         self.item = ctx.Array("q", workers, lock=False)
         self.executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker,
-            initargs=(self.started, self.item, ctx.Value("i", 0)))
+            initargs=(self.started, self.item, ctx.Value("i", 0), os.getpid()))
 
     def busy_items(self) -> dict[int, float]:
         """{item index: monotonic start time} for the items workers are checking right now."""

@@ -8,7 +8,11 @@ Design choices:
   flags given on the command line override either. `--resume RUN_DIR` continues a run from its last
   checkpoint with the config saved in that directory.
 - The run goes through the same `RunHandle` the dashboard uses; the CLI shows a progress bar and prints a
-  summary at the end. Ctrl-C stops cleanly (checkpoint saved).
+  summary at the end. Ctrl-C and SIGTERM (what `docker stop`, systemd and schedulers send) stop cleanly:
+  final checkpoint, `stopped` event, then exit.
+- Health events are printed as they arrive and in the summary. Exit status: 0 when the run finished or
+  was stopped, 1 when it crashed or a health check found an error (e.g. every step skipped), 2 for bad
+  settings or an unusable run directory.
 """
 from __future__ import annotations
 
@@ -17,12 +21,15 @@ import ast
 import dataclasses
 import inspect
 import json
+import signal
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
 
 from sdpg.config import TrainConfig, preset
+from sdpg.health import health_events
 from sdpg.records import CONFIG_FILE
 
 ALIASES = {"method": "loss.method", "model": "model.name", "data": "data.train", "steps": "run.steps",
@@ -109,28 +116,61 @@ def summary(handle) -> str:
     if steps:
         lines.append(f"last step: reward {steps[-1]['reward/mean']:.3f}, KL(student||teacher) "
                      f"{steps[-1].get('kl/distill_mean', float('nan')):.4f}, {steps[-1]['perf/tokens_per_s']:.0f} tokens/s")
+    for e in health_events(handle.records.events()):
+        lines.append(health_line(e))
     if handle.error:
         lines.append(f"error: {handle.error}")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
+def health_line(event: dict) -> str:
+    return f"health {event.get('severity', 'warning')} at step {event.get('step')}: {event.get('message')} [{event.get('check')}]"
 
+
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _exit_status(handle) -> int:
+    failed = any(e.get("severity") == "error" for e in health_events(handle.records.events()))
+    return 1 if handle.status == "crashed" or failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
     from sdpg.run import RunHandle
 
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args).validate()
         handle = RunHandle(cfg, resume=bool(args.resume), progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # OSError: FileNotFoundError, or a run directory we cannot write
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c) if in_main_thread else None
+    try:
+        _follow(handle, cfg, quiet=args.quiet)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    print(summary(handle))
+    return _exit_status(handle)
+
+
+def _follow(handle, cfg: TrainConfig, *, quiet: bool) -> None:
+    """Run with a progress bar, printing health events as they come, until the run ends or is interrupted."""
+    from tqdm import tqdm
+
     handle.start()
-    bar = tqdm(total=cfg.run.steps, initial=0, desc=cfg.loss.method, disable=args.quiet, unit="step")
+    bar = tqdm(total=cfg.run.steps, initial=0, desc=cfg.loss.method, disable=quiet, unit="step")
+    shown = 0
     try:
         while handle.alive:
             time.sleep(0.5)
+            found = health_events(handle.records.events())
+            for e in found[shown:]:
+                tqdm.write(health_line(e), file=sys.stderr)
+            shown = len(found)
             bar.n = handle.step
             last = next((m for m in reversed(handle.records.metrics()) if "reward/mean" in m), None)
             if last:
@@ -140,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping: saving a checkpoint...", file=sys.stderr)
         handle.stop()
     bar.close()
-    print(summary(handle))
-    return 1 if handle.status == "crashed" else 0
 
 
 if __name__ == "__main__":
