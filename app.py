@@ -549,7 +549,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="another folder whose runs, data files and models the page may open (repeatable)")
     ap.add_argument("--config", metavar="CONFIG_JSON", help="a saved config.json whose settings seed the page")
     args = ap.parse_args(argv)
-    base = TrainConfig.from_dict(json.loads(Path(args.config).read_text())).validate() if args.config else TrainConfig()
+    try:
+        base = TrainConfig.from_dict(json.loads(Path(args.config).read_text())).validate() if args.config else TrainConfig()
+    except (OSError, ValueError, TypeError) as err:  # TypeError: an unknown field in the file
+        ap.error(f"--config {args.config}: {err}")
     base.run.run_dir = ""  # every run started here gets a fresh directory under the runs root
     replay_root = [Path(args.replay).expanduser().resolve()] if args.replay else []  # the command line is trusted
     ctl = Controller(args.runs_root, allowed_roots=[*args.allow_root, *replay_root])

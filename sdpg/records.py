@@ -66,12 +66,13 @@ class StorageError(OSError):
 
 def storage_error(what: str, path: str | Path, err: OSError) -> StorageError:
     """A StorageError for `err` while doing `what` (e.g. "write records to") at `path`."""
-    advice = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-              errno.EPERM: "permission denied", errno.ENOSPC: "the disk is full",
-              errno.EDQUOT: "the disk quota is exceeded"}
-    why = advice.get(err.errno, err.strerror or str(err))
-    return StorageError(f"cannot {what} {path}: {why} ({err.strerror or err}); "
-                        "choose another run directory (--run.run_dir) or free the disk")
+    reasons = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOSPC: "the disk is full",
+               errno.EDQUOT: "the disk quota is exceeded"}
+    why = reasons.get(err.errno, err.strerror or str(err))
+    fix = "free some space or choose" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose"
+    return StorageError(f"cannot {what} {path}: {why} ({err.strerror or err}); {fix} another run directory "
+                        "(--run.run_dir; the dashboard's --runs-root)")
 
 
 def replace_file(path: Path, text: str) -> None:
