@@ -105,7 +105,8 @@ class HealthMonitor:
                 f"the first {self.steps} training steps were all skipped (non-finite loss or gradient): "
                 "nothing is being learned"), "warning"))
         grad = row.get("grad/norm")
-        self.grad_zero_streak = self.grad_zero_streak + 1 if not skipped and grad is not None and abs(grad) <= GRAD_ZERO_NORM else 0
+        zero_grad = not skipped and grad is not None and abs(grad) <= GRAD_ZERO_NORM
+        self.grad_zero_streak = self.grad_zero_streak + 1 if zero_grad else 0
         if self.grad_zero_streak == GRAD_ZERO_STREAK:
             found.append(HealthEvent(step, "grad_norm_zero", (
                 f"the gradient norm was 0 for {GRAD_ZERO_STREAK} steps in a row: no group has a reward spread "
@@ -131,7 +132,7 @@ class HealthMonitor:
         if teacher is not None:
             if self.first_teacher is None:
                 self.first_teacher = teacher
-            elif teacher <= self.first_teacher - TEACHER_DROP_ABS and teacher <= (1 - TEACHER_DROP_REL) * self.first_teacher:
+            elif min(self.first_teacher - TEACHER_DROP_ABS, (1 - TEACHER_DROP_REL) * self.first_teacher) >= teacher:
                 found.append(HealthEvent(step, "teacher_erosion", (
                     f"the teacher's pass@1 with the privileged context fell from {self.first_teacher:.3f} to "
                     f"{teacher:.3f}: the model is losing the use of the hint, and in self-distillation the "
