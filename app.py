@@ -1,7 +1,7 @@
 """SDPG Lab dashboard: a Gradio page that starts, steers and watches a training run, or replays one.
 
 Run `python app.py` and open http://127.0.0.1:7860 (`--host`, `--port`, `--share`, `--replay RUN_DIR`,
-`--autostart`).
+`--autostart`, `--runs-root DIR`, `--allow-root DIR`, `--config CONFIG_JSON`).
 
 Design choices:
 - One `Controller` per app holds the run handle (and any replay being browsed) at app level, never in
@@ -14,13 +14,23 @@ Design choices:
   routes records to views. It holds no math.
 - Bad settings are refused before anything starts: `check_config` plus a check that named
   data files and local model folders exist; the message shows on the page.
+- Paths typed into the page (replay and run directories, data files, model folders) must lie under the
+  runs root or a folder given with `--allow-root`; the check runs before the path is touched, so a
+  refusal says nothing about whether the path exists.
+- SIGTERM is handled like Ctrl-C: the server closes, the live run saves a final checkpoint and records
+  `stopped`, then the process exits.
+- Health events of the shown run appear as a banner under the status card.
 - Gradio 6 takes theme and CSS at launch, so `serve()` is the one launcher for the CLI and tests.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import re
+import signal
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +51,10 @@ from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
 
 REFRESH_S = 1.5
+MAX_PATH_CHARS = 1024
+"""longest path the page accepts (Linux allows 4096, but no run or data path needs more than this)"""
+NAME_MAX_BYTES = 255
+"""longest file or folder name (Linux's NAME_MAX)"""
 HEADER = """
 <div class="sdpg-header">
   <div class="sdpg-title">SDPG Lab <span>Self-Distilled Policy Gradient, live</span></div>
@@ -67,11 +81,16 @@ THEME = gr.themes.Soft(primary_hue="purple", secondary_hue="orange", neutral_hue
 class Controller(RunView):
     """App-level state: the page's view of at most one live run (plus a replay), and the controls that steer it."""
 
-    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle):
+    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle, allowed_roots=()):
         super().__init__()
         self.runs_root = Path(runs_root)
+        self.allowed_roots = [Path(r).expanduser().resolve() for r in (self.runs_root, *allowed_roots)]
+        """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
         self._lock = threading.Lock()
+
+    def status_card(self) -> str:
+        return super().status_card() + replay_problems(self.replay)
 
     # ---- controls ----
     def start(self, cfg: TrainConfig) -> tuple[str, str]:
@@ -111,18 +130,65 @@ class Controller(RunView):
         return "Checkpoint requested: it is saved after the current step.", "info"
 
     def open_replay(self, run_dir: str) -> tuple[str, str]:
-        path = Path((run_dir or "").strip())
-        if not str(path) or str(path) == ".":
+        text = (run_dir or "").strip()
+        if not text or text == ".":
             return "Choose or type a run directory first.", "error"
         try:
+            path = confine(text, self.allowed_roots, "run directory")
             self.replay = RecordStream.open(path)
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:
             return str(err), "error"
-        return f"Opened {path} for browsing.", "ok"
+        bad = self.replay.bad_lines
+        note = f" Skipped {self.replay.bad_line_count} bad record line(s); first: {bad[0]}" if bad else ""
+        return f"Opened {text} for browsing.{note}", "ok"
 
     def close_replay(self) -> tuple[str, str]:
         self.replay = None
         return ("Showing the live run." if self.handle else "Closed the replay; no live run."), "info"
+
+
+def confine(text: str, roots: list[Path], what: str) -> Path:
+    """`text` as a resolved path if it lies under one of `roots`; ValueError otherwise.
+
+    Length and characters are checked before the file system is asked anything, and a path outside the
+    roots gets the same answer whether or not it exists.
+    """
+    check_path_text(text, what)
+    path = Path(text).expanduser().resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        raise ValueError(f"{what} {text[:200]!r} is outside the folders this page may use "
+                         f"({', '.join(map(str, roots))}); start the app with --allow-root to add one")
+    return path
+
+
+def check_path_text(text: str, what: str) -> None:
+    """ValueError for a path no file system call should see: too long, a too-long name in it, a NUL byte."""
+    if "\0" in text:
+        raise ValueError(f"{what}: the path holds a NUL character")
+    if len(text) > MAX_PATH_CHARS:
+        raise ValueError(f"{what}: the path is {len(text)} characters long; the page accepts at most {MAX_PATH_CHARS}")
+    if any(len(part.encode()) > NAME_MAX_BYTES for part in Path(text).parts):
+        raise ValueError(f"{what}: a folder or file name in the path is longer than {NAME_MAX_BYTES} bytes")
+
+
+def confine_settings(cfg: TrainConfig, roots: list[Path]) -> None:
+    """Refuse data files and local model folders outside `roots` (before anything checks that they exist)."""
+    for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+        if spec != "embedded":
+            confine(spec, roots, f"config {name}")
+    name = cfg.model.name
+    if name == "embedded":
+        return
+    check_path_text(name, "config model.name")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or Path(name).is_dir():
+        confine(name, roots, "config model.name")  # a path, not a hub id: it would be read from disk
+
+
+def replay_problems(replay: RecordStream | None) -> str:
+    """A line under the status card when the replayed files had lines that were skipped."""
+    if replay is None or not replay.bad_line_count:
+        return ""
+    return message_html(f"{replay.bad_line_count} bad record line(s) skipped; first: {replay.bad_lines[0]}", "error")
 
 
 def fresh_run_dir(runs_root: Path, cfg: TrainConfig) -> Path:
@@ -145,8 +211,10 @@ def list_runs(runs_root: str | Path) -> list[str]:
 
 
 def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, gate, beta_warmup, beta_decay, lr,
-                         group_size, temperature, steps, model, data, val) -> TrainConfig:
-    """A validated copy of `base` with the page's settings; ValueError names the first bad one."""
+                         group_size, temperature, steps, model, data, val, roots: list[Path] | None = None) -> TrainConfig:
+    """A validated copy of `base` with the page's settings; ValueError names the first bad one.
+
+    With `roots`, data files and model folders must lie under one of them (see `confine`)."""
     numbers = {"β": beta, "α": alpha, "β warmup": beta_warmup, "β decay": beta_decay, "learning rate": lr,
                "group size": group_size, "temperature": temperature, "steps": steps}
     empty = [name for name, v in numbers.items() if v is None]
@@ -162,6 +230,8 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
     cfg.rollout.group_size, cfg.run.steps = _whole("rollout.group_size", group_size), _whole("run.steps", steps)
     cfg.model.name = (model or "").strip() or "embedded"
     cfg.data.train, cfg.data.val = (data or "").strip() or "embedded", (val or "").strip() or "embedded"
+    if roots is not None:
+        confine_settings(cfg, roots)
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if spec != "embedded" and not Path(spec).expanduser().is_file():
             raise ValueError(f"config {name}={spec!r} is invalid: no such file (use 'embedded' or a .parquet/.jsonl path)")
@@ -364,9 +434,9 @@ def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> No
     """Run buttons, replay buttons and the `/status` API, each answering on the message line."""
     def on_start(*values):
         try:
-            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)))
+            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), roots=ctl.allowed_roots)
             return message_html(*ctl.start(cfg))
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:  # OSError: a missing file, a run directory we cannot write
             return message_html(f"Not started: {err}", "error")
 
     def run_status() -> str:
@@ -420,15 +490,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replay", metavar="RUN_DIR", help="open a recorded run directory for browsing")
     ap.add_argument("--autostart", action="store_true", help="start training with the default settings at once")
     ap.add_argument("--runs-root", default="runs", help="where new runs go and where the Replay tab looks")
+    ap.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                    help="another folder whose runs, data files and models the page may open (repeatable)")
+    ap.add_argument("--config", metavar="CONFIG_JSON", help="a saved config.json whose settings seed the page")
     args = ap.parse_args(argv)
-    ctl = Controller(args.runs_root)
+    try:
+        base = TrainConfig.from_dict(json.loads(Path(args.config).read_text())).validate() if args.config else TrainConfig()
+    except (OSError, ValueError, TypeError) as err:  # TypeError: an unknown field in the file
+        ap.error(f"--config {args.config}: {err}")
+    base.run.run_dir = ""  # every run started here gets a fresh directory under the runs root
+    replay_root = [Path(args.replay).expanduser().resolve()] if args.replay else []  # the command line is trusted
+    ctl = Controller(args.runs_root, allowed_roots=[*args.allow_root, *replay_root])
     if args.replay:
         text, kind = ctl.open_replay(args.replay)
         if kind == "error":
             ap.error(text)
     if args.autostart:
-        ctl.start(TrainConfig())
-    serve(build_app(ctl), host=args.host, port=args.port, share=args.share)
+        ctl.start(TrainConfig.from_dict(base.to_dict()))
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)  # the server's wait loop closes the server on Ctrl-C
+    serve(build_app(ctl, base_config=base), host=args.host, port=args.port, share=args.share)
+    shut_down(ctl)
+
+
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def shut_down(ctl: Controller) -> None:
+    """After the server has closed: stop a live run with a final checkpoint and a `stopped` event."""
+    if ctl.handle is not None and ctl.handle.alive:
+        print("stopping the run: saving a checkpoint...", file=sys.stderr)
+        ctl.handle.stop(wait=True)
 
 
 if __name__ == "__main__":

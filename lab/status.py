@@ -6,6 +6,8 @@ Design choices:
 - A replay has no live handle: `replay_status` reads its state from the last lifecycle event, so a
   crashed run reads "crashed" with its message even after the process that ran it is gone.
 - A crash shows the message first and the traceback tail in a scrollable box under it.
+- Health events (`sdpg.health`) get their own banner, one line per finding, red for errors and amber for
+  warnings, so a run that "finished" without learning does not look like a success.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from sdpg.run import TERMINAL
+from sdpg.health import health_events
 
 STATUS_COLORS = {
     "idle": "#868e96", "created": "#868e96", "loading": "#f08c2e", "running": "#2b8a3e", "paused": "#e67700",
@@ -90,3 +93,21 @@ def message_html(text: str, kind: str = "info") -> str:
     bg, fg = colors.get(kind, colors["info"])
     return (f"<div class='sdpg-message sdpg-{kind}' style='background:{bg};color:{fg};border-radius:8px;padding:8px 12px;"
             f"white-space:pre-wrap'>{html.escape(text)}</div>")
+
+
+HEALTH_COLORS = {"error": ("#fff5f5", "#c92a2a", "#ffc9c9"), "warning": ("#fff9db", "#8f5b00", "#ffe066")}
+
+
+def health_banner(events: list[dict]) -> str:
+    """A banner listing a run's health findings ("" when there are none), the worst colour winning."""
+    found = health_events(events)
+    if not found:
+        return ""
+    worst = "error" if any(e.get("severity") == "error" for e in found) else "warning"
+    bg, fg, border = HEALTH_COLORS[worst]
+    items = "".join(
+        f"<li data-check='{html.escape(str(e.get('check')))}'><b>{html.escape(str(e.get('severity', 'warning')))}"
+        f"</b> at step {html.escape(str(e.get('step')))}: {html.escape(str(e.get('message')))}</li>" for e in found)
+    return (f"<div class='sdpg-health sdpg-health-{worst}' style='margin-top:8px;border:1px solid {border};"
+            f"background:{bg};color:{fg};border-radius:8px;padding:8px 12px'><b>Run health:</b>"
+            f"<ul style='margin:4px 0 0 18px;padding:0'>{items}</ul></div>")

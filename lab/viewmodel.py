@@ -11,7 +11,7 @@ Design choices:
 """
 from __future__ import annotations
 
-from lab.status import replay_status, status_html
+from lab.status import health_banner, replay_status, status_html
 from sdpg.records import RecordStream
 from sdpg.run import ACTIVE
 
@@ -98,6 +98,11 @@ class RunView:
                 self.live_status(), self.handle.step if self.handle else 0)
 
     def status_card(self) -> str:
+        """The status card of what is shown, with its run's health events as a banner under it."""
+        stream = self.stream()
+        return self._card() + (health_banner(stream.events()) if stream is not None else "")
+
+    def _card(self) -> str:
         if self.replay is not None:
             return self._replay_card()
         if self.handle is None:

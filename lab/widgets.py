@@ -9,6 +9,7 @@ Design choices:
   runs in its own thread. `stop()` ends the refresher.
 - The step / group / colour controls redraw the heatmap and histogram at once; "follow latest" keeps
   them on the newest step as records arrive.
+- Health events of the run show as a banner under the status line, as on the page.
 - A replaced figure keeps its widget: traces and layout are swapped inside one `batch_update`, so the
   notebook output does not flicker or grow.
 """

@@ -3,6 +3,8 @@
 Design choices:
 - Written atomically: everything goes to a temporary sibling directory that is renamed into place only
   when complete, so a crash mid-save never leaves a half checkpoint that resume would pick up.
+- A save that fails (full disk, read-only folder) removes its temporary directory and raises a
+  `StorageError` that names the checkpoint, the folder and the cause.
 - `latest_checkpoint(run_dir)` finds the highest complete `checkpoints/step_XXXXXX`; older ones beyond
   `keep` are pruned after a successful save.
 - The training state is loaded with `weights_only=True`: it holds only tensors and plain values, and a
@@ -20,13 +22,30 @@ from pathlib import Path
 
 import torch
 
+from sdpg.records import storage_error
+
 STATE_FILE = "trainer_state.pt"
 
 
 def save_checkpoint(trainer, run_dir: str | Path, *, keep: int = 2) -> Path:
+    """Save `trainer` under run_dir/checkpoints; a failed save leaves nothing behind and raises StorageError."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{trainer.step:06d}"
     tmp = root / f".tmp_step_{trainer.step:06d}"
+    try:
+        _write_checkpoint(trainer, tmp, final)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not also keep the partial copy
+        what = f"save checkpoint {final.name} (the partial copy was removed) in"
+        if isinstance(err, OSError):
+            raise storage_error(what, root, err) from err
+        raise RuntimeError(f"cannot {what} {root}: {err}") from err  # e.g. safetensors' own write error
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(trainer, tmp: Path, final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     trainer.model.save_pretrained(tmp / "model")
@@ -42,9 +61,6 @@ def save_checkpoint(trainer, run_dir: str | Path, *, keep: int = 2) -> Path:
     (tmp / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

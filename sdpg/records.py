@@ -11,12 +11,21 @@ Design choices:
   and flushed), so a crashed run keeps everything up to the crash, and kept in a bounded in-memory
   buffer for live views. `RecordStream.open(run_dir)` replays a finished or crashed run from disk;
   `refresh()` tails the files, so a view can follow a run written by another process.
-- Thread-safe: the training thread writes, UI threads read copies.
+- Thread-safe: the training thread writes, UI threads read copies. Any number of viewer threads may
+  `refresh()` one stream: reading new bytes and advancing the file offset is one step under a lock, and
+  only complete lines are taken (a partial last line waits for the next refresh).
+- A bad line (not JSON, not a record) is skipped and reported by file and line in `bad_lines`, so one
+  damaged line does not hide the rest of a run.
+- Files are never truncated in place: `truncate_after` writes the kept part to a temporary sibling,
+  fsyncs it and renames it over the original, so a kill mid-rewrite leaves the old file whole.
+- A write that fails (read-only folder, full disk) raises `StorageError` naming the file and the cause.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -27,6 +36,8 @@ METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 EVENTS_FILE = "events.jsonl"
 CONFIG_FILE = "config.json"
+MAX_BAD_LINES = 50
+"""how many bad-line messages a stream keeps (the count goes on)"""
 
 ROLLOUT_FIELDS = {
     "step": "training step the group was sampled at",
@@ -50,6 +61,40 @@ RESPONSE_FIELDS = {
 }
 
 
+class StorageError(OSError):
+    """Writing a run's files failed: the message says what, where and why, for a person to act on."""
+
+
+def storage_error(what: str, path: str | Path, err: OSError) -> StorageError:
+    """A StorageError for `err` while doing `what` (e.g. "write records to") at `path`."""
+    reasons = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOSPC: "the disk is full",
+               errno.EDQUOT: "the disk quota is exceeded"}
+    why = reasons.get(err.errno, err.strerror or str(err))
+    fix = "free some space or choose" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose"
+    return StorageError(f"cannot {what} {path}: {why} ({err.strerror or err}); {fix} another run directory "
+                        "(--run.run_dir; the dashboard's --runs-root)")
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: temporary sibling, fsync, rename over the original."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dir_fd)
+
+
 def json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: write them as None so every reader can parse the files."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -67,14 +112,24 @@ class RecordStream:
     def __init__(self, run_dir: str | Path | None, *, max_rollout_groups: int = 4000, write: bool = True):
         self.run_dir = Path(run_dir) if run_dir else None
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._metrics: list[dict] = []
         self._rollouts: deque[dict] = deque(maxlen=max_rollout_groups)
         self._events: list[dict] = []
         self._offsets = {METRICS_FILE: 0, ROLLOUTS_FILE: 0, EVENTS_FILE: 0}
+        self._lines = dict.fromkeys(self._offsets, 0)
+        self.bad_lines: list[str] = []
+        """'<file> line <n>: <why>' for each skipped line (the first MAX_BAD_LINES)"""
+        self.bad_line_count = 0
         self._write = write and self.run_dir is not None
         self._t0 = time.time()
         if self._write:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.run_dir / EVENTS_FILE, "a"):  # fail now, with a message, not mid-run
+                    pass
+            except OSError as err:
+                raise storage_error("write records to", self.run_dir, err) from err
             self._load_existing()
 
     # ---- writing (training thread) ----
@@ -94,15 +149,22 @@ class RecordStream:
 
     def write_config(self, config: dict) -> None:
         if self._write:
-            (self.run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            path = self.run_dir / CONFIG_FILE
+            try:
+                replace_file(path, json.dumps(config, indent=2))
+            except OSError as err:
+                raise storage_error("write the run config to", path, err) from err
 
     def _append(self, fname: str, buf, row: dict) -> None:
         with self._lock:
             buf.append(row)
             if self._write:
                 line = json.dumps(row) + "\n"
-                with open(self.run_dir / fname, "a") as f:
-                    f.write(line)
+                try:
+                    with open(self.run_dir / fname, "a") as f:
+                        f.write(line)
+                except OSError as err:
+                    raise storage_error("write records to", self.run_dir / fname, err) from err
                 self._offsets[fname] += len(line.encode())
 
     def _load_existing(self) -> None:
@@ -114,21 +176,27 @@ class RecordStream:
             data = path.read_bytes()
             end = data.rfind(b"\n") + 1
             if end != len(data):
-                path.write_bytes(data[:end])
-            buf.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
+                os.truncate(path, end)  # drops only the torn line; the rest of the file is never rewritten
+            buf.extend(self._parse(fname, data[:end]))
             self._offsets[fname] = end
 
     def truncate_after(self, step: int) -> None:
-        """Drop metrics and rollouts newer than `step` (a resumed run redoes those steps); events stay."""
+        """Drop metrics and rollouts newer than `step` (a resumed run redoes those steps); events stay.
+
+        Each file is replaced atomically (see `replace_file`): a kill mid-way leaves the old file whole.
+        """
         with self._lock:
             for fname, buf in self._buffers()[:2]:
                 kept = [r for r in buf if r["step"] <= step]
-                buf.clear()
-                buf.extend(kept)
                 if self._write:
                     text = "".join(json.dumps(r) + "\n" for r in kept)
-                    (self.run_dir / fname).write_text(text)
+                    try:
+                        replace_file(self.run_dir / fname, text)
+                    except OSError as err:
+                        raise storage_error("rewrite", self.run_dir / fname, err) from err
                     self._offsets[fname] = len(text.encode())
+                buf.clear()
+                buf.extend(kept)
 
     def _buffers(self) -> list[tuple[str, Any]]:
         return [(METRICS_FILE, self._metrics), (ROLLOUTS_FILE, self._rollouts), (EVENTS_FILE, self._events)]
@@ -160,30 +228,65 @@ class RecordStream:
     def open(cls, run_dir: str | Path) -> "RecordStream":
         """Load a run directory written by a (finished, stopped or crashed) run for browsing."""
         run_dir = Path(run_dir)
-        if not run_dir.is_dir():
+        try:
+            is_dir = run_dir.is_dir()
+            has_records = is_dir and any((run_dir / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE))
+        except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+            reason = getattr(err, "strerror", None) or str(err)
+            raise ValueError(f"cannot open run directory {str(run_dir)[:80]!r}...: {reason}") from None
+        if not is_dir:
             raise FileNotFoundError(f"run directory {run_dir} does not exist")
-        if not any((run_dir / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE)):
+        if not has_records:
             raise ValueError(f"{run_dir} holds no run records ({METRICS_FILE}, {EVENTS_FILE} or {CONFIG_FILE})")
         stream = cls(run_dir, write=False)
         stream.refresh()
         return stream
 
     def refresh(self) -> int:
-        """Read records appended to the files since the last call (for streams opened with `open`)."""
+        """Read records appended to the files since the last call (for streams opened with `open`).
+
+        Safe from any number of threads: one refresher at a time reads from the offset, advances it and
+        appends the rows, so every complete line is taken exactly once and in file order.
+        """
         if self._write or self.run_dir is None:
             return 0
         added = 0
-        for fname, buf in self._buffers():
-            path = self.run_dir / fname
-            if not path.exists():
-                continue
-            with open(path, "rb") as f:
-                f.seek(self._offsets[fname])
-                data = f.read()
-            end = data.rfind(b"\n") + 1  # a half-written last line waits for the next refresh
-            rows = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-            with self._lock:
-                buf.extend(rows)
-                self._offsets[fname] += end
-            added += len(rows)
+        with self._refresh_lock:
+            for fname, buf in self._buffers():
+                try:
+                    with open(self.run_dir / fname, "rb") as f:
+                        f.seek(self._offsets[fname])
+                        data = f.read()
+                except FileNotFoundError:
+                    continue
+                end = data.rfind(b"\n") + 1  # a half-written last line waits for the next refresh
+                rows = self._parse(fname, data[:end])
+                with self._lock:
+                    buf.extend(rows)
+                    self._offsets[fname] += end
+                added += len(rows)
         return added
+
+    def _parse(self, fname: str, data: bytes) -> list[dict]:
+        """Records of complete lines `data`; a bad line is skipped and noted in `bad_lines`."""
+        rows = []
+        for line in data.split(b"\n")[:-1]:
+            self._lines[fname] += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
+                self._note_bad_line(fname, f"not valid JSON ({type(err).__name__}: {str(err)[:80]})")
+                continue
+            if not isinstance(row, dict) or (fname != EVENTS_FILE and not isinstance(row.get("step"), int)):
+                self._note_bad_line(fname, "not a record (expected a JSON object with an integer 'step')"
+                                    if fname != EVENTS_FILE else "not a record (expected a JSON object)")
+                continue
+            rows.append(row)
+        return rows
+
+    def _note_bad_line(self, fname: str, why: str) -> None:
+        self.bad_line_count += 1
+        if len(self.bad_lines) < MAX_BAD_LINES:
+            self.bad_lines.append(f"{self.run_dir / fname} line {self._lines[fname]}: {why}, skipped")

@@ -14,12 +14,16 @@ Design choices:
 - One chunk of items per worker per call (per-task overhead would dominate ~2 ms checks), and a parent-side
   memo of (gold, answer) pairs; timeouts are not memoised, as they depend on machine load.
 - Both sides are parsed wrapped as `$...$`, which in measurements matched or beat `\\boxed{}` and no wrapping.
+- Workers die with their parent: each watches from a daemon thread whether the process that started it is
+  still its parent, and exits when it is not (after `kill -9`, an OOM kill); `PR_SET_PDEATHSIG` would fire
+  when the *thread* that started the worker ends, and pools are started from short-lived threads.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -33,6 +37,8 @@ BACKSTOP_GRACE_S = 1.0
 _STALL_LIMIT_S = 60.0
 """seconds without any progress (no item started or finished) before the pool counts as broken"""
 _POLL_S = 0.02
+_PARENT_POLL_S = 0.25
+"""how often a worker checks that its parent is alive"""
 _MEMO_SIZE = 100_000
 _DETAIL_CHARS = 300
 _BOXED = "\\boxed"
@@ -133,9 +139,10 @@ _slot_started = None
 _slot_item = None
 
 
-def _init_worker(started, item, next_slot) -> None:
-    """Claim a progress slot and pay math-verify's import cost once per worker."""
+def _init_worker(started, item, next_slot, parent_pid: int) -> None:
+    """Claim a progress slot, start the parent watch, and pay math-verify's import cost once per worker."""
     global _slot, _slot_started, _slot_item
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
     with next_slot.get_lock():
         _slot = next_slot.value
         next_slot.value += 1
@@ -145,6 +152,13 @@ def _init_worker(started, item, next_slot) -> None:
     # Its only warnings are "timeout disabled" (we time items ourselves) and swallowed errors
     # (we raise them instead).
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this worker once `parent_pid` is no longer its parent (the parent died and it was re-parented)."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
 
 
 def _raise_item_timeout(signum, frame):
@@ -195,7 +209,7 @@ class _Pool:
         self.item = ctx.Array("q", workers, lock=False)
         self.executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker,
-            initargs=(self.started, self.item, ctx.Value("i", 0)))
+            initargs=(self.started, self.item, ctx.Value("i", 0), os.getpid()))
 
     def busy_items(self) -> dict[int, float]:
         """{item index: monotonic start time} for the items workers are checking right now."""

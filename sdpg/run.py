@@ -7,6 +7,8 @@ Design choices:
   step is never cut in half; `stop()` saves a checkpoint before the thread ends.
 - A crash is caught in the thread: status becomes "crashed", the message and traceback tail land in
   `handle.error` and in an `error` event, and the records and last checkpoint stay on disk.
+- Health checks (`sdpg.health`) read every metrics row the run emits; what they find becomes a
+  `health` event, so a run that stops learning says so wherever its records are shown.
 - `build_trainer` is the one place that turns a config into model, data, verifier and trainer; the CLI,
   the dashboard and the notebooks all go through it. What it notices about the data (rows skipped, rows
   without a teacher context) is printed and recorded as an event, never dropped silently.
@@ -27,10 +29,11 @@ import torch
 from sdpg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdpg.config import TrainConfig
 from sdpg.data import DataError, LoadedRows, PromptRow, load_rows, render_prompts, rows_without_context
+from sdpg.health import HealthEvent, HealthMonitor, health_events
 from sdpg.methods import check_config, get_method
 from sdpg.memory import ModelShape, check_memory, host_memory_bytes, model_config
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
-from sdpg.records import CONFIG_FILE, RecordStream
+from sdpg.records import CONFIG_FILE, RecordStream, StorageError
 from sdpg.reward import MathVerifier
 from sdpg.task import make_rows
 from sdpg.trainer import Trainer
@@ -184,6 +187,7 @@ class RunHandle:
         self.step = 0
         self.total_steps = cfg.run.steps
         self.trainer: Trainer | None = None
+        self.health = HealthMonitor(total_steps=cfg.run.steps)
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._save = threading.Event()
@@ -236,13 +240,12 @@ class RunHandle:
                 self.records.emit_event("resume_from", step=self.step, checkpoint=str(ckpt))
                 if self.changes:
                     self.records.emit_event("resume_changes", step=self.step, changes=self.changes)
+                self.health = HealthMonitor.primed(self.records.metrics(), self.records.events(), self.cfg.run.steps)
             else:
-                self.records.emit_metrics(0, self.trainer.evaluate())
+                self._report(self.health.observe(self.records.emit_metrics(0, self.trainer.evaluate())))
             self._loop()
         except Exception as exc:  # the thread must report, never die silently
-            self.error = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exc().splitlines(True)[-12:])
-            self.status = "crashed"
-            self.records.emit_event("error", step=self.step, message=str(exc), traceback=traceback.format_exc())
+            self._crashed(exc)
         finally:
             if self.trainer is not None:
                 self.trainer.verifier.close()
@@ -259,12 +262,31 @@ class RunHandle:
             self.step = trainer.step
             if trainer.step == run.steps or (run.eval_every and trainer.step % run.eval_every == 0):
                 metrics.update(trainer.evaluate())
-            self.records.emit_metrics(trainer.step, metrics)
+            self._report(self.health.observe(self.records.emit_metrics(trainer.step, metrics)))
             if self._save.is_set() or (run.save_every and trainer.step % run.save_every == 0):
                 self._checkpoint()
         self._checkpoint()
+        self._report(self.health.finish())
         self.status = "finished" if trainer.step >= run.steps else "stopped"
         self.records.emit_event(self.status, step=trainer.step)
+
+    def _crashed(self, exc: Exception) -> None:
+        """Record a crash; a storage failure is explained in one line, without a traceback."""
+        tail = "" if isinstance(exc, StorageError) else "\n\n" + "".join(traceback.format_exc().splitlines(True)[-12:])
+        self.error = f"{type(exc).__name__}: {exc}{tail}"
+        self.status = "crashed"
+        try:
+            self.records.emit_event("error", step=self.step, message=str(exc), traceback=traceback.format_exc())
+        except StorageError:  # the disk that failed the run cannot take its error record either
+            pass
+
+    def _report(self, findings: list[HealthEvent]) -> None:
+        for finding in findings:
+            self.records.emit_event("health", **finding.fields())
+
+    def health_events(self) -> list[dict]:
+        """The `health` events this run has emitted, oldest first."""
+        return health_events(self.records.events())
 
     def _wait_while_paused(self) -> None:
         self.status = "paused"

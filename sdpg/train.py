@@ -1,16 +1,25 @@
 """Command line: `python -m sdpg.train [--section.field VALUE ...]` (the flags: `sdpg.cli`).
 
-The run goes through the same `RunHandle` the dashboard uses, so the CLI adds only a progress bar and a
-summary; Ctrl-C stops cleanly (checkpoint saved).
+Design choices:
+- The run goes through the same `RunHandle` the dashboard uses, so the CLI adds only a progress bar and a
+  summary. Ctrl-C and SIGTERM (what `docker stop`, systemd and schedulers send) stop cleanly: final
+  checkpoint, `stopped` event, then exit.
+- Health events are printed as they arrive and in the summary. Exit status: 0 when the run finished or was
+  stopped, 1 when it crashed or a health check found an error (e.g. every step skipped), 2 for bad settings or
+  an unusable run directory.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 
 from tqdm import tqdm
 
 from sdpg.cli import build_parser, config_from_args
+from sdpg.config import TrainConfig
+from sdpg.health import health_events
 from sdpg.methods import check_config
 from sdpg.run import RunHandle
 
@@ -29,9 +38,24 @@ def summary(handle) -> str:
     if steps:
         lines.append(f"last step: reward {steps[-1]['reward/mean']:.3f}, KL(student||teacher) "
                      f"{steps[-1].get('kl/distill_mean', float('nan')):.4f}, {steps[-1]['perf/tokens_per_s']:.0f} tokens/s")
+    for e in health_events(handle.records.events()):
+        lines.append(health_line(e))
     if handle.error:
         lines.append(f"error: {handle.error}")
     return "\n".join(lines)
+
+
+def health_line(event: dict) -> str:
+    return f"health {event.get('severity', 'warning')} at step {event.get('step')}: {event.get('message')} [{event.get('check')}]"
+
+
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _exit_status(handle) -> int:
+    failed = any(e.get("severity") == "error" for e in health_events(handle.records.events()))
+    return 1 if handle.status == "crashed" or failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,14 +63,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = check_config(config_from_args(args))
         handle = RunHandle(cfg, resume=bool(args.resume), progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # OSError: FileNotFoundError, or a run directory we cannot write
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c) if in_main_thread else None
+    try:
+        _follow(handle, cfg, quiet=args.quiet)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    print(summary(handle))
+    return _exit_status(handle)
+
+
+def _follow(handle, cfg: TrainConfig, *, quiet: bool) -> None:
+    """Run with a progress bar, printing health events as they come, until the run ends or is interrupted."""
     handle.start()
-    bar = tqdm(total=cfg.run.steps, initial=0, desc=cfg.loss.method, disable=args.quiet, unit="step")
+    bar = tqdm(total=cfg.run.steps, initial=0, desc=cfg.loss.method, disable=quiet, unit="step")
+    shown = 0
     try:
         while handle.alive:
             time.sleep(0.5)
+            found = health_events(handle.records.events())
+            for e in found[shown:]:
+                tqdm.write(health_line(e), file=sys.stderr)
+            shown = len(found)
             bar.n = handle.step
             last = next((m for m in reversed(handle.records.metrics()) if "reward/mean" in m), None)
             if last:
@@ -56,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping: saving a checkpoint...", file=sys.stderr)
         handle.stop()
     bar.close()
-    print(summary(handle))
-    return 1 if handle.status == "crashed" else 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def served(tiny_model_dir, tmp_path_factory):
     """The app over a temporary runs root, its base config the tiny model; yields (ctl, client, url)."""
     runs_root = tmp_path_factory.mktemp("runs")
     base = tiny_config(tiny_model_dir, "")
-    ctl = dashboard.Controller(runs_root)
+    ctl = dashboard.Controller(runs_root, allowed_roots=[tmp_path_factory.getbasetemp()])
     demo = dashboard.build_app(ctl, base_config=base)
     _, url, _ = dashboard.serve(demo, port=free_port(), block=False)
     client = Client(url, verbose=False)
@@ -80,7 +80,7 @@ def test_invalid_settings_show_a_message_and_start_nothing(served, tiny_model_di
     assert "Not started" in message and "loss.beta=-1.0" in message
     message = client.predict(*controls(base, data=str(tmp_path / "missing.jsonl")), api_name="/start")
     assert "data.train=" in message and "no such file" in message
-    message = client.predict(*controls(base, model="./no/such/model"), api_name="/start")
+    message = client.predict(*controls(base, model=str(tmp_path / "no/such/model")), api_name="/start")
     assert "model.name=" in message and "no such directory" in message
     assert ctl.handle is before
 
