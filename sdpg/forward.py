@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sdpg.fused_kl import TILE_LOGITS
 from sdpg.rollout import position_ids_from_mask
 
 
@@ -62,11 +63,26 @@ def token_logp(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
 
 
 @torch.no_grad()
-def topk_next_tokens(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, temperature: float = 1.0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k next-token probabilities per position: (T, H) -> probs (T, k), ids (T, k)."""
-    probs = F.softmax(_logits(hidden, weight) / temperature, -1)  # (T, V)
-    return probs.topk(min(k, probs.shape[-1]), -1)
+def topk_next_tokens(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, temperature: float = 1.0,
+                     token_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k next-token probabilities per position, chunked over tokens: (T, H) -> probs (T, k), ids (T, k).
+
+    `token_chunk=None` sizes chunks to `record_chunk(V)` rows, so no (T, V) tensor is ever built.
+    """
+    chunk = token_chunk or record_chunk(weight.shape[0])
+    k = min(k, weight.shape[0])
+    probs = torch.empty(hidden.shape[0], k, dtype=torch.float32, device=hidden.device)  # (T, k)
+    ids = torch.empty(hidden.shape[0], k, dtype=torch.long, device=hidden.device)  # (T, k)
+    for i in range(0, hidden.shape[0], chunk):
+        logits = _logits(hidden[i:i + chunk], weight) / temperature  # (c, V)
+        top, ids[i:i + chunk] = logits.topk(k, -1)  # (c, k)
+        probs[i:i + chunk] = (top - logits.logsumexp(-1, keepdim=True)).exp()
+    return probs, ids
+
+
+def record_chunk(vocab: int) -> int:
+    """Tokens per chunk for per-token records: one `TILE_LOGITS`-sized (chunk, V) logits tile at a time."""
+    return max(1, TILE_LOGITS // vocab)
 
 
 def logits_self_distill(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, weight: torch.Tensor,

@@ -30,13 +30,15 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
-from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp, topk_next_tokens
+from sdpg.forward import (lm_head_weight, logits_self_distill, record_chunk, response_hidden, token_logp,
+                          topk_next_tokens)
 from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
 from sdpg.methods import LossInputs, get_method
 from sdpg.models import render_prompts
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier, overlong_penalty, reward_metrics
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
+from sdpg.vocab import token_strings
 
 TOPK = 5
 
@@ -368,11 +370,12 @@ def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h:
     `student_h`, `teacher_h` (n, H) are the final hidden states predicting the n response tokens `ids` (n,);
     `weight` (V, H) is the LM head; the other tensors are (n,). `ref_logp` None leaves its array out.
     """
-    teacher_lp = token_logp(teacher_h[None], weight, ids[None], temperature=1.0)[0]  # (n,)
+    chunk = record_chunk(weight.shape[0])  # no (n, V) tensor: records must fit beside a real vocabulary
+    teacher_lp = token_logp(teacher_h[None], weight, ids[None], temperature=1.0, token_chunk=chunk)[0]  # (n,)
     s_probs, s_ids = topk_next_tokens(student_h, weight, TOPK, temperature=temperature)  # (n, k)
     t_probs, t_ids = topk_next_tokens(teacher_h, weight, TOPK)  # (n, k)
     rec = {
-        "tokens": [tokenizer.decode([t]) for t in ids.tolist()],
+        "tokens": token_strings(tokenizer, ids.tolist()),
         "student_logp": logp.tolist(), "teacher_logp": teacher_lp.tolist(), "old_logp": old_logp.tolist(),
         "kl": kl.tolist(), "entropy": entropy.tolist(),
         "student_topk": _topk_lists(tokenizer, s_probs, s_ids), "teacher_topk": _topk_lists(tokenizer, t_probs, t_ids),
@@ -393,8 +396,9 @@ def group_record(index: int, row: PromptRow, texts: list[str], rewards: list[flo
 
 
 def _topk_lists(tokenizer, probs: torch.Tensor, ids: torch.Tensor) -> list:
-    return [[[tokenizer.decode([t]), round(p, 5)] for p, t in zip(pr.tolist(), ir.tolist())]
-            for pr, ir in zip(probs, ids)]
+    strings = token_strings(tokenizer, ids.flatten().tolist())
+    k = ids.shape[-1]
+    return [[[strings[r * k + c], round(p, 5)] for c, p in enumerate(pr)] for r, pr in enumerate(probs.tolist())]
 
 
 def _merge_groups(kept, extra, n_groups: int, pad_id: int):
