@@ -10,7 +10,7 @@ Design choices:
   no memory). Everything else is a formula over the config's shape and the run's lengths.
 - Two phases share one card. Rollout: the resident training state (weights, AdamW state, reference;
   gradients are freed after each optimizer step) plus the rollout engine (vLLM's
-  `gpu_memory_utilization` share, or HF generate's KV cache and kept logits). Update: the training
+  `gpu_memory_utilization` share, or HF generate's KV cache and one step's logits). Update: the training
   state plus gradients, activations of one micro-batch and the KL workspace, plus what a sleeping
   vLLM engine keeps (its whole share when `rollout.vllm_sleep` is off).
 - Activations count the tensors a Qwen3/Llama-style block saves for backward with fused attention
@@ -48,6 +48,8 @@ PLAIN_KL_COPIES = 6
 """float32 (N_response, V) tensors alive at the peak of the materialised-logits KL"""
 FUSED_KL_TILES = 6
 """float32 TILE_LOGITS tiles alive at once in the fused KL's backward"""
+HF_STEP_LOGITS_COPIES = 5
+"""float32 (rows, V) tensors alive in one HF sampling step (logits, scaled, log-softmax, warped, probabilities)"""
 HF_GENERATE_BATCH = 256
 """sequences per `generate` call in the HF engine (HFRolloutEngine's default batch_size)"""
 
@@ -144,7 +146,7 @@ def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_r
     else:
         rows = min(batch, HF_GENERATE_BATCH)
         rollout["HF generate KV cache"] = rows * seq * shape.layers * 2 * shape.kv_dim * wbytes
-        rollout["HF generate kept logits"] = 2 * rows * r.max_new_tokens * shape.vocab * 4
+        rollout["HF generate step logits"] = HF_STEP_LOGITS_COPIES * rows * shape.vocab * 4
     update = dict(state)
     update["gradients"] = shape.params * wbytes
     update["activations"] = activation_bytes(shape, micro, abytes, cfg.model.gradient_checkpointing)

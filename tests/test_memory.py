@@ -114,8 +114,8 @@ def test_memory_cli_prints_the_plan_and_refuses_with_exit_1(tmp_path, capsys):
 
 def test_hf_generate_at_paper_lengths_is_refused_in_favour_of_vllm(shapes):
     cfg = long_run("4B")
-    cfg.rollout.engine = "hf"  # generate keeps every step's logits: 128 x 8 x 6144 x V floats
-    with pytest.raises(MemoryPlanError, match=r"the rollout phase needs .*HF generate kept logits.*\n"
+    cfg.rollout.engine = "hf"  # generate's KV cache: 128 x 8 sequences x 6144 positions x 36 layers
+    with pytest.raises(MemoryPlanError, match=r"the rollout phase needs .*HF generate KV cache.*\n"
                                               r"Suggested: --rollout.engine vllm\n"):
         check_memory(cfg, shapes["4B"], 80 * GIB)
 
