@@ -281,11 +281,11 @@ def markdown(table: dict, args, load: tuple, elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this harness's section of RESULTS.md (from its heading to the next `## `), keeping the others."""
+def write_section(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace one section of RESULTS.md (from its heading to the next `## `), keeping the others."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
+    if section in old:
+        head, rest = old.split(section, 1)
         nxt = rest.find("\n## ")
         tail = rest[nxt + 1:] if nxt >= 0 else ""
         new = head + text + ("\n" + tail if tail else "")
