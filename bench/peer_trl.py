@@ -184,25 +184,30 @@ def child_main(args) -> None:
 
 # ---------------------------------------------------------------- parent
 
-def random_25m_model(folder: Path) -> str:
-    """A randomly initialised 25M-parameter Qwen3 (hidden 512, 8 layers) with the embedded tokenizer."""
+def random_model(folder: Path, spec) -> str:
+    """A randomly initialised Qwen3 of `spec` (a TinyModelConfig) with the embedded tokenizer, saved to `folder`."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from sdpg.models import build_char_tokenizer
+    from sdpg.models import build_char_tokenizer, build_tiny_model
 
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    model = Qwen3ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(folder)
+    build_tiny_model(tokenizer, spec).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def embedded_model(folder: Path, wait: bool) -> tuple[str, str]:
+    """The embedded model's cache folder (built first when `wait`), else a random model of its shape; and a note."""
+    from sdpg.models import EMBEDDED, TinyModelConfig, default_cache_dir, embedded_entry, embedded_key
+    from sdpg.warmstart import WarmStartConfig
+
+    warm = WarmStartConfig()
+    if wait or (default_cache_dir() / f"{EMBEDDED}-{embedded_key(warm)}").is_dir():
+        return str(embedded_entry(warm_cfg=warm, progress=False)), "the warm-started embedded model from the cache"
+    return (random_model(folder, warm.model),
+            "**a randomly initialised model of the embedded shape** (the cache had no warm-started model; a random "
+            "model rarely samples EOS, so its responses run to the length limit)")
 
 
 def run_child(engine: str, shape: str, model_dir: str, malloc_trim: bool, log: Path) -> dict:
@@ -240,7 +245,7 @@ def summarise(results: dict) -> dict:
     return table
 
 
-def markdown(table: dict, args, load: tuple, elapsed: float) -> str:
+def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str:
     import torch
     import transformers
     import trl
@@ -259,7 +264,7 @@ def markdown(table: dict, args, load: tuple, elapsed: float) -> str:
         if not any(s == shape for s, _ in table):
             continue
         lines += [f"**{shape}**: {spec['prompts']} prompts x {spec['group']} samples x <= {spec['tokens']} new "
-                  f"tokens, fp32.", "",
+                  f"tokens, fp32; model: {notes[shape]}.", "",
                   "| engine | s/step (wall) | [min-max] | CPU s/step | generate s | split (ours: rollout+reward · teacher · "
                   "reference · update) | peak RSS MiB [min-max] | vs TRL GRPO (wall) |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -300,6 +305,9 @@ def main() -> None:
     p.add_argument("--shapes", default="embedded,25m",
                    help="comma-separated: " + ", ".join(SHAPES) + " (smoke: a seconds-long check of the harness on the 25M model)")
     p.add_argument("--malloc-trim", action="store_true", help="ours: return freed heap to the OS after each step")
+    p.add_argument("--wait-for-embedded", action="store_true",
+                   help="warm-start the embedded model when the cache has none (minutes), instead of using a random "
+                        "model of its shape")
     p.add_argument("--no-write", action="store_true", help="print the table, leave bench/RESULTS.md alone")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
@@ -308,17 +316,20 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child_main(args)
-    from sdpg.models import embedded_entry
+    from sdpg.models import TinyModelConfig
 
     start, load0 = time.time(), os.getloadavg()
     log = Path(tempfile.gettempdir()) / "peer_trl.log"
     log.write_text("")
     tmp = Path(tempfile.mkdtemp(prefix="peer_trl-"))
     shapes = args.shapes.split(",")
-    models = {"25m": random_25m_model(tmp / "25m")}
+    models = {"25m": random_model(tmp / "25m", TinyModelConfig(hidden_size=512, num_layers=8, num_heads=8,
+                                                               num_kv_heads=4, head_dim=64, intermediate_size=1536))}
     models["smoke"] = models["25m"]
+    notes = {"25m": "a randomly initialised 25M-parameter Qwen3 (hidden 512, 8 layers, 8/4 heads of 64, MLP 1536, "
+                    "tied head) with the embedded tokenizer", "smoke": "the 25M model"}
     if "embedded" in shapes:
-        models["embedded"] = str(embedded_entry(progress=False))
+        models["embedded"], notes["embedded"] = embedded_model(tmp / "embedded", args.wait_for_embedded)
     results: dict = {}
     for shape in shapes:
         for rep in range(args.reps):
@@ -328,7 +339,7 @@ def main() -> None:
                 print(f"{shape} rep {rep + 1} {engine}: {statistics.median(s['wall'] for s in r['steps']):.3f} s/step, "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     load1 = os.getloadavg()
-    text = markdown(summarise(results), args, (f"{load0[0]:.1f}", f"{load1[0]:.1f}"), time.time() - start)
+    text = markdown(summarise(results), args, (f"{load0[0]:.1f}", f"{load1[0]:.1f}"), time.time() - start, notes)
     print(text)
     if not args.no_write:
         write_section(ROOT / "bench" / "RESULTS.md", text)
