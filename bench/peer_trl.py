@@ -21,6 +21,8 @@ Design choices:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -76,6 +78,11 @@ class StepClock:
                            "generate": self._gen_wall, **extra})
 
 
+def malloc_trim() -> None:
+    """Hand free heap pages back to the OS (glibc): what a step freed but glibc's arenas would keep resident."""
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
+
 def _rows(shape: dict, n_steps: int):
     """The training rows in the order our trainer's prompt sampler takes them (seed 0)."""
     from sdpg.task import make_rows
@@ -110,8 +117,7 @@ def run_ours(model_dir: str, shape: dict, method: str, trim: bool) -> dict:
             clock.begin()
             m = trainer.train_step()
             if trim:
-                from sdpg.memtrim import release_free_memory
-                release_free_memory()
+                malloc_trim()
             clock.end(rollout=m["time/rollout"], teacher=m["time/teacher"], reference=m["time/reference"],
                       update=m["time/update"], tokens=m["perf/tokens_per_s"] * m["time/step"])
         trainer.verifier.close()
@@ -304,7 +310,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="child processes per engine and shape")
     p.add_argument("--shapes", default="embedded,25m",
                    help="comma-separated: " + ", ".join(SHAPES) + " (smoke: a seconds-long check of the harness on the 25M model)")
-    p.add_argument("--malloc-trim", action="store_true", help="ours: return freed heap to the OS after each step")
+    p.add_argument("--malloc-trim", action="store_true",
+                   help="ours: glibc malloc_trim(0) after each step (to measure whether the engine should do it)")
     p.add_argument("--wait-for-embedded", action="store_true",
                    help="warm-start the embedded model when the cache has none (minutes), instead of using a random "
                         "model of its shape")
