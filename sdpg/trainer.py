@@ -30,8 +30,7 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
-from sdpg.forward import (lm_head_weight, logits_self_distill, record_chunk, response_hidden, token_logp,
-                          topk_next_tokens)
+from sdpg.forward import lm_head_weight, logits_self_distill, response_hidden, token_logp, vocab_scan
 from sdpg.losses import NonFiniteError, beta_schedule, fused_self_distill, group_advantages
 from sdpg.methods import LossInputs, get_method
 from sdpg.models import render_prompts
@@ -370,10 +369,12 @@ def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h:
     `student_h`, `teacher_h` (n, H) are the final hidden states predicting the n response tokens `ids` (n,);
     `weight` (V, H) is the LM head; the other tensors are (n,). `ref_logp` None leaves its array out.
     """
-    chunk = record_chunk(weight.shape[0])  # no (n, V) tensor: records must fit beside a real vocabulary
-    teacher_lp = token_logp(teacher_h[None], weight, ids[None], temperature=1.0, token_chunk=chunk)[0]  # (n,)
-    s_probs, s_ids = topk_next_tokens(student_h, weight, TOPK, temperature=temperature)  # (n, k)
-    t_probs, t_ids = topk_next_tokens(teacher_h, weight, TOPK)  # (n, k)
+    n = ids.shape[0]
+    # student and teacher rows share one pass over the vocabulary: no (n, V) tensor at a real vocabulary
+    temps = torch.tensor([temperature] * n + [1.0] * n, device=ids.device)[:, None]  # (2n, 1)
+    probs, top_ids, scan_logp = vocab_scan(torch.cat([student_h, teacher_h]), weight, torch.cat([ids, ids]), TOPK,
+                                           temperature=temps)  # (2n, k), (2n, k), (2n,)
+    s_probs, t_probs, s_ids, t_ids, teacher_lp = probs[:n], probs[n:], top_ids[:n], top_ids[n:], scan_logp[n:]
     rec = {
         "tokens": token_strings(tokenizer, ids.tolist()),
         "student_logp": logp.tolist(), "teacher_logp": teacher_lp.tolist(), "old_logp": old_logp.tolist(),
