@@ -177,6 +177,8 @@ def run_trl(model_dir: str, shape: dict, kind: str) -> dict:
 
 def child_main(args) -> None:
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = SHAPES[args.shape]
     engine, method = args.child.split("-")
@@ -216,12 +218,14 @@ def embedded_model(folder: Path, wait: bool) -> tuple[str, str]:
             "model rarely samples EOS, so its responses run to the length limit)")
 
 
-def run_child(engine: str, shape: str, model_dir: str, malloc_trim: bool, log: Path) -> dict:
+def run_child(engine: str, shape: str, model_dir: str, malloc_trim: bool, threads: int, log: Path) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [sys.executable, __file__, "--child", engine, "--shape", shape, "--model", model_dir, "--out", str(out)]
     if malloc_trim:
         cmd.append("--malloc-trim")
+    if threads:
+        cmd += ["--threads", str(threads)]
     with open(log, "a") as logf:  # a file, not a pipe: verifier workers may outlive a killed child
         logf.write(f"\n=== {engine} {shape}\n")
         logf.flush()
@@ -258,11 +262,12 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
 
     lines = [SECTION, "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-             f"nproc {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
+             f"nproc {os.cpu_count()}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads), transformers "
              f"{transformers.__version__}, trl {trl.__version__}, python {platform.python_version()}. "
              f"Load average before / after: {load[0]} / {load[1]}; harness wall time {elapsed / 60:.1f} min.",
-             "", f"Command: `python bench/peer_trl.py --reps {args.reps}`"
-             + (" --malloc-trim" if args.malloc_trim else "") + ". "
+             "", f"Command: `python bench/peer_trl.py --reps {args.reps} --shapes {args.shapes}`"
+             + (" --malloc-trim" if args.malloc_trim else "") + (f" --threads {args.threads}" if args.threads else "")
+             + ". "
              "Each engine runs in its own process, interleaved; the medians are over all timed steps of all "
              "repetitions (warm-up steps dropped), [min-max] is the spread. CPU s = process CPU time (all threads) "
              "per step; RSS = the process's peak resident memory.", ""]
@@ -315,6 +320,8 @@ def main() -> None:
     p.add_argument("--wait-for-embedded", action="store_true",
                    help="warm-start the embedded model when the cache has none (minutes), instead of using a random "
                         "model of its shape")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per child (default: torch's own); 1 gives steadier CPU times on a busy machine")
     p.add_argument("--no-write", action="store_true", help="print the table, leave bench/RESULTS.md alone")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
@@ -341,7 +348,7 @@ def main() -> None:
     for shape in shapes:
         for rep in range(args.reps):
             for engine in ENGINES[shape]:
-                r = run_child(engine, shape, models[shape], args.malloc_trim, log)
+                r = run_child(engine, shape, models[shape], args.malloc_trim, args.threads, log)
                 results.setdefault((shape, engine), []).append(r)
                 print(f"{shape} rep {rep + 1} {engine}: {statistics.median(s['wall'] for s in r['steps']):.3f} s/step, "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
