@@ -265,9 +265,9 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
              f"nproc {os.cpu_count()}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads), transformers "
              f"{transformers.__version__}, trl {trl.__version__}, python {platform.python_version()}. "
              f"Load average before / after: {load[0]} / {load[1]}; harness wall time {elapsed / 60:.1f} min.",
-             "", f"Command: `python bench/peer_trl.py --reps {args.reps} --shapes {args.shapes}`"
+             "", f"Command: `python bench/peer_trl.py --reps {args.reps} --shapes {args.shapes}"
              + (" --malloc-trim" if args.malloc_trim else "") + (f" --threads {args.threads}" if args.threads else "")
-             + ". "
+             + "`. "
              "Each engine runs in its own process, interleaved; the medians are over all timed steps of all "
              "repetitions (warm-up steps dropped), [min-max] is the spread. CPU s = process CPU time (all threads) "
              "per step; RSS = the process's peak resident memory.", ""]
@@ -277,8 +277,8 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
         lines += [f"**{shape}**: {spec['prompts']} prompts x {spec['group']} samples x <= {spec['tokens']} new "
                   f"tokens, fp32; model: {notes[shape]}.", "",
                   "| engine | s/step (wall) | [min-max] | CPU s/step | generate s | split (ours: rollout+reward · teacher · "
-                  "reference · update) | peak RSS MiB [min-max] | vs TRL GRPO (wall) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "reference · update) | peak RSS MiB [min-max] | TRL GRPO / this, wall | TRL GRPO / this, CPU |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         base = table.get((shape, "trl-grpo"))
         for engine in ENGINES[shape]:
             row = table.get((shape, engine))
@@ -286,13 +286,14 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
                 continue
             split = (f"{row['rollout']:.2f} · {row['teacher']:.2f} · {row['reference']:.2f} · {row['update']:.2f}"
                      if "rollout" in row else "")
-            ratio = f"{base['wall'] / row['wall']:.2f}x faster" if base else ""
+            ratio = f"{base['wall'] / row['wall']:.2f} | {base['cpu'] / row['cpu']:.2f}" if base else " | "
             lines.append(f"| {engine} | {row['wall']:.3f} | [{row['wall_lo']:.3f}-{row['wall_hi']:.3f}] | {row['cpu']:.3f} | "
                          f"{row['generate']:.3f} | {split} | {row['rss']:.0f} [{row['rss_lo']:.0f}-{row['rss_hi']:.0f}] "
                          f"| {ratio} |")
         ours_g, ours_s = table.get((shape, "ours-grpo")), table.get((shape, "ours-sdpg"))
         if ours_g and ours_s:
-            lines += ["", f"SDPG / our GRPO (wall): {ours_s['wall'] / ours_g['wall']:.2f}"]
+            lines += ["", f"SDPG / our GRPO: {ours_s['wall'] / ours_g['wall']:.2f} (wall), "
+                          f"{ours_s['cpu'] / ours_g['cpu']:.2f} (CPU)"]
         lines.append("")
     return "\n".join(lines)
 
