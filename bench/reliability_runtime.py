@@ -253,7 +253,8 @@ def sigterm(tmp: Path) -> str:
     import torch
 
     from conftest import tiny_config
-    from sdpg.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
+    from sdpg.embedded.model import TinyModelConfig, build_tiny_model
+    from sdpg.embedded.tokenizer import build_char_tokenizer
 
     model_dir = tmp / "tiny"
     torch.manual_seed(0)

@@ -19,9 +19,12 @@ Design choices:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from sdpg.fused_kl import TILE_LOGITS
 from sdpg.rollout import position_ids_from_mask
 
 
@@ -62,11 +65,38 @@ def token_logp(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
 
 
 @torch.no_grad()
-def topk_next_tokens(hidden: torch.Tensor, weight: torch.Tensor, k: int, *, temperature: float = 1.0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k next-token probabilities per position: (T, H) -> probs (T, k), ids (T, k)."""
-    probs = F.softmax(_logits(hidden, weight) / temperature, -1)  # (T, V)
-    return probs.topk(min(k, probs.shape[-1]), -1)
+def vocab_scan(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, k: int, *,
+               temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k next-token probabilities, their ids and log p(token) per row, in one pass over vocabulary tiles.
+
+    (N, H) hidden states and (N,) tokens -> probs (N, k), ids (N, k), logp (N,); `temperature` is a float or
+    (N, 1) per row. The vocabulary is the outer loop, so the (V, H) weight is read once, and no tile holds
+    more than `TILE_LOGITS` logits: nothing of size (N, V) is ever built. Top-k and log-sum-exp are merged
+    tile by tile.
+    """
+    n, k = hidden.shape[0], min(k, weight.shape[0])
+    rows = min(n, TILE_LOGITS // 256)
+    probs, ids, logp = [], [], []
+    for r0 in range(0, n, rows):
+        h, y = hidden[r0:r0 + rows], tokens[r0:r0 + rows]  # (r, H), (r,)
+        temp = temperature[r0:r0 + rows] if isinstance(temperature, torch.Tensor) else temperature
+        cols = max(1, TILE_LOGITS // h.shape[0])
+        lse = torch.full((h.shape[0],), -math.inf, device=h.device)  # (r,)
+        top = torch.empty(h.shape[0], 0, device=h.device)  # (r, <=k)
+        top_ids = torch.empty(h.shape[0], 0, dtype=torch.long, device=h.device)  # (r, <=k)
+        picked = torch.empty(h.shape[0], device=h.device)  # (r,)
+        for v0 in range(0, weight.shape[0], cols):
+            logits = _logits(h, weight[v0:v0 + cols]) / temp  # (r, v)
+            lse = torch.logaddexp(lse, logits.logsumexp(-1))
+            tile_top, tile_ids = logits.topk(min(k, logits.shape[1]), -1)  # (r, k)
+            top, pos = torch.cat([top, tile_top], 1).topk(min(k, top.shape[1] + tile_top.shape[1]), -1)  # (r, k)
+            top_ids = torch.cat([top_ids, tile_ids + v0], 1).gather(1, pos)  # (r, k)
+            here = ((y >= v0) & (y < v0 + logits.shape[1])).nonzero().squeeze(1)  # (m,)
+            picked[here] = logits[here, y[here] - v0]
+        probs.append((top - lse[:, None]).exp())
+        ids.append(top_ids)
+        logp.append(picked - lse)
+    return torch.cat(probs), torch.cat(ids), torch.cat(logp)  # (N, k), (N, k), (N,)
 
 
 def logits_self_distill(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, weight: torch.Tensor,

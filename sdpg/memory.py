@@ -55,6 +55,8 @@ PLAIN_KL_COPIES = 6
 """float32 (N_response, V) tensors alive at the peak of the materialised-logits KL"""
 FUSED_KL_TILES = 6
 """float32 TILE_LOGITS tiles alive at once in the fused KL's backward"""
+HF_STEP_LOGITS_COPIES = 5
+"""float32 (rows, V) tensors alive in one HF sampling step (logits, scaled, log-softmax, warped, probabilities)"""
 HF_GENERATE_BATCH = 256
 """sequences per `generate` call in the HF engine (HFRolloutEngine's default batch_size)"""
 
@@ -159,7 +161,7 @@ def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_r
     else:
         rows = min(batch, HF_GENERATE_BATCH)
         rollout["HF generate KV cache"] = rows * seq * shape.layers * 2 * shape.kv_dim * wbytes
-        rollout["HF generate kept logits"] = 2 * rows * r.max_new_tokens * shape.vocab * 4
+        rollout["HF generate step logits"] = HF_STEP_LOGITS_COPIES * rows * shape.vocab * 4
     update = dict(state)
     update["gradients"] = shape.params * wbytes
     update["activations"] = activation_bytes(shape, micro, abytes, cfg.model.gradient_checkpointing)

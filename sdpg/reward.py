@@ -17,6 +17,8 @@ Design choices:
 - Workers die with their parent: each watches from a daemon thread whether the process that started it is
   still its parent, and exits when it is not (after `kill -9`, an OOM kill); `PR_SET_PDEATHSIG` would fire
   when the *thread* that started the worker ends, and pools are started from short-lived threads.
+- Plain-integer answers are decided in-process (what math-verify answers for them); only the rest go to the
+  workers, so a step of the embedded task rarely waits on a worker.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -44,6 +47,8 @@ _DETAIL_CHARS = 300
 _BOXED = "\\boxed"
 REWARD_VALUES = {"01": (0.0, 1.0), "pm1": (-1.0, 1.0)}
 """verifier reward (wrong, correct) per scale: the paper's 0/1, the authors' fork's -1/+1"""
+_PLAIN_INT = re.compile(r"\s*(-?\d{1,15})\s*", re.ASCII)
+"""an answer the fast path decides: a plain integer small enough that math-verify compares it exactly"""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,24 @@ def reward_metrics(verdicts: list[Verdict]) -> dict[str, float]:
         "reward/timeouts": float(sum(v.status == "timeout" for v in verdicts)),
         "reward/errors": float(sum(v.status == "error" for v in verdicts)),
     }
+
+
+def fast_outcome(answer: str, extracted: str) -> bool | None:
+    """The verdict on a clear case without math-verify (both sides plain integers), else None."""
+    gold, pred = _PLAIN_INT.fullmatch(answer), _PLAIN_INT.fullmatch(extracted)
+    if gold is None or pred is None:
+        return None
+    return int(gold.group(1)) == int(pred.group(1))
+
+
+def _fast_outcomes(keys: list[tuple[str, str] | None]) -> dict[tuple[str, str], _Outcome]:
+    """Outcomes of the (gold, extracted) keys the fast path decides."""
+    out = {}
+    for key in filter(None, keys):
+        correct = fast_outcome(*key)
+        if correct is not None:
+            out[key] = _Outcome("ok", correct, "")
+    return out
 
 
 # ---- worker side -------------------------------------------------------------------------------
@@ -274,8 +297,11 @@ class MathVerifier:
         extracted = [extract_boxed(r) for r in responses]
         keys = [(str(a), e) if e is not None and e.strip() else None for a, e in zip(answers, extracted)]
         with self._lock:
-            known: dict[tuple[str, str], _Outcome] = {}
+            # the fast path stands in for math-verify only: a verifier with another check runs it on everything
+            known = _fast_outcomes(keys) if self._check is _math_verify_check else {}
             for key in filter(None, keys):
+                if key in known:
+                    continue
                 if key in self._memo:
                     known[key] = self._memo[key]
                     self._memo.move_to_end(key)

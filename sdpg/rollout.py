@@ -7,7 +7,9 @@ Design choices:
   called after each optimizer step (a no-op when the engine shares the training model, as the HF one does;
   an external engine such as vLLM reloads weights there).
 - Old log-probs are those of the sampling policy at the sampling temperature, without top-p truncation:
-  the same quantity the loss recomputes, so the PPO ratio starts at 1.
+  the same quantity the loss recomputes, so the PPO ratio starts at 1. They are taken inside `generate`
+  as each token is drawn (`SampledLogp`), so only one step's (B, V) log-softmax exists at a time, never
+  `generate`'s kept (B, T, V) logits.
 - Sequences are laid out group after group (prompt 0's G responses, then prompt 1's, ...), the layout
   `group_advantages` expects.
 - Everything after the first EOS is padding and masked out; a response that hits the length limit
@@ -20,6 +22,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,50 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: list[int]) -> tu
     return mask, truncated
 
 
+class SampledLogp:
+    """Log-probs of the tokens `generate` samples, taken one step at a time.
+
+    A logits processor (`generate` runs custom ones before its temperature and top-p warpers, so it sees the
+    raw logits) keeps the step's log-softmax at the sampling temperature; a stopping criterion (called once
+    the step's token is appended) picks the sampled token's entry and drops the rest.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self._step: torch.Tensor | None = None
+        self._picked: list[torch.Tensor] = []
+
+    def hooks(self) -> dict:
+        """`generate` keyword arguments that install the two hooks."""
+        return {"logits_processor": LogitsProcessorList([_StepLogSoftmax(self)]),
+                "stopping_criteria": StoppingCriteriaList([_PickSampled(self)])}
+
+    def take(self, width: int) -> torch.Tensor:
+        """(b, width) log-probs of the first `width` sampled tokens; resets for the next call."""
+        logp = torch.cat(self._picked, 1)[:, :width]  # (b, T)
+        self._picked = []
+        return logp
+
+
+class _StepLogSoftmax(LogitsProcessor):
+    def __init__(self, owner: SampledLogp):
+        self.owner = owner
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.owner._step = F.log_softmax(scores.float() / self.owner.temperature, -1)  # (b, V)
+        return scores
+
+
+class _PickSampled(StoppingCriteria):
+    def __init__(self, owner: SampledLogp):
+        self.owner = owner
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.owner._picked.append(self.owner._step.gather(-1, input_ids[:, -1:]))  # (b, 1)
+        self.owner._step = None
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (b,)
+
+
 class HFRolloutEngine:
     """Batched sampling with `transformers` `generate` on the training model itself."""
 
@@ -101,16 +148,15 @@ class HFRolloutEngine:
         was_training = self.model.training
         self.model.eval()
         chunks = []
+        sampled = SampledLogp(self.temperature)
         for i in range(0, ids.shape[0], self.batch_size):
             out = self.model.generate(
                 input_ids=ids[i:i + self.batch_size], attention_mask=attn[i:i + self.batch_size],
                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
                 max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                output_logits=True, return_dict_in_generate=True)
-            logits = torch.stack(out.logits, 1).float()  # (b, T, V) raw, before temperature
-            resp = out.sequences[:, ids.shape[1]:]  # (b, T)
-            logp = F.log_softmax(logits / self.temperature, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)  # (b, T)
-            chunks.append((resp, logp))
+                **sampled.hooks())
+            resp = out[:, ids.shape[1]:]  # (b, T)
+            chunks.append((resp, sampled.take(resp.shape[1])))  # (b, T) each
         self.model.train(was_training)
         width = max(r.shape[1] for r, _ in chunks)
         resp = torch.cat([F.pad(r, (0, width - r.shape[1]), value=self.pad_id) for r, _ in chunks])  # (B, T)

@@ -36,7 +36,7 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow, render_prompts
-from sdpg.forward import lm_head_weight, response_hidden, token_logp, topk_next_tokens
+from sdpg.forward import lm_head_weight, response_hidden, token_logp, vocab_scan
 from sdpg.guards import check_finite_weights
 from sdpg.losses import NonFiniteError, beta_schedule, group_advantages
 from sdpg.methods import get_method
@@ -45,6 +45,7 @@ from sdpg.reward import MathVerifier, overlong_penalty
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
 from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, micro_step, reduce_stats,
                        rollout_metrics, teacher_stats)
+from sdpg.vocab import token_strings
 
 TOPK = 5
 
@@ -457,11 +458,14 @@ def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h:
     `student_h`, `teacher_h` (n, H) are the final hidden states predicting the n response tokens `ids` (n,);
     `weight` (V, H) is the LM head; the other tensors are (n,). `ref_logp` None leaves its array out.
     """
-    teacher_lp = token_logp(teacher_h[None], weight, ids[None], temperature=1.0)[0]  # (n,)
-    s_probs, s_ids = topk_next_tokens(student_h, weight, TOPK, temperature=temperature)  # (n, k)
-    t_probs, t_ids = topk_next_tokens(teacher_h, weight, TOPK)  # (n, k)
+    n = ids.shape[0]
+    # student and teacher rows share one pass over the vocabulary: no (n, V) tensor at a real vocabulary
+    temps = torch.tensor([temperature] * n + [1.0] * n, device=ids.device)[:, None]  # (2n, 1)
+    probs, top_ids, scan_logp = vocab_scan(torch.cat([student_h, teacher_h]), weight, torch.cat([ids, ids]), TOPK,
+                                           temperature=temps)  # (2n, k), (2n, k), (2n,)
+    s_probs, t_probs, s_ids, t_ids, teacher_lp = probs[:n], probs[n:], top_ids[:n], top_ids[n:], scan_logp[n:]
     rec = {
-        "tokens": [tokenizer.decode([t]) for t in ids.tolist()],
+        "tokens": token_strings(tokenizer, ids.tolist()),
         "student_logp": logp.tolist(), "teacher_logp": teacher_lp.tolist(), "old_logp": old_logp.tolist(),
         "kl": kl.tolist(), "entropy": entropy.tolist(),
         "student_topk": _topk_lists(tokenizer, s_probs, s_ids), "teacher_topk": _topk_lists(tokenizer, t_probs, t_ids),
@@ -482,8 +486,9 @@ def group_record(index: int, row: PromptRow, texts: list[str], rewards: list[flo
 
 
 def _topk_lists(tokenizer, probs: torch.Tensor, ids: torch.Tensor) -> list:
-    return [[[tokenizer.decode([t]), round(p, 5)] for p, t in zip(pr.tolist(), ir.tolist())]
-            for pr, ir in zip(probs, ids)]
+    strings = token_strings(tokenizer, ids.flatten().tolist())
+    k = ids.shape[-1]
+    return [[[strings[r * k + c], round(p, 5)] for c, p in enumerate(pr)] for r, pr in enumerate(probs.tolist())]
 
 
 def _merge_groups(kept, extra, n_groups: int, pad_id: int):

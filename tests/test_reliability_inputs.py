@@ -61,7 +61,7 @@ def test_absurd_numeric_settings_are_refused_naming_flag_value_and_range(section
 
 
 def test_page_start_with_an_absurd_group_size_says_why_and_starts_nothing(tiny_model_dir, tmp_path):
-    ctl = dashboard.Controller(tmp_path)
+    ctl = dashboard.Controller(tmp_path, allowed_roots=[tiny_model_dir])  # the model folder is readable
     demo = dashboard.build_app(ctl, base_config=tiny_config(tiny_model_dir, ""))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -301,7 +301,8 @@ from sdpg.reward import MathVerifier
 
 if __name__ == "__main__":
     verifier = MathVerifier(workers=2)
-    assert verifier.score(["\\\\boxed{2}", "\\\\boxed{3}"], ["2", "2"])[0].correct
+    # not plain integers, which the in-process fast path would decide without starting the pool
+    assert verifier.score(["\\\\boxed{\\\\frac{4}{2}}", "\\\\boxed{x}"], ["2", "2"])[0].correct
     pids = {"workers": [p.pid for p in verifier._pool.executor._processes.values()],
             "tracker": resource_tracker._resource_tracker._pid}
     open(sys.argv[1], "w").write(json.dumps(pids))

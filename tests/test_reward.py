@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sdpg.reward import (MathVerifier, Verdict, _math_verify_check, _Outcome, extract_boxed,
+from sdpg.reward import (MathVerifier, Verdict, _math_verify_check, _Outcome, extract_boxed, fast_outcome,
                          overlong_penalty, reward_metrics)
 
 
@@ -215,3 +215,44 @@ def test_memo_evicts_least_recently_used(monkeypatch):
     assert a2.detail == a1.detail
     assert b2.detail == b1.detail
     assert a3.detail != a1.detail
+
+
+# ---- the in-process fast path ------------------------------------------------------------------
+
+def _fast_path_cases() -> list[tuple[str, str]]:
+    """(gold, extracted) pairs from the task's answers and this file's, with integer near misses and variants."""
+    from sdpg.task import make_rows
+
+    golds = sorted({r.answer for d in ((1, 1), (3, 2), (3, 3)) for r in make_rows(40, digits=d, seed=1, split="train")})
+    golds += ["579", "5", "5000", "1/2", "\\frac{1}{2}", "(1,2)", "B", "0", "-12", "123456789012345"]
+    cases = []
+    for gold in golds:
+        preds = {gold, f" {gold} ", "0" + gold, f"{gold}.", "-" + gold, "+" + gold, "x = " + gold, "1/2"}
+        if gold.lstrip("-").isdigit():
+            n = int(gold)
+            preds |= {str(n + 1), str(n - 1), str(-n), f"{n:,}", str(n * 10), f"{n}.0", "٤٢"}
+        cases += [(gold, p) for p in sorted(preds)]
+    return cases
+
+
+def test_fast_path_gives_the_same_rewards_as_math_verify():
+    decided = 0
+    for gold, pred in _fast_path_cases():
+        fast = fast_outcome(gold, pred)
+        if fast is not None:
+            decided += 1
+            assert fast == _math_verify_check(gold, pred).correct, (gold, pred)
+    assert decided > 300  # the clear cases are the common ones, and they are decided
+
+
+def test_fast_path_leaves_everything_but_plain_integers_to_math_verify():
+    for gold, pred in [("579", "579."), ("1/2", "0.5"), ("5000", "5,000"), ("5", "x = 5"), ("42", "٤٢"),
+                       ("1", "1234567890123456"), ("B", "B")]:
+        assert fast_outcome(gold, pred) is None, (gold, pred)
+
+
+def test_fast_path_scores_without_a_worker(monkeypatch):
+    with MathVerifier(timeout_s=1.0) as v:
+        monkeypatch.setattr(v, "_check_all", lambda keys: keys and pytest.fail(f"sent {keys} to a worker") or {})
+        out = v.score(["\\boxed{579}", "\\boxed{ 578 }", "no box"], ["579", "579", "579"])
+    assert [(x.status, x.correct) for x in out] == [("ok", True), ("ok", False), ("no_answer", False)]

@@ -30,3 +30,25 @@ def test_hf_engine_shapes_layout_and_old_logp_match_a_training_forward(tiny_mode
     m = ro.response_mask.bool()
     torch.testing.assert_close(logp[m], ro.old_logp[m], atol=1e-4, rtol=1e-4)
     assert tok.batch_decode(ro.response_ids, skip_special_tokens=True) == ro.texts
+
+
+def test_old_logp_taken_during_sampling_equals_the_kept_logits_way(tiny_model_dir):
+    # The same draws and bit-identical old log-probs as keeping generate's (B, T, V) logits, with top-p on.
+    import torch.nn.functional as F
+    model, tok = load_model_and_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    engine = HFRolloutEngine(model, tok, temperature=0.7, top_p=0.9, max_new_tokens=8)
+    prompts = render_prompts(tok, ["Q:1+2\n", "Q:13+4\n"])
+    torch.manual_seed(3)
+    ro = engine.generate(prompts, group_size=3)
+    ids, attn = engine.encode_prompts([p for p in prompts for _ in range(3)])
+    torch.manual_seed(3)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=0.7, top_p=0.9, top_k=0,
+                             max_new_tokens=8, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id,
+                             output_logits=True, return_dict_in_generate=True)
+    resp = out.sequences[:, ids.shape[1]:]
+    logp = F.log_softmax(torch.stack(out.logits, 1).float() / 0.7, -1).gather(-1, resp[..., None])[..., 0]
+    m = ro.response_mask.bool()
+    assert torch.equal(ro.response_ids[m], resp[m])
+    assert torch.equal(ro.old_logp[m], logp[m])
