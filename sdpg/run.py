@@ -5,6 +5,9 @@ Design choices:
   Everything the UI knows about the run it reads from `handle.records` and `handle.status`.
 - Control requests (pause, stop, checkpoint) are flags the training thread honours between steps, so a
   step is never cut in half; `stop()` saves a checkpoint before the thread ends.
+- `call_between_steps(fn)` runs `fn(trainer)` on the training thread between two steps (or while paused),
+  so a tool reading the weights (the playground) never sees half an update; once no thread trains, it runs
+  in the caller's thread.
 - A crash is caught in the thread: status becomes "crashed", the message and traceback tail land in
   `handle.error` and in an `error` event, and the records and last checkpoint stay on disk.
 - `build_trainer` is the one place that turns a config into model, data, verifier and trainer; the CLI,
@@ -12,9 +15,11 @@ Design choices:
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 
@@ -92,6 +97,7 @@ class RunHandle:
         self._stop = threading.Event()
         self._save = threading.Event()
         self._thread: threading.Thread | None = None
+        self._calls: queue.Queue[tuple[object, Future]] = queue.Queue()
 
     # ---- control ----
     def start(self) -> "RunHandle":
@@ -120,6 +126,33 @@ class RunHandle:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def call_between_steps(self, fn, timeout: float | None = None):
+        """`fn(trainer)` run between optimizer steps on the training thread; returns its result or raises its error."""
+        future: Future = Future()
+        self._calls.put((fn, future))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            if not self.alive:  # nothing trains any more: no update to race
+                self._serve_calls()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the run did not reach a step boundary within {timeout} s")
+            time.sleep(0.02)
+        return future.result()
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if self.trainer is None:
+                future.set_exception(RuntimeError(f"run {self.run_dir} has no model loaded (status {self.status})"))
+                continue
+            try:
+                future.set_result(fn(self.trainer))
+            except Exception as exc:  # the caller gets the error; the run goes on
+                future.set_exception(exc)
 
     @property
     def alive(self) -> bool:
@@ -154,6 +187,7 @@ class RunHandle:
         trainer = self.trainer
         self.status = "running"
         while trainer.step < run.steps and not self._stop.is_set():
+            self._serve_calls()
             if self._pause.is_set():
                 self._wait_while_paused()
                 continue
@@ -174,6 +208,7 @@ class RunHandle:
         while self._pause.is_set() and not self._stop.is_set():
             if self._save.is_set():
                 self._checkpoint()
+            self._serve_calls()
             time.sleep(0.05)
         self.status = "running"
         self.records.emit_event("resume", step=self.step)
