@@ -5,7 +5,7 @@ Design choices:
   a `go.Figure` or an HTML string out. No view computes a loss; where a view needs an engine
   quantity (the beta schedule, the Prop. 3.1 token advantage) it calls the engine's function.
 - One module per picture family: `curves`, `heatmap`, `advantages`, `inspector`, `whatif`, `status`,
-  `compare`;
+  `compare`, `playground`;
   `style` holds the shared palette and layout; `widgets` wraps the views as live notebook widgets.
 """
 from lab.advantages import advantage_evolution, advantage_histogram
@@ -13,6 +13,7 @@ from lab.compare import comparison_figures
 from lab.curves import PANELS, curves_figure, planned_beta
 from lab.heatmap import COLOR_MODES, token_heatmap
 from lab.inspector import rollout_html, topk_figure
+from lab.playground import PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html, variant_heatmap
 from lab.status import message_html, replay_status, status_html
 from lab.style import empty_figure
 from lab.whatif import whatif_figure
@@ -20,5 +21,6 @@ from lab.whatif import whatif_figure
 __all__ = [
     "COLOR_MODES", "PANELS", "advantage_evolution", "advantage_histogram", "comparison_figures", "curves_figure", "empty_figure",
     "message_html", "planned_beta", "replay_status", "rollout_html", "status_html", "token_heatmap", "topk_figure",
-    "whatif_figure",
+    "whatif_figure", "PROBE_FIELDS", "gap_table_html", "logq_figure", "probe_summary_html", "topk_html",
+    "variant_heatmap",
 ]

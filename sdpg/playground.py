@@ -37,7 +37,7 @@ from sdpg.losses import beta_schedule, distill_token_advantage, sdpg_loss
 from sdpg.methods import get_method
 from sdpg.models import load_model_and_tokenizer, render_prompts
 from sdpg.rollout import HFRolloutEngine
-from sdpg.task import DATA_SOURCE, hint_text, parse_hint
+from sdpg.task import hint_text, parse_hint
 from sdpg.trainer import token_record
 from sdpg.whatif import token_weights
 
@@ -86,13 +86,13 @@ def load_subject(checkpoint: str | Path, *, device: str = "cpu") -> Subject:
 def context_variants(row: PromptRow, free_text: str = "") -> list[Variant]:
     """The teacher contexts to compare for one problem, derived from what the row carries.
 
-    Embedded rows split their hint into answer and worked solution; other rows get the paper's templates
+    Embedded-task hints (`sdpg.task.hint_text`) split into answer and worked solution; other rows get the paper's templates
     with the answer alone, and with the worked solution when the row's context follows `TEACHER_TEMPLATE`.
     A wrong answer needs an integer gold answer. `free_text`, when given, is one more variant.
     """
     out = [Variant("real hint", row.context)] if row.context else []
     wrong = wrong_answer(row.answer)
-    parts = parse_hint(row.context) if row.data_source == DATA_SOURCE else None
+    parts = parse_hint(row.context)
     if parts:
         answer, solution = parts
         out += [Variant("no hint", hint_text()), Variant("answer only", hint_text(answer)),
@@ -128,6 +128,13 @@ def response_ids(tokenizer, text: str, *, eos: bool = True) -> list[int]:
     """A response as the model would have produced it: its tokens, then EOS when it ended on its own."""
     ids = tokenizer(text, add_special_tokens=False).input_ids
     return ids + [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else ids
+
+
+def recorded_response_ids(tokenizer, response: dict) -> list[int]:
+    """The token ids of a recorded response (`sdpg.records.RESPONSE_FIELDS`): its text, plus EOS when its
+    per-token arrays show one more token than the text has."""
+    ids = response_ids(tokenizer, response["text"], eos=False)
+    return ids + [tokenizer.eos_token_id] if len(response.get("tokens", ())) == len(ids) + 1 else ids
 
 
 @torch.no_grad()
