@@ -18,6 +18,7 @@ Design choices:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import threading
 from pathlib import Path
@@ -29,6 +30,8 @@ import gradio as gr  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, replay_status, rollout_html, status_html, token_heatmap, topk_figure, whatif_figure)
+from experiments.compare import find_runs, load_run  # noqa: E402
+from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
 from sdpg.checkpoint import latest_checkpoint  # noqa: E402
@@ -358,6 +361,8 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
                 ui.show_live = gr.Button("Show live run", size="sm")
         with gr.Tab("Playground"):
             ui.pg = playground_tab()
+        with gr.Tab("Compare runs"):
+            ui.cmp = compare_tab(ctl)
     return ui
 
 
@@ -466,6 +471,7 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
         wire_selection(ctl, ui)
         wire_controls(ctl, base, ui)
         wire_playground(PlaygroundSource(ctl), ui.pg, ui.step, ui.group)
+        wire_compare(ctl, ui.cmp)
     return demo
 
 
@@ -594,6 +600,53 @@ def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> 
     ui.field.input(variant_heatmap, [ui.probe_state, ui.field], ui.heatmap, show_progress="hidden")
     ui.position.input(lambda p, pos: topk_html(p, int(pos or 0)), [ui.probe_state, ui.position], ui.topk,
                       show_progress="hidden")
+
+
+# ---------------- run comparison ----------------
+COMPARE_JSON = Path("docs") / "compare.json"
+"""the comparison experiment's results; the run directories it names are offered when they exist"""
+
+
+def comparable_runs(runs_root: str | Path) -> list[str]:
+    """Run directories under `runs_root` (two levels deep), then those the comparison results name."""
+    found = [str(p) for p in find_runs(runs_root)]
+    if COMPARE_JSON.is_file():
+        named = [r["run_dir"] for r in json.loads(COMPARE_JSON.read_text()).get("runs", [])]
+        found += [d for d in named if d not in found and Path(d).is_dir()]
+    return found
+
+
+def compare_tab(ctl: Controller) -> SimpleNamespace:
+    """The Compare runs tab: choose runs, see their curves overlaid, a summary table and the config diff."""
+    ui = SimpleNamespace()
+    gr.Markdown("Choose several runs (under the runs root, or the comparison experiment's directories): curves "
+                "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
+    with gr.Row():
+        ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), multiselect=True, allow_custom_value=True,
+                              label="Runs to compare", scale=5)
+        ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
+        ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120)
+    ui.message = gr.Markdown()
+    ui.curves = gr.Plot(show_label=False, elem_id="sdpg-cmp-curves")
+    ui.summary = gr.HTML(elem_id="sdpg-cmp-summary")
+    ui.diff = gr.HTML(elem_id="sdpg-cmp-diff")
+    return ui
+
+
+def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
+    """The `/compare` endpoint: chosen run directories in, overlay, summary and config diff out."""
+    def compare(run_dirs):
+        runs, problems = [], []
+        for d in run_dirs or []:
+            try:
+                runs.append(load_run(d))
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(str(err))
+        note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))
+        return note, overlay_figure(runs), summary_table_html(runs), config_diff_html(runs)
+
+    ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl.runs_root)), None, ui.pick, api_visibility="private")
+    ui.go.click(compare, ui.pick, [ui.message, ui.curves, ui.summary, ui.diff], api_name="compare")
 
 
 def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):

@@ -12,6 +12,8 @@ from conftest import tiny_config
 from fixtures.records import write_run
 from sdpg.data import PromptRow
 from sdpg.playground import Subject, context_variants, probe_response, recorded_response_ids
+from sdpg.records import RecordStream
+from sdpg.run import RunHandle
 from sdpg.trainer import Trainer
 
 CONTROLS = ["method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
@@ -222,3 +224,29 @@ def test_playground_probes_a_paused_live_run_then_its_checkpoint_in_replay(serve
     assert "checkpoint" in where and str(handle.run_dir) in where
     assert len(plot_of(heat)["data"][0]["z"]) == 6
     client.predict(api_name="/show_live")
+
+
+def test_compare_overlays_chosen_runs_with_summary_and_config_diff(served, tiny_model_dir, tmp_path):
+    ctl, client, _ = served
+    finish(ctl)
+    dirs = []
+    for method, seed in (("sdpg", 0), ("grpo", 1)):
+        cfg = tiny_config(tiny_model_dir, tmp_path / "cmp" / f"{method}-s{seed}", loss__method=method, run__seed=seed,
+                          run__steps=2)
+        cfg.loss.alpha = 0.0 if method == "grpo" else cfg.loss.alpha
+        handle = RunHandle(cfg).start()
+        handle.join(timeout=90)
+        assert handle.status == "finished", handle.error
+        dirs.append(str(handle.run_dir))
+    note, curves, summary, diff = client.predict(dirs + [str(tmp_path / "missing")], api_name="/compare")
+    assert "Comparing 2 runs" in note and "does not exist" in note
+    fig = plot_of(curves)
+    names = {t["name"] for t in fig["data"]}
+    assert names == {"sdpg-s0", "grpo-s1"}
+    styles = {(t["name"], t["line"]["color"], t["line"]["dash"]) for t in fig["data"]}
+    assert len(styles) == 2  # one colour and dash per run, the same in every panel
+    pass_trace = next(t for t in fig["data"] if t["name"] == "sdpg-s0" and t["xaxis"] == "x")
+    evals = [m for m in RecordStream.open(dirs[0]).metrics() if "eval/pass@1" in m]
+    assert pass_trace["y"] == [m["eval/pass@1"] for m in evals]
+    assert summary.count("finished") == 2 and "wall time" in summary
+    assert "loss.method" in diff and "run.seed" in diff and "loss.alpha" in diff and "run.run_dir" not in diff
