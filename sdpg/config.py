@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdpg.tracking import TRACKERS, missing_package
+
 REF_MODES = ("urkl", "ufkl", "rkl", "fkl", "k3")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 ROLLOUT_ENGINES = ("hf", "vllm")
@@ -172,6 +174,9 @@ class RunConfig:
     memory_check: bool = True
     """on a CUDA device, estimate the run's memory before loading the model and refuse a run that will
     not fit, with a suggested change (`python -m sdpg.memory` prints the plan)"""
+    report_to: str = ""
+    """mirror the metrics to an experiment tracker: "trackio", "wandb" or "tensorboard" ("" = off; the
+    package is not a requirement, install it to use it)"""
 
 
 @dataclass
@@ -250,6 +255,10 @@ class TrainConfig:
             ("run.eval_samples", self.run.eval_samples >= 1, "must be >= 1"),
             ("run.save_every", self.run.save_every >= 0, "must be >= 0"),
             ("run.record_groups", self.run.record_groups >= 0, "must be >= 0"),
+            ("run.report_to", self.run.report_to in ("", *TRACKERS), f"must be '' or one of {sorted(TRACKERS)}"),
+            ("run.report_to", missing_package(self.run.report_to) is None,
+             f"needs the {missing_package(self.run.report_to)!r} package, which is not installed "
+             f"(pip install {missing_package(self.run.report_to)})"),
             ("data.digits", len(self.data.digits) == 2 and all(1 <= d <= 9 for d in self.data.digits),
              "must be two digit counts in 1..9"),
         ]

@@ -34,6 +34,7 @@ from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.task import make_rows
+from sdpg.tracking import Tracker
 from sdpg.trainer import Trainer
 
 STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed")
@@ -93,6 +94,7 @@ class RunHandle:
         self.step = 0
         self.total_steps = cfg.run.steps
         self.trainer: Trainer | None = None
+        self.tracker: Tracker | None = None
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._save = threading.Event()
@@ -164,6 +166,8 @@ class RunHandle:
             self.status = "loading"
             self.records.emit_event("start", run_dir=str(self.run_dir), resume=self.resumed)
             self.records.write_config(self.cfg.to_dict())
+            if self.cfg.run.report_to:
+                self.tracker = Tracker(self.cfg.run.report_to, self.run_dir, self.cfg.to_dict())
             self.trainer = build_trainer(self.cfg, self.records, progress=self.progress)
             if self.resumed:
                 ckpt = latest_checkpoint(self.run_dir)
@@ -172,7 +176,7 @@ class RunHandle:
                 self.records.truncate_after(self.step)
                 self.records.emit_event("resume_from", step=self.step, checkpoint=str(ckpt))
             else:
-                self.records.emit_metrics(0, self.trainer.evaluate())
+                self._emit_metrics(0, self.trainer.evaluate())
             self._loop()
         except Exception as exc:  # the thread must report, never die silently
             self.error = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exc().splitlines(True)[-12:])
@@ -181,6 +185,14 @@ class RunHandle:
         finally:
             if self.trainer is not None:
                 self.trainer.verifier.close()
+            if self.tracker is not None:
+                self.tracker.close()
+
+    def _emit_metrics(self, step: int, metrics: dict) -> None:
+        """Record a metrics row, and mirror it to the experiment tracker when `run.report_to` names one."""
+        row = self.records.emit_metrics(step, metrics)
+        if self.tracker is not None:
+            self.tracker.log(step, row)
 
     def _loop(self) -> None:
         run = self.cfg.run
@@ -195,7 +207,7 @@ class RunHandle:
             self.step = trainer.step
             if trainer.step == run.steps or (run.eval_every and trainer.step % run.eval_every == 0):
                 metrics.update(trainer.evaluate())
-            self.records.emit_metrics(trainer.step, metrics)
+            self._emit_metrics(trainer.step, metrics)
             if self._save.is_set() or (run.save_every and trainer.step % run.save_every == 0):
                 self._checkpoint()
         self._checkpoint()
