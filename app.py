@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import threading
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +35,7 @@ from experiments.compare import find_runs, load_run  # noqa: E402
 from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
+from lab.warmstart import warmstart_html  # noqa: E402
 from sdpg.checkpoint import latest_checkpoint  # noqa: E402
 from sdpg.config import REF_MODES, TrainConfig  # noqa: E402
 from sdpg.data import PromptRow  # noqa: E402
@@ -120,7 +122,8 @@ class Controller:
         h = self.handle
         note = LOADING_NOTE if h.status == "loading" else ""
         return status_html(self.live_status(), step=h.step, total=h.total_steps, source="live run",
-                           run_dir=str(h.run_dir), error=h.error, events=h.records.events(), note=note)
+                           run_dir=str(h.run_dir), error=h.error, events=h.records.events(), note=note) \
+            + warmstart_html(h.records.events())
 
     # ---- controls ----
     def start(self, cfg: TrainConfig) -> tuple[str, str]:
@@ -664,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--autostart", action="store_true", help="start training with the default settings at once")
     ap.add_argument("--runs-root", default="runs", help="where new runs go and where the Replay tab looks")
     args = ap.parse_args(argv)
-    ctl = Controller(args.runs_root)
+    ctl = Controller(args.runs_root, run_factory=partial(RunHandle, progress=True))  # the terminal shows the warm start
     if args.replay:
         text, kind = ctl.open_replay(args.replay)
         if kind == "error":

@@ -61,11 +61,26 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
     if device.type == "cuda" and cfg.run.memory_check:  # refuse before loading a model that will not fit
         check_memory(cfg, ModelShape.from_config(model_config(cfg)),
                      torch.cuda.get_device_properties(device).total_memory, uses_reference=uses_reference(cfg))
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress,
+                                                on_warmstart=warmstart_recorder(records))
     ref = make_reference(model) if uses_reference(cfg) else None
     verifier = MathVerifier(timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
     return Trainer(cfg, model=model, tokenizer=tokenizer, ref_model=ref, train_rows=train_rows,
                    val_rows=val_rows, records=records, verifier=verifier)
+
+
+WARMSTART_EVENT_EVERY = 10
+"""warm-start steps between two `warmstart` progress events (stopping checks are always recorded)"""
+
+
+def warmstart_recorder(records: RecordStream):
+    """A callback that turns the embedded warm start's progress into `warmstart` events: its first step, every
+    WARMSTART_EVENT_EVERY-th, every skill check, the last, or one event saying the start came from the cache."""
+    def record(info: dict) -> None:
+        step = info.get("step", 0)
+        if info.get("cached") or "check" in info or step in (1, info.get("steps")) or step % WARMSTART_EVENT_EVERY == 0:
+            records.emit_event("warmstart", **info)
+    return record
 
 
 def uses_reference(cfg: TrainConfig) -> bool:

@@ -11,6 +11,9 @@ import sdpg.warmstart as warmstart
 from sdpg.config import DataConfig, ModelConfig
 from sdpg.models import (TinyModelConfig, build_char_tokenizer, embedded_entry, embedded_key, embedded_settings,
                          load_model_and_tokenizer, read_warmstart_report, render_prompts)
+from lab.warmstart import warmstart_html
+from sdpg.records import RecordStream
+from sdpg.run import warmstart_recorder
 from sdpg.task import make_row, target_text
 from sdpg.warmstart import WarmStartConfig, evaluate, warm_start
 
@@ -135,9 +138,9 @@ def test_two_builders_of_one_entry_train_once_and_stale_staging_goes(tmp_path, m
     stale.mkdir()
     real, calls = warmstart.warm_start, []
 
-    def counted(cfg, progress):
+    def counted(cfg, progress, **kwargs):
         calls.append(cfg)
-        return real(cfg, progress=progress)
+        return real(cfg, progress=progress, **kwargs)
 
     monkeypatch.setattr(warmstart, "warm_start", counted)
     with ThreadPoolExecutor(2) as pool:
@@ -176,3 +179,25 @@ def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
     assert entries_in(tmp_path) == []
+
+
+def test_warm_start_streams_its_progress_into_the_record_stream_and_a_cached_start_says_so(tmp_path, capsys):
+    cfg = replace(TINY, steps=25, stop_at=0.99, check_every=10, check_prompts=4)
+    records = RecordStream(tmp_path / "run")
+    load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path / "cache", warm_cfg=cfg, progress=False,
+                             on_warmstart=warmstart_recorder(records))
+    events = [e for e in records.events() if e["event"] == "warmstart"]
+    assert [e["step"] for e in events] == [1, 10, 20, 25] and all(e["steps"] == 25 for e in events)
+    assert [("check" in e) for e in events] == [False, True, True, False]
+    assert all(0 <= e["check"] <= 1 and e["target"] == 0.99 for e in events if "check" in e)
+    assert all(math.isfinite(e["loss"]) for e in events) and events[-1]["elapsed_s"] >= events[0]["elapsed_s"]
+    live = warmstart_html(events)
+    assert "step 25 / 25" in live and "ETA" in live and "<svg" in live and "skill check" in live
+
+    again = RecordStream(tmp_path / "again")
+    load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path / "cache", warm_cfg=cfg, progress=True,
+                             on_warmstart=warmstart_recorder(again))
+    (cached,) = [e for e in again.events() if e["event"] == "warmstart"]
+    assert cached["cached"] and cached["steps"] == 25
+    assert capsys.readouterr().out.count("embedded model: cached warm start (25 steps") == 1
+    assert "cached warm start (25 steps" in warmstart_html([cached])
