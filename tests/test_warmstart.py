@@ -158,7 +158,7 @@ def test_cache_key_follows_settings_and_task_digits():
 
 
 def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
-    def crash(cfg, progress):
+    def crash(cfg, progress, **kwargs):
         raise RuntimeError("interrupted")
 
     monkeypatch.setattr(warmstart, "warm_start", crash)
@@ -170,8 +170,8 @@ def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
 def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
     real = warmstart.warm_start
 
-    def save_fails(cfg, progress):
-        model, tokenizer, report = real(cfg, progress=progress)
+    def save_fails(cfg, progress, **kwargs):
+        model, tokenizer, report = real(cfg, progress=progress, **kwargs)
         report["unserialisable"] = object()
         return model, tokenizer, report
 
