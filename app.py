@@ -32,6 +32,7 @@ import re
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,13 +42,23 @@ import gradio as gr  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
+from experiments.compare import find_runs, load_run  # noqa: E402
+from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
+from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
+                            variant_heatmap)
 from lab.viewmodel import (RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group,  # noqa: E402
                            shift_step)
+from sdpg.checkpoint import latest_checkpoint  # noqa: E402
 from sdpg.config import TrainConfig  # noqa: E402
+from sdpg.data import PromptRow  # noqa: E402
 from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
+from sdpg.playground import (Subject, context_gap, context_variants, load_subject, probe_response,  # noqa: E402
+                             recorded_response_ids)
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
-from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir  # noqa: E402
+from sdpg.reward import MathVerifier  # noqa: E402
+from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data  # noqa: E402
+from sdpg.task import make_row  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
 
 REFRESH_S = 1.5
@@ -369,6 +380,10 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
             with gr.Row():
                 ui.open = gr.Button("Open run", variant="primary", size="sm")
                 ui.show_live = gr.Button("Show live run", size="sm")
+        with gr.Tab("Playground"):
+            ui.pg = playground_tab()
+        with gr.Tab("Compare runs"):
+            ui.cmp = compare_tab(ctl)
     return ui
 
 
@@ -473,7 +488,183 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
         demo.load(tick, tick_inputs, tick_outputs, show_progress="hidden", api_visibility="private")
         wire_selection(ctl, ui)
         wire_controls(ctl, base, ui)
+        wire_playground(PlaygroundSource(ctl), ui.pg, ui.step, ui.group)
+        wire_compare(ctl, ui.cmp)
     return demo
+
+
+# ---------------- the privileged-context playground ----------------
+class PlaygroundSource:
+    """Where playground questions go: the live run between two of its optimizer steps, or the latest
+    checkpoint of the replay being browsed (loaded once per checkpoint)."""
+
+    def __init__(self, ctl: Controller):
+        self.ctl = ctl
+        self._loaded: dict[Path, Subject] = {}
+
+    def ask(self, fn):
+        """`fn(subject, val_rows, verifier)` on the weights the page shows; returns (result, where it ran)."""
+        ctl = self.ctl
+        if ctl.replay is None and ctl.handle is not None:
+            handle = ctl.handle
+            return handle.call_between_steps(lambda t: (fn(Subject.from_trainer(t), t.val_rows, t.verifier),
+                                                        f"live run {handle.run_dir.name}, weights after step {t.step}"),
+                                             timeout=PLAYGROUND_TIMEOUT_S)
+        if ctl.replay is None:
+            raise ValueError("no run to ask: start one, or open a run with a checkpoint in the Replay tab")
+        ckpt = latest_checkpoint(ctl.replay.run_dir)
+        if ckpt is None:
+            raise ValueError(f"{ctl.replay.run_dir} has no checkpoint to load weights from")
+        if ckpt not in self._loaded:
+            self._loaded = {ckpt: load_subject(ckpt)}
+        subject = self._loaded[ckpt]
+        with MathVerifier(timeout_s=subject.cfg.reward.timeout_s) as verifier:
+            return fn(subject, load_data(subject.cfg)[1], verifier), f"checkpoint {ckpt}"
+
+
+PLAYGROUND_TIMEOUT_S = 300
+"""how long a playground question waits for the live run to reach a step boundary"""
+EXAMPLE = make_row(358, 47)
+
+
+def playground_tab() -> SimpleNamespace:
+    """The Playground tab's controls and views (wired by `wire_playground`)."""
+    ui = SimpleNamespace()
+    gr.Markdown("Ask the teacher about one response under different **privileged contexts**: the real hint, no hint, "
+                "only the answer, only the worked solution, a wrong answer, your own text, and the student's own prompt "
+                "(a sanity check: its KL is exactly 0). Runs on the live run's current weights between two optimizer "
+                "steps, or on the latest checkpoint of the run opened in Replay.")
+    with gr.Row():
+        ui.source = gr.Radio([("recorded response", "recorded"), ("typed", "typed")], value="recorded",
+                             label="Response", scale=2)
+        ui.step = gr.Number(None, precision=0, label="Recorded step", info="follows the step chosen above", scale=1)
+        ui.group = gr.Number(None, precision=0, label="Group", scale=1)
+        ui.resp = gr.Number(0, precision=0, minimum=0, label="Response #", scale=1)
+        ui.advantage = gr.Number(1.0, label="Advantage A (typed)", scale=1)
+    with gr.Row():
+        ui.prompt = gr.Textbox(EXAMPLE.prompt, label="Student prompt (typed)", lines=2)
+        ui.hint = gr.Textbox(EXAMPLE.context, label="Real hint (typed)", lines=2)
+        ui.answer = gr.Textbox(EXAMPLE.answer, label="Gold answer (typed)")
+        ui.response = gr.Textbox("\\boxed{" + EXAMPLE.answer + "}", label="Response (typed)", lines=2)
+    ui.free = gr.Textbox("", label="Free-text context (optional; appended to the student prompt for the teacher)")
+    ui.probe = gr.Button("Probe this response", variant="primary")
+    ui.where = gr.Markdown()
+    ui.field = gr.Radio([(label, key) for key, label in PROBE_FIELDS.items()], value="kl", label="Colour cells by")
+    ui.heatmap = gr.Plot(show_label=False, elem_id="sdpg-pg-heatmap")
+    ui.summary = gr.HTML(elem_id="sdpg-pg-summary")
+    ui.logq = gr.Plot(show_label=False, elem_id="sdpg-pg-logq")
+    ui.position = gr.Number(0, precision=0, minimum=0, label="Top-5 at token position")
+    ui.topk = gr.HTML(elem_id="sdpg-pg-topk")
+    gr.Markdown("#### Student–self-teacher gap per context\nTeacher pass@1 with each context minus the student's, on "
+                "held-out problems, and the mean KL on the student's own responses. Choose privileged information "
+                "before spending a training run on it.")
+    with gr.Row():
+        ui.problems = gr.Number(8, precision=0, minimum=1, label="Problems")
+        ui.samples = gr.Number(4, precision=0, minimum=1, label="Samples per problem (k)")
+        ui.measure = gr.Button("Measure gap", variant="primary")
+    ui.gap = gr.HTML(elem_id="sdpg-pg-gap")
+    ui.probe_state = gr.State(None)
+    return ui
+
+
+def playground_question(ctl: Controller, source, step, group, resp, prompt, hint, answer, response, advantage):
+    """The (row, response ids or text, advantage) a probe asks about, or a ValueError saying what is missing."""
+    if source == "typed":
+        if not (prompt or "").strip() or not (response or "").strip():
+            raise ValueError("type a student prompt and a response first")
+        return PromptRow(prompt, hint or "", (answer or "").strip()), response, float(advantage or 0.0)
+    group_rec = pick_group(ctl.stream(), None if step is None else int(step), None if group is None else int(group))
+    responses = (group_rec or {}).get("responses", [])
+    i = int(resp or 0)
+    if not 0 <= i < len(responses):
+        raise ValueError("no recorded response at this step / group / response #: pick one above, or use 'typed'")
+    row = PromptRow(group_rec["prompt"], group_rec.get("context", ""), group_rec.get("answer", ""))
+    return row, responses[i], float(responses[i]["advantage"])
+
+
+def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> None:
+    """Probe and gap buttons (`/probe`, `/context_gap`), redraws when the colour or position changes, and
+    the recorded step / group following the page's selection dropdowns `step`, `group`."""
+    def probe(source, step_v, group_v, resp, prompt, hint, answer, response, advantage, free, field, position):
+        try:
+            row, picked, adv = playground_question(src.ctl, source, step_v, group_v, resp, prompt, hint, answer,
+                                                   response, advantage)
+
+            def run(subject, _rows, _verifier):
+                ids = recorded_response_ids(subject.tokenizer, picked) if isinstance(picked, dict) else picked
+                return probe_response(subject, row.prompt, ids, context_variants(row, free or ""), advantage=adv)
+            result, where = src.ask(run)
+        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:
+            return None, f"**Not probed:** {err}", variant_heatmap(None), probe_summary_html(None), logq_figure(None), ""
+        return (result, f"Asked the {where}.", variant_heatmap(result, field), probe_summary_html(result),
+                logq_figure(result), topk_html(result, int(position or 0)))
+
+    def gap(problems, samples, free):
+        def run(subject, rows, verifier):
+            return context_gap(subject, rows[:max(1, int(problems or 1))], verifier, samples=max(1, int(samples or 1)),
+                               free_text=free or "")
+        try:
+            table, where = src.ask(run)
+        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:
+            return f"<p><b>Not measured:</b> {err}</p>"
+        return gap_table_html(table) + f"<p style='font-size:12px;color:#495057'>Asked the {where}.</p>"
+
+    step.change(lambda v: v, step, ui.step, show_progress="hidden", api_visibility="private")
+    group.change(lambda v: v, group, ui.group, show_progress="hidden", api_visibility="private")
+    inputs = [ui.source, ui.step, ui.group, ui.resp, ui.prompt, ui.hint, ui.answer, ui.response, ui.advantage, ui.free,
+              ui.field, ui.position]
+    ui.probe.click(probe, inputs, [ui.probe_state, ui.where, ui.heatmap, ui.summary, ui.logq, ui.topk], api_name="probe")
+    ui.measure.click(gap, [ui.problems, ui.samples, ui.free], ui.gap, api_name="context_gap")
+    ui.field.input(variant_heatmap, [ui.probe_state, ui.field], ui.heatmap, show_progress="hidden")
+    ui.position.input(lambda p, pos: topk_html(p, int(pos or 0)), [ui.probe_state, ui.position], ui.topk,
+                      show_progress="hidden")
+
+
+# ---------------- run comparison ----------------
+COMPARE_JSON = Path("docs") / "compare.json"
+"""the comparison experiment's results; the run directories it names are offered when they exist"""
+
+
+def comparable_runs(runs_root: str | Path) -> list[str]:
+    """Run directories under `runs_root` (two levels deep), then those the comparison results name."""
+    found = [str(p) for p in find_runs(runs_root)]
+    if COMPARE_JSON.is_file():
+        named = [r["run_dir"] for r in json.loads(COMPARE_JSON.read_text()).get("runs", [])]
+        found += [d for d in named if d not in found and Path(d).is_dir()]
+    return found
+
+
+def compare_tab(ctl: Controller) -> SimpleNamespace:
+    """The Compare runs tab: choose runs, see their curves overlaid, a summary table and the config diff."""
+    ui = SimpleNamespace()
+    gr.Markdown("Choose several runs (under the runs root, or the comparison experiment's directories): curves "
+                "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
+    with gr.Row():
+        ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), multiselect=True, allow_custom_value=True,
+                              label="Runs to compare", scale=5)
+        ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
+        ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120)
+    ui.message = gr.Markdown()
+    ui.curves = gr.Plot(show_label=False, elem_id="sdpg-cmp-curves")
+    ui.summary = gr.HTML(elem_id="sdpg-cmp-summary")
+    ui.diff = gr.HTML(elem_id="sdpg-cmp-diff")
+    return ui
+
+
+def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
+    """The `/compare` endpoint: chosen run directories in, overlay, summary and config diff out."""
+    def compare(run_dirs):
+        runs, problems = [], []
+        for d in run_dirs or []:
+            try:
+                runs.append(load_run(d))
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(str(err))
+        note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))
+        return note, overlay_figure(runs), summary_table_html(runs), config_diff_html(runs)
+
+    ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl.runs_root)), None, ui.pick, api_visibility="private")
+    ui.go.click(compare, ui.pick, [ui.message, ui.curves, ui.summary, ui.diff], api_name="compare")
 
 
 def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
@@ -500,7 +691,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--config {args.config}: {err}")
     base.run.run_dir = ""  # every run started here gets a fresh directory under the runs root
     replay_root = [Path(args.replay).expanduser().resolve()] if args.replay else []  # the command line is trusted
-    ctl = Controller(args.runs_root, allowed_roots=[*args.allow_root, *replay_root])
+    ctl = Controller(args.runs_root, allowed_roots=[*args.allow_root, *replay_root],
+                     run_factory=partial(RunHandle, progress=True))  # the terminal shows the warm start
     if args.replay:
         text, kind = ctl.open_replay(args.replay)
         if kind == "error":

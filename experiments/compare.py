@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.compare import comparison_figures
+from lab.status import replay_status
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.cli import build_parser as train_parser, config_from_args
 from sdpg.config import TrainConfig
@@ -480,3 +481,35 @@ def shared_settings(cfg: TrainConfig) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- any runs, side by side
+
+def find_runs(root: str | Path, depth: int = 2) -> list[Path]:
+    """Run directories (holding records) under `root`, down to `depth` levels (the comparison's `<out>/<variant>-s<seed>`)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.iterdir()):
+        if not path.is_dir() or path.name == "checkpoints":
+            continue
+        if any((path / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE)):
+            found.append(path)
+        elif depth > 1:
+            found += find_runs(path, depth - 1)
+    return found
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """One run for comparison views: name, method, seed, status, wall time, config, metrics rows and summary."""
+    stream = RecordStream.open(run_dir)
+    config, metrics, events = stream.config(), stream.metrics(), stream.events()
+    walls = [e["wall"] for e in events if isinstance(e.get("wall"), (int, float))]
+    steps = config.get("run", {}).get("steps") or max((m["step"] for m in metrics), default=0)
+    status, error = replay_status(events)
+    return {"name": Path(run_dir).name, "run_dir": str(run_dir), "method": config.get("loss", {}).get("method", "?"),
+            "seed": config.get("run", {}).get("seed"), "status": status, "error": error, "config": config,
+            "metrics": metrics, "wall_s": walls[-1] - walls[0] if len(walls) > 1 else math.nan,
+            "summary": run_summary(metrics, steps)}
+

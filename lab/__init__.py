@@ -5,7 +5,7 @@ Design choices:
   a `go.Figure` or an HTML string out. No view computes a loss; where a view needs an engine
   quantity (the beta schedule, the Prop. 3.1 token advantage) it calls the engine's function.
 - One module per picture family: `curves`, `heatmap`, `advantages`, `inspector`, `whatif`, `status`,
-  `compare`; `style` holds the shared palette and layout.
+  `compare`, `playground`, `overlay` (run comparison), `warmstart`; `style` holds the shared palette and layout.
 - `viewmodel` decides what a run's faces show (version, status card, browsable steps, picked group);
   the page (`app.py`) and the notebook widget (`widgets`) are thin adapters over it.
 """
@@ -14,6 +14,7 @@ from lab.compare import comparison_figures
 from lab.curves import PANELS, curves_figure, planned_beta
 from lab.heatmap import COLOR_MODES, token_heatmap
 from lab.inspector import rollout_html, topk_figure
+from lab.playground import PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html, variant_heatmap
 from lab.status import message_html, replay_status, status_html
 from lab.style import empty_figure
 from lab.whatif import whatif_figure
@@ -21,5 +22,6 @@ from lab.whatif import whatif_figure
 __all__ = [
     "COLOR_MODES", "PANELS", "advantage_evolution", "advantage_histogram", "comparison_figures", "curves_figure", "empty_figure",
     "message_html", "planned_beta", "replay_status", "rollout_html", "status_html", "token_heatmap", "topk_figure",
-    "whatif_figure",
+    "whatif_figure", "PROBE_FIELDS", "gap_table_html", "logq_figure", "probe_summary_html", "topk_html",
+    "variant_heatmap",
 ]

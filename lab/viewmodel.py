@@ -12,6 +12,7 @@ Design choices:
 from __future__ import annotations
 
 from lab.status import health_banner, replay_status, status_html
+from lab.warmstart import warmstart_html
 from sdpg.records import RecordStream
 from sdpg.run import ACTIVE
 
@@ -110,7 +111,7 @@ class RunView:
         h = self.handle
         return status_html(self.live_status(), step=h.step, total=h.total_steps, source="live run",
                            run_dir=str(h.run_dir), error=h.error, events=h.records.events(),
-                           note=LOADING_NOTE if h.status == "loading" else "")
+                           note=LOADING_NOTE if h.status == "loading" else "") + warmstart_html(h.records.events())
 
     def _replay_card(self) -> str:
         status, error = replay_status(self.replay.events())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdpg.losses import ADV_SCALES, AGG_MODES, REF_MODES
+from sdpg.tracking import TRACKERS, missing_package
 
 ROLLOUT_ENGINES = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16")
@@ -214,6 +215,9 @@ class RunConfig:
     memory_check: bool = True
     """on a CUDA device, estimate the run's memory before loading the model and refuse a run that will
     not fit, with a suggested change (`python -m sdpg.memory` prints the plan)"""
+    report_to: str = ""
+    """mirror the metrics to an experiment tracker: "trackio", "wandb" or "tensorboard" ("" = off; the
+    package is not a requirement, install it to use it)"""
 
 
 @dataclass
@@ -307,6 +311,10 @@ class TrainConfig:
             _span("run.max_resample", self.run.max_resample, 0, 100),
             _span("data.n_train", self.data.n_train, 1, MAX_ROWS),
             _span("data.n_val", self.data.n_val, 1, MAX_ROWS),
+            ("run.report_to", self.run.report_to in ("", *TRACKERS), f"must be '' or one of {sorted(TRACKERS)}"),
+            ("run.report_to", missing_package(self.run.report_to) is None,
+             f"needs the {missing_package(self.run.report_to)!r} package, which is not installed "
+             f"(pip install {missing_package(self.run.report_to)})"),
             ("data.digits", len(self.data.digits) == 2 and all(1 <= d <= 9 for d in self.data.digits),
              "must be two digit counts in 1..9"),
         ]

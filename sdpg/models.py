@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Callable
 
 import huggingface_hub
 import torch
@@ -57,20 +58,21 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "cpu",
                              cache_dir: str | Path | None = None, data_cfg: DataConfig | None = None,
-                             progress: bool = True, warm_cfg: WarmStartConfig | None = None
+                             progress: bool = True, warm_cfg: WarmStartConfig | None = None,
+                             on_warmstart: Callable[[dict], None] | None = None
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model and tokenizer `cfg.name` names, on `device`, in `cfg.dtype`.
 
     "embedded" loads the warm-started tiny model from the cache, building it first when absent (its
     task digits follow `data_cfg.digits` when given, else `warm_cfg`'s). Anything else is an HF model
-    id or a local `save_pretrained` directory.
+    id or a local `save_pretrained` directory. `on_warmstart` follows the embedded warm start (see `embedded_entry`).
     """
     if cfg.dtype not in TORCH_DTYPES:
         raise ValueError(f"model.dtype={cfg.dtype!r} is invalid: must be one of {sorted(TORCH_DTYPES)}")
     source = cfg.name
     if cfg.name == EMBEDDED:
         source = str(embedded_entry(cache_dir=cache_dir, warm_cfg=embedded_settings(warm_cfg, data_cfg),
-                                    progress=progress))
+                                    progress=progress, on_warmstart=on_warmstart))
     model, tokenizer = _from_pretrained(source, TORCH_DTYPES[cfg.dtype], cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

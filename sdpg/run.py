@@ -5,6 +5,9 @@ Design choices:
   Everything the UI knows about the run it reads from `handle.records` and `handle.status`.
 - Control requests (pause, stop, checkpoint) are flags the training thread honours between steps, so a
   step is never cut in half; `stop()` saves a checkpoint before the thread ends.
+- `call_between_steps(fn)` runs `fn(trainer)` on the training thread between two steps (or while paused),
+  so a tool reading the weights (the playground) never sees half an update; once no thread trains, it runs
+  in the caller's thread.
 - A crash is caught in the thread: status becomes "crashed", the message and traceback tail land in
   `handle.error` and in an `error` event, and the records and last checkpoint stay on disk.
 - Health checks (`sdpg.health`) read every metrics row the run emits; what they find becomes a
@@ -18,9 +21,11 @@ Design choices:
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +41,7 @@ from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import CONFIG_FILE, RecordStream, StorageError
 from sdpg.reward import MathVerifier
 from sdpg.task import make_rows
+from sdpg.tracking import Tracker
 from sdpg.trainer import Trainer
 
 STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed")
@@ -87,7 +93,8 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
         total = host_memory_bytes() if on_cpu else torch.cuda.get_device_properties(device).total_memory
         check_memory(cfg, ModelShape.from_config(model_config(cfg)), total, uses_reference=uses_reference,
                      on_cpu=on_cpu)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, data_cfg=cfg.data, progress=progress,
+                                                on_warmstart=warmstart_recorder(records))
     train, val = (check_prompt_lengths(cfg, tokenizer, loaded, spec) for loaded, spec in
                   ((train, cfg.data.train), (val, cfg.data.val)))
     for loaded, spec, split in ((train, cfg.data.train, "train"), (val, cfg.data.val, "val")):
@@ -165,6 +172,20 @@ def _flat(config: dict) -> dict:
     return {f"{section}.{name}": value for section, fields in config.items() for name, value in fields.items()}
 
 
+WARMSTART_EVENT_EVERY = 10
+"""warm-start steps between two `warmstart` progress events (stopping checks are always recorded)"""
+
+
+def warmstart_recorder(records: RecordStream):
+    """A callback that turns the embedded warm start's progress into `warmstart` events: its first step, every
+    WARMSTART_EVENT_EVERY-th, every skill check, the last, or one event saying the start came from the cache."""
+    def record(info: dict) -> None:
+        step = info.get("step", 0)
+        if info.get("cached") or "check" in info or step in (1, info.get("steps")) or step % WARMSTART_EVENT_EVERY == 0:
+            records.emit_event("warmstart", **info)
+    return record
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.loss.method}-{datetime.now():%Y%m%d-%H%M%S}-s{cfg.run.seed}"
 
@@ -188,10 +209,12 @@ class RunHandle:
         self.total_steps = cfg.run.steps
         self.trainer: Trainer | None = None
         self.health = HealthMonitor(total_steps=cfg.run.steps)
+        self.tracker: Tracker | None = None
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._save = threading.Event()
         self._thread: threading.Thread | None = None
+        self._calls: queue.Queue[tuple[object, Future]] = queue.Queue()
 
     # ---- control ----
     def start(self) -> "RunHandle":
@@ -221,6 +244,33 @@ class RunHandle:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def call_between_steps(self, fn, timeout: float | None = None):
+        """`fn(trainer)` run between optimizer steps on the training thread; returns its result or raises its error."""
+        future: Future = Future()
+        self._calls.put((fn, future))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not future.done():
+            if not self.alive:  # nothing trains any more: no update to race
+                self._serve_calls()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the run did not reach a step boundary within {timeout} s")
+            time.sleep(0.02)
+        return future.result()
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if self.trainer is None:
+                future.set_exception(RuntimeError(f"run {self.run_dir} has no model loaded (status {self.status})"))
+                continue
+            try:
+                future.set_result(fn(self.trainer))
+            except Exception as exc:  # the caller gets the error; the run goes on
+                future.set_exception(exc)
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -231,6 +281,8 @@ class RunHandle:
             self.status = "loading"
             self.records.emit_event("start", run_dir=str(self.run_dir), resume=self.resumed)
             self.records.write_config(self.cfg.to_dict())
+            if self.cfg.run.report_to:
+                self.tracker = Tracker(self.cfg.run.report_to, self.run_dir, self.cfg.to_dict())
             self.trainer = build_trainer(self.cfg, self.records, progress=self.progress)
             if self.resumed:
                 ckpt = latest_checkpoint(self.run_dir)
@@ -242,19 +294,30 @@ class RunHandle:
                     self.records.emit_event("resume_changes", step=self.step, changes=self.changes)
                 self.health = HealthMonitor.primed(self.records.metrics(), self.records.events(), self.cfg.run.steps)
             else:
-                self._report(self.health.observe(self.records.emit_metrics(0, self.trainer.evaluate())))
+                self._emit_metrics(0, self.trainer.evaluate())
             self._loop()
         except Exception as exc:  # the thread must report, never die silently
             self._crashed(exc)
         finally:
             if self.trainer is not None:
                 self.trainer.verifier.close()
+            if self.tracker is not None:
+                self.tracker.close()
+
+    def _emit_metrics(self, step: int, metrics: dict) -> None:
+        """Record a metrics row, mirror it to the experiment tracker when `run.report_to` names one, and report
+        what the health checks make of it."""
+        row = self.records.emit_metrics(step, metrics)
+        if self.tracker is not None:
+            self.tracker.log(step, row)
+        self._report(self.health.observe(row))
 
     def _loop(self) -> None:
         run = self.cfg.run
         trainer = self.trainer
         self.status = "running"
         while trainer.step < run.steps and not self._stop.is_set():
+            self._serve_calls()
             if self._pause.is_set():
                 self._wait_while_paused()
                 continue
@@ -262,7 +325,7 @@ class RunHandle:
             self.step = trainer.step
             if trainer.step == run.steps or (run.eval_every and trainer.step % run.eval_every == 0):
                 metrics.update(trainer.evaluate())
-            self._report(self.health.observe(self.records.emit_metrics(trainer.step, metrics)))
+            self._emit_metrics(trainer.step, metrics)
             if self._save.is_set() or (run.save_every and trainer.step % run.save_every == 0):
                 self._checkpoint()
         self._checkpoint()
@@ -294,6 +357,7 @@ class RunHandle:
         while self._pause.is_set() and not self._stop.is_set():
             if self._save.is_set():
                 self._checkpoint()
+            self._serve_calls()
             time.sleep(0.05)
         self.status = "running"
         self.records.emit_event("resume", step=self.step)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 from sdpg.data import PromptRow
 
@@ -28,6 +29,8 @@ VAL_BUCKETS = 8
 ENUMERATE_LIMIT = 1 << 18
 """digit settings with at most this many pairs are enumerated; larger ones are rejection-sampled"""
 DATA_SOURCE = "embedded/add"
+HINT_PATTERN = re.compile(r"Hint: (?P<answer>\S+) \((?P<solution>[^()]*)\)\n")
+"""a hint line with both the answer and the worked solution"""
 
 
 def worked_solution(a: int, b: int) -> str:
@@ -43,12 +46,26 @@ def worked_solution(a: int, b: int) -> str:
     return " ".join(parts)
 
 
+def hint_text(answer: str = "", solution: str = "") -> str:
+    """The teacher's hint line, `Hint: 579 (3+6=9 2+5=7 1+4=5)`; either part may be left out (the playground's variants)."""
+    parts = [answer] if answer else []
+    if solution:
+        parts.append(f"({solution})")
+    return "Hint: " + " ".join(parts) + "\n"
+
+
+def parse_hint(context: str) -> tuple[str, str] | None:
+    """(answer, worked solution) of a hint line written by `hint_text` with both parts, else None."""
+    match = HINT_PATTERN.fullmatch(context)
+    return (match["answer"], match["solution"]) if match else None
+
+
 def make_row(a: int, b: int) -> PromptRow:
     """The row for `a+b`: student question, hint with the worked solution, and the gold answer."""
     answer = str(a + b)
     return PromptRow(
         prompt=f"Q:{a}+{b}\n",
-        context=f"Hint: {answer} ({worked_solution(a, b)})\n",
+        context=hint_text(answer, worked_solution(a, b)),
         answer=answer,
         data_source=DATA_SOURCE,
     )

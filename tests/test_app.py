@@ -10,6 +10,10 @@ from gradio_client import Client
 import app as dashboard
 from conftest import tiny_config
 from fixtures.records import write_run
+from sdpg.data import PromptRow
+from sdpg.playground import Subject, context_variants, probe_response, recorded_response_ids
+from sdpg.records import RecordStream
+from sdpg.run import RunHandle
 from sdpg.trainer import Trainer
 
 CONTROLS = ["method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
@@ -176,3 +180,73 @@ def test_replay_opens_a_recorded_run(served, tmp_path):
     assert "does not exist" in client.predict(str(tmp_path / "nope"), api_name="/open_replay")
     assert "Showing the live run" in client.predict(api_name="/show_live")
     assert ctl.replay is None
+
+
+def plot_of(out) -> dict:
+    return json.loads(out["plot"])
+
+
+def test_playground_probes_a_paused_live_run_then_its_checkpoint_in_replay(served, tiny_model_dir):
+    ctl, client, _ = served
+    finish(ctl)
+    client.predict(*controls(tiny_config(tiny_model_dir, ""), steps=40), api_name="/start")
+    handle = ctl.handle
+    wait_for_step(handle, 1)
+    client.predict(api_name="/pause")
+    wait_for(lambda: handle.status == "paused", timeout=60, what="paused")
+    step = handle.records.rollout_steps()[-1]
+    args = ["recorded", step, 0, 1, "", "", "", "", 1.0, "Hint: think", "kl", 2]
+    where, heat, summary, logq, topk = client.predict(*args, api_name="/probe")
+    assert f"weights after step {handle.step}" in where
+    response = handle.records.rollouts(step)[0]["responses"][1]
+    trace = plot_of(heat)["data"][0]
+    names = [label.split("  (")[0] for label in trace["y"]]
+    assert names == ["real hint", "no hint", "answer only", "solution only", "wrong answer", "own prompt (sanity)", "free text"]
+    assert all(len(row) == len(response["tokens"]) for row in trace["z"])
+    assert trace["z"][names.index("own prompt (sanity)")] == [0.0] * len(response["tokens"])
+    # the page shows what the engine computes on the same (paused) weights
+    group = handle.records.rollouts(step)[0]
+    row = PromptRow(group["prompt"], group["context"], group["answer"])
+    direct = handle.call_between_steps(lambda t: probe_response(
+        Subject.from_trainer(t), row.prompt, recorded_response_ids(t.tokenizer, response), context_variants(row)))
+    assert trace["z"][0] == pytest.approx(direct["variants"][0]["kl"], abs=1e-6)
+    assert "mean KL" in summary and "Top-5 at position 2" in topk
+    assert len(plot_of(logq)["data"]) == 1 + len(names)
+
+    gap = client.predict(3, 2, "", api_name="/context_gap")
+    assert "own prompt (sanity)" in gap and "3 problems × 2 samples" in gap and "live run" in gap
+    client.predict(api_name="/stop")
+    wait_for(lambda: handle.status == "stopped", timeout=60, what="stopped")
+
+    assert "Opened" in client.predict(str(handle.run_dir), api_name="/open_replay")
+    typed = ["typed", None, None, 0, "Q:3+4\n", "Hint: 7 (3+4=7)\n", "7", "\\boxed{7}", 1.0, "", "kl", 0]
+    where, heat, *_ = client.predict(*typed, api_name="/probe")
+    assert "checkpoint" in where and str(handle.run_dir) in where
+    assert len(plot_of(heat)["data"][0]["z"]) == 6
+    client.predict(api_name="/show_live")
+
+
+def test_compare_overlays_chosen_runs_with_summary_and_config_diff(served, tiny_model_dir, tmp_path):
+    ctl, client, _ = served
+    finish(ctl)
+    dirs = []
+    for method, seed in (("sdpg", 0), ("grpo", 1)):
+        cfg = tiny_config(tiny_model_dir, tmp_path / "cmp" / f"{method}-s{seed}", loss__method=method, run__seed=seed,
+                          run__steps=2)
+        cfg.loss.alpha = 0.0 if method == "grpo" else cfg.loss.alpha
+        handle = RunHandle(cfg).start()
+        handle.join(timeout=90)
+        assert handle.status == "finished", handle.error
+        dirs.append(str(handle.run_dir))
+    note, curves, summary, diff = client.predict(dirs + [str(tmp_path / "missing")], api_name="/compare")
+    assert "Comparing 2 runs" in note and "does not exist" in note
+    fig = plot_of(curves)
+    names = {t["name"] for t in fig["data"]}
+    assert names == {"sdpg-s0", "grpo-s1"}
+    styles = {(t["name"], t["line"]["color"], t["line"]["dash"]) for t in fig["data"]}
+    assert len(styles) == 2  # one colour and dash per run, the same in every panel
+    pass_trace = next(t for t in fig["data"] if t["name"] == "sdpg-s0" and t["xaxis"] == "x")
+    evals = [m for m in RecordStream.open(dirs[0]).metrics() if "eval/pass@1" in m]
+    assert pass_trace["y"] == [m["eval/pass@1"] for m in evals]
+    assert summary.count("finished") == 2 and "wall time" in summary
+    assert "loss.method" in diff and "run.seed" in diff and "loss.alpha" in diff and "run.run_dir" not in diff

@@ -26,7 +26,7 @@ from sdpg.models import load_model_and_tokenizer
 from sdpg.records import RecordStream
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("01_loss_terms.ipynb", "02_live_training.ipynb", "03_compare_methods.ipynb")
+NAMES = ("01_loss_terms.ipynb", "02_live_training.ipynb", "03_compare_methods.ipynb", "04_privileged_context.ipynb")
 CELL_TIMEOUT = 600
 """seconds per cell (the embedded model is in the cache before any notebook starts)"""
 
@@ -133,6 +133,19 @@ def test_compare_notebook_says_so_when_there_is_nothing(nb_env):
     text, bundles = outputs(execute("03_compare_methods.ipynb"))
     assert "nothing to plot yet" in text
     assert not plotly_figures(bundles)
+
+
+def test_privileged_context_notebook_probes_every_context_and_ranks_them(embedded_model, nb_env, monkeypatch):
+    monkeypatch.setenv("SDPG_NB_GAP_PROBLEMS", "6")
+    monkeypatch.setenv("SDPG_NB_GAP_SAMPLES", "2")
+    text, bundles = outputs(execute("04_privileged_context.ipynb"))
+    assert "KL = 0 exactly" in text
+    heatmaps = [f for f in plotly_figures(bundles) if f["data"] and f["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == 3 and all(len(f["data"][0]["z"]) == 7 for f in heatmaps)  # six contexts and free text
+    ranked = [line.split(" gap ")[0].strip() for line in text.splitlines() if " gap " in line and "mean KL" in line]
+    assert len(ranked) == 6 and "own prompt (sanity)" in ranked
+    gaps = [float(line.split(" gap ")[1].split()[0]) for line in text.splitlines() if " gap " in line and "mean KL" in line]
+    assert gaps == sorted(gaps, reverse=True)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,12 +10,15 @@ import torch
 import sdpg.embedded.cache as cache
 import sdpg.embedded.warmstart as warmstart
 from sdpg.config import DataConfig, ModelConfig
+from lab.warmstart import warmstart_html
 from sdpg.data import render_prompts
 from sdpg.embedded.cache import embedded_entry, embedded_key, embedded_settings, read_warmstart_report
 from sdpg.embedded.model import TinyModelConfig
 from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.embedded.warmstart import WarmStartConfig, evaluate, warm_start
 from sdpg.models import load_model_and_tokenizer
+from sdpg.records import RecordStream
+from sdpg.run import warmstart_recorder
 from sdpg.task import make_row, target_text
 
 TINY = WarmStartConfig(
@@ -139,9 +142,9 @@ def test_two_builders_of_one_entry_train_once_and_stale_staging_goes(tmp_path, m
     stale.mkdir()
     real, calls = warmstart.warm_start, []
 
-    def counted(cfg, progress):
+    def counted(cfg, progress, **kwargs):
         calls.append(cfg)
-        return real(cfg, progress=progress)
+        return real(cfg, progress=progress, **kwargs)
 
     monkeypatch.setattr(cache, "warm_start", counted)
     with ThreadPoolExecutor(2) as pool:
@@ -159,7 +162,7 @@ def test_cache_key_follows_settings_and_task_digits():
 
 
 def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
-    def crash(cfg, progress):
+    def crash(cfg, progress, **kwargs):
         raise RuntimeError("interrupted")
 
     monkeypatch.setattr(cache, "warm_start", crash)
@@ -171,8 +174,8 @@ def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):
 def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
     real = warmstart.warm_start
 
-    def save_fails(cfg, progress):
-        model, tokenizer, report = real(cfg, progress=progress)
+    def save_fails(cfg, progress, **kwargs):
+        model, tokenizer, report = real(cfg, progress=progress, **kwargs)
         report["unserialisable"] = object()
         return model, tokenizer, report
 
@@ -180,3 +183,25 @@ def test_crash_while_saving_leaves_no_cache_entry(tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=TINY, progress=False)
     assert entries_in(tmp_path) == []
+
+
+def test_warm_start_streams_its_progress_into_the_record_stream_and_a_cached_start_says_so(tmp_path, capsys):
+    cfg = replace(TINY, steps=25, stop_at=0.99, check_every=10, check_prompts=4)
+    records = RecordStream(tmp_path / "run")
+    load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path / "cache", warm_cfg=cfg, progress=False,
+                             on_warmstart=warmstart_recorder(records))
+    events = [e for e in records.events() if e["event"] == "warmstart"]
+    assert [e["step"] for e in events] == [1, 10, 20, 25] and all(e["steps"] == 25 for e in events)
+    assert [("check" in e) for e in events] == [False, True, True, False]
+    assert all(0 <= e["check"] <= 1 and e["target"] == 0.99 for e in events if "check" in e)
+    assert all(math.isfinite(e["loss"]) for e in events) and events[-1]["elapsed_s"] >= events[0]["elapsed_s"]
+    live = warmstart_html(events)
+    assert "step 25 / 25" in live and "ETA" in live and "<svg" in live and "skill check" in live
+
+    again = RecordStream(tmp_path / "again")
+    load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path / "cache", warm_cfg=cfg, progress=True,
+                             on_warmstart=warmstart_recorder(again))
+    (cached,) = [e for e in again.events() if e["event"] == "warmstart"]
+    assert cached["cached"] and cached["steps"] == 25
+    assert capsys.readouterr().out.count("embedded model: cached warm start (25 steps") == 1
+    assert "cached warm start (25 steps" in warmstart_html([cached])

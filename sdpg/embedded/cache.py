@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from sdpg.config import DataConfig
 from sdpg.embedded.tokenizer import CHARS, CHAT_TEMPLATE
@@ -31,24 +32,37 @@ def default_cache_dir() -> Path:
 
 
 def embedded_entry(*, cache_dir: str | Path | None = None, warm_cfg: WarmStartConfig | None = None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, on_warmstart: Callable[[dict], None] | None = None) -> Path:
     """The cache folder of the embedded model for `warm_cfg`, warm-starting and saving it if absent.
 
     The folder holds the model, the tokenizer and `warmstart.json` (settings, held-out pass rates,
-    wall time).
+    wall time). `on_warmstart` gets the warm start's progress dicts (`warm_start`'s `on_step`), or one
+    `{"cached": True, ...}` dict when the entry was already there; with `progress` a cached start prints one line.
     """
     warm_cfg = warm_cfg or WarmStartConfig()
     entry = Path(cache_dir or default_cache_dir()) / f"embedded-{embedded_key(warm_cfg)}"
-    if (entry / WARMSTART_FILE).is_file():
-        return entry
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    # One builder per entry: a second process (the dashboard and a notebook started together) waits for
-    # the first instead of spending the same minutes; the OS drops the lock if the builder dies.
-    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (entry / WARMSTART_FILE).is_file():
-            _build_entry(entry, warm_cfg, progress)
+    if not (entry / WARMSTART_FILE).is_file():
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        # One builder per entry: a second process (the dashboard and a notebook started together) waits for
+        # the first instead of spending the same minutes; the OS drops the lock if the builder dies.
+        with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (entry / WARMSTART_FILE).is_file():
+                _build_entry(entry, warm_cfg, progress, on_warmstart)
+                return entry
+    _report_cached(entry, progress, on_warmstart)
     return entry
+
+
+def _report_cached(entry: Path, progress: bool, on_warmstart: Callable[[dict], None] | None) -> None:
+    report = read_warmstart_report(entry)
+    cached = {"cached": True, "path": str(entry), "steps": report.get("train/steps"),
+              "student_pass@1": report.get("eval/student_pass@1"), "teacher_pass@1": report.get("eval/teacher_pass@1")}
+    if progress:
+        print(f"embedded model: cached warm start ({cached['steps']} steps, student pass@1 "
+              f"{cached['student_pass@1']}, teacher {cached['teacher_pass@1']}) from {entry}")
+    if on_warmstart is not None:
+        on_warmstart(cached)
 
 
 def embedded_key(warm_cfg: WarmStartConfig) -> str:
@@ -78,12 +92,13 @@ def embedded_settings(warm_cfg: WarmStartConfig | None, data_cfg: DataConfig | N
     return warm_cfg
 
 
-def _build_entry(entry: Path, warm_cfg: WarmStartConfig, progress: bool) -> None:
+def _build_entry(entry: Path, warm_cfg: WarmStartConfig, progress: bool,
+                 on_warmstart: Callable[[dict], None] | None = None) -> None:
     for stale in entry.parent.glob(f".{entry.name}-*"):  # staging left by a builder that was killed
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
-        model, tokenizer, report = warm_start(warm_cfg, progress=progress)
+        model, tokenizer, report = warm_start(warm_cfg, progress=progress, on_step=on_warmstart)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         # Written last: its presence marks a complete entry.

@@ -21,6 +21,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,13 +78,14 @@ class WarmStartConfig:
     """shape of the tiny Qwen3 model"""
 
 
-def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = True
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = True,
+               on_step: Callable[[dict], None] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """Train a fresh embedded model on the addition task; return it (eval mode), its tokenizer and a report.
 
     The report holds the settings, `eval/student_pass@1` and `eval/teacher_pass@1` (sampled at T=1),
     their greedy counterparts, the steps run, the last stopping check, the last training loss and the
-    wall time.
+    wall time. `on_step`, when given, gets `{"step", "steps", "loss", "target", "elapsed_s"}` after every
+    training step, plus `"check"` (greedy pass rate on unseen problems) on the steps that ran the stopping check.
     """
     _check(cfg)
     start = time.perf_counter()
@@ -91,7 +93,7 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = Tru
         torch.manual_seed(cfg.seed)
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(tokenizer, cfg.model)
-        losses, stop_check = _train(model, tokenizer, cfg, progress)
+        losses, stop_check = _train(model, tokenizer, cfg, progress, on_step)
         train_s = time.perf_counter() - start
         val_rows = make_rows(cfg.eval_prompts, digits=cfg.digits, seed=0, split="val")
         figures = evaluate(model, tokenizer, val_rows, samples=cfg.eval_samples)
@@ -119,8 +121,8 @@ def _check(cfg: WarmStartConfig) -> None:
                          f"{cfg.eval_prompts}, {cfg.eval_samples}, {cfg.check_every} and {cfg.check_prompts}")
 
 
-def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: WarmStartConfig, progress: bool
-           ) -> tuple[list[float], float | None]:
+def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: WarmStartConfig, progress: bool,
+           on_step: Callable[[dict], None] | None = None) -> tuple[list[float], float | None]:
     """Train until `cfg.steps` or until the stopping check passes; return the per-step losses and the
     last check's greedy student pass rate (None when no check ran)."""
     rows = make_rows(cfg.steps * cfg.batch_size + cfg.check_prompts, digits=cfg.digits, seed=cfg.seed, split="train")
@@ -128,7 +130,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
     n_hinted = round(cfg.hinted_fraction * cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
-    losses, student, postfix = [], None, {}
+    losses, student, postfix, start = [], None, {}, time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="warm start (runs once, then cached)", disable=not progress)
     for step in bar:
         model.train()
@@ -136,11 +138,16 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
         losses.append(_train_step(model, tokenizer, optimizer, batch, n_hinted, cfg.grad_clip))
         scheduler.step()
         postfix["loss"] = f"{losses[-1]:.3f}"
+        checked = {}
         if cfg.stop_at < 1.0 and (step + 1) % cfg.check_every == 0:
             model.eval()
             student = _pass_rate(model, tokenizer, [r.prompt for r in check_rows], [r.answer for r in check_rows],
                                  samples=1, batch_size=256, sample=False)
             postfix["student"] = f"{student:.2f}"
+            checked = {"check": student}
+        if on_step is not None:
+            on_step({"step": step + 1, "steps": cfg.steps, "loss": losses[-1], "target": cfg.stop_at,
+                     "elapsed_s": time.perf_counter() - start, **checked})
         bar.set_postfix(postfix, refresh=False)
         if student is not None and student >= cfg.stop_at:
             break
