@@ -34,7 +34,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, 
                           PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM)
 
 from sdpg.config import DataConfig, ModelConfig
-from sdpg.task import make_rows
+from sdpg.tasks import CONTEXTS, get_task
 
 if TYPE_CHECKING:
     from sdpg.warmstart import WarmStartConfig
@@ -194,15 +194,20 @@ def embedded_entry(*, cache_dir: str | Path | None = None, warm_cfg: WarmStartCo
 
 
 def embedded_key(warm_cfg: WarmStartConfig) -> str:
-    """Hash of everything that shapes the embedded model: warm-start settings (model shape, digits and
-    seed included), the tokenizer's characters and template, and the task's text format."""
-    sample = make_rows(1, digits=warm_cfg.digits, seed=0, split="val")[0]
+    """Hash of everything that shapes the embedded model: warm-start settings (model shape, task, digits
+    and seed included), the tokenizer's characters and template, and the task's text format."""
+    task = get_task(warm_cfg.task, warm_cfg.digits if warm_cfg.task == "add" else None)
+    sample = task.problems(1, seed=0, split="val")[0]
+    settings = dataclasses.asdict(warm_cfg)
+    del settings["task"]
     fingerprint = {
-        "warm_start": dataclasses.asdict(warm_cfg),
+        "warm_start": settings,
         "chars": CHARS,
         "chat_template": CHAT_TEMPLATE,
-        "sample": [sample.teacher_prompt, sample.answer],
+        "sample": [sample.question + CONTEXTS["full"](sample), sample.answer],
     }
+    if task.name != "add":  # entries made before there were other tasks keep their key
+        fingerprint["task"] = {"name": task.name, "response": sample.response, "contexts": task.warm_contexts}
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -212,13 +217,14 @@ def read_warmstart_report(entry: str | Path) -> dict:
 
 
 def embedded_settings(warm_cfg: WarmStartConfig | None, data_cfg: DataConfig | None) -> WarmStartConfig:
-    """The warm-start settings for a run: `warm_cfg` (default settings when None) with the task digits
-    of `data_cfg` when given."""
+    """The warm-start settings for a run: `warm_cfg` (when None: the defaults with the task's own warm-start
+    settings) with the task and digits of `data_cfg` when given."""
     from sdpg.warmstart import WarmStartConfig  # warmstart builds on this module's tokenizer and model
 
-    warm_cfg = warm_cfg or WarmStartConfig()
+    name = data_cfg.task if data_cfg is not None else (warm_cfg.task if warm_cfg else "add")
+    warm_cfg = warm_cfg or WarmStartConfig(**get_task(name).warm_start)
     if data_cfg is not None:
-        warm_cfg = dataclasses.replace(warm_cfg, digits=tuple(data_cfg.digits))
+        warm_cfg = dataclasses.replace(warm_cfg, task=data_cfg.task, digits=tuple(data_cfg.digits))
     return warm_cfg
 
 

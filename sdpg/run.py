@@ -28,7 +28,7 @@ from sdpg.memory import ModelShape, check_memory, model_config
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier
-from sdpg.task import make_rows
+from sdpg.tasks import get_task
 from sdpg.trainer import Trainer
 
 STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed")
@@ -36,10 +36,11 @@ STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "f
 
 def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
     d = cfg.data
+    task = get_task(d.task, tuple(d.digits) if d.task == "add" else None)
 
     def rows(spec: str, split: str, n: int) -> list[PromptRow]:
         if spec == "embedded":
-            return make_rows(n, digits=tuple(d.digits), seed=cfg.run.seed, split=split)
+            return task.rows(n, seed=cfg.run.seed, split=split, context=d.context)
         return load_rows(spec, skip_bad_rows=d.skip_bad_rows).rows
 
     return rows(d.train, "train", d.n_train), rows(d.val, "val", d.n_val)
