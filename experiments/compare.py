@@ -120,8 +120,22 @@ def variant_settings(name: str) -> dict[str, Any]:
                      "(e.g. sdpg-b0.2)")
 
 
+def check_variants(names: list[str]) -> None:
+    """Raise ValueError listing every name that is not a variant."""
+    unknown = []
+    for name in names:
+        try:
+            variant_settings(name)
+        except ValueError:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(variants())}, or a distilling one plus "
+                         "-b<beta> (e.g. sdpg-b0.2)")
+
+
 def with_beta_sweep(names: list[str], betas: list[float]) -> list[str]:
     """`names` with, after each distilling variant that does not fix beta itself, one variant per beta."""
+    check_variants(names)
     out = []
     for name in names:
         out.append(name)
@@ -160,15 +174,7 @@ def apply_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
 
 def plan_runs(base: TrainConfig, names: list[str], seeds: list[int], steps: int, out: Path) -> list[RunPlan]:
     """One validated config per (variant, seed), all from `base` with the same step budget."""
-    unknown = []
-    for name in names:
-        try:
-            variant_settings(name)
-        except ValueError:
-            unknown.append(name)
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {sorted(variants())}, or a distilling one plus "
-                         "-b<beta> (e.g. sdpg-b0.2)")
+    check_variants(names)
     plans = []
     for name in names:
         for seed in seeds:
