@@ -244,7 +244,7 @@ def run_all(plans: list[RunPlan], jobs: int = 1, threads: int = 1) -> dict[tuple
             bar.set_description(" ".join(f"{v}-s{s}" for v, s in running) or "compare")
             bar.refresh()
     except KeyboardInterrupt:
-        _stop_all([proc for _, proc in running.values()])
+        _stop_all(list(running.values()))
         raise
     finally:
         bar.close()
@@ -306,13 +306,13 @@ def _outcome(plan: RunPlan, returncode: int) -> str | None:
     return f"exit status {returncode}" + (f": {lines[-1]}" if lines else "")
 
 
-def _stop_all(procs: list[subprocess.Popen]) -> None:
-    """Ask each run to stop (SIGINT: it saves a checkpoint), then wait for all of them."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        proc.wait()
+def _stop_all(running: list[tuple[RunPlan, subprocess.Popen]]) -> None:
+    """Ask each run to stop (SIGINT: it saves a checkpoint), then wait for all of them, tallying their CPU time."""
+    for _, proc in running:
+        proc.send_signal(signal.SIGINT)
+    for plan, proc in running:
+        while not _reap(plan, proc):
+            time.sleep(0.2)
 
 
 def _steps_recorded(plan: RunPlan) -> int:

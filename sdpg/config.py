@@ -273,7 +273,6 @@ class TrainConfig:
                 raise ValueError(f"config {name}={value!r} is invalid: {why}")
         return self
 
-
     def _embedded(self) -> bool:
         return "embedded" in (self.data.train, self.data.val) and self.data.task in TASKS
 
