@@ -538,7 +538,9 @@ def git_commit(outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
     Changes to `outputs` (the page and files this command writes) do not count: rewriting a committed
     results page must not mark the code that produced it as modified.
     """
-    excludes = [f":(exclude){Path(os.path.relpath(p.resolve())).as_posix()}" for p in outputs]
+    # Outputs outside the working directory cannot be changes to it (and git refuses such pathspecs).
+    inside = [Path(os.path.relpath(p.resolve())) for p in outputs]
+    excludes = [f":(exclude){p.as_posix()}" for p in inside if not p.as_posix().startswith("../")]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes],

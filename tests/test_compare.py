@@ -205,3 +205,6 @@ def test_rewriting_the_results_page_does_not_mark_the_code_modified(tmp_path, mo
     assert len(head) == 40 and not dirty
     (tmp_path / "code.py").write_text("v2\n")
     assert git_commit(outputs)[1] and git_commit()[1]
+    # outputs written outside the checkout (e.g. a pilot under /tmp) still leave the commit known
+    elsewhere = (tmp_path.parent / f"{tmp_path.name}-out" / "results.md",)
+    assert git_commit(elsewhere)[0] == head
