@@ -615,10 +615,11 @@ def base_config(rest: list[str], parser: argparse.ArgumentParser, task: str = "a
 
 
 def default_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    """Run folder, curves file and figure folder: the add task's names, with -<task>[-<context>] otherwise."""
-    tag = "" if (args.task, args.context) == ("add", "full") else \
-        f"-{args.task}" + ("" if args.context == "full" else f"-{args.context}")
-    out = args.out or Path(f"runs/compare{tag}")
+    """Run folder, curves file and figure folder: the add task's names, with -<task>[-<context>] otherwise
+    (a namespace without task or context, as a caller may build, means the add task's)."""
+    task, context = getattr(args, "task", "add"), getattr(args, "context", "full")
+    tag = "" if (task, context) == ("add", "full") else f"-{task}" + ("" if context == "full" else f"-{context}")
+    out = getattr(args, "out", None) or Path(f"runs/compare{tag}")
     json_path = args.json or args.results.with_name(f"compare{tag}.json")
     fig_dir = args.figures or args.results.parent / "figures" / tag.lstrip("-")
     return out, json_path, fig_dir
@@ -663,8 +664,8 @@ def write_results(plans: list[RunPlan], errors: dict, base: TrainConfig, args: a
     commit, dirty = git_commit((results, json_path, fig_dir))
     meta = {"command": "python -m experiments.compare " + shlex.join(argv), "commit": commit, "dirty": dirty,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": args.steps,
-            "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base), "task": args.task,
-            "context": args.context, "cpu_s": sum(r["cpu_s"] for r in data["runs"] if r["cpu_s"] is not None)}
+            "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base), "task": base.data.task,
+            "context": base.data.context, "cpu_s": sum(r["cpu_s"] for r in data["runs"] if r["cpu_s"] is not None)}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(json_safe(meta | data), indent=1) + "\n")
     html, png, note = write_figures(data, fig_dir, png=args.png)
