@@ -1,17 +1,28 @@
 """Method comparison: every registered method and the SDPG ablations, same budget, several seeds.
 
-    python -m experiments.compare [--methods ...] [--seeds 0 1 2] [--steps 100] [config flags]
+    python -m experiments.compare [--task add] [--context full] [--methods ...] [--betas ...]
+                                  [--seeds 0 1 2 3 4] [--steps 100] [--jobs 2] [config flags]
 
 Design choices:
 - A variant is a method name plus config settings. Every registered method is a variant (GRPO with
   alpha = 0, i.e. the outcome term only); the SDPG ablations are settings on `sdpg`
   (`sdpg-alpha0`, `sdpg-beta0`, `sdpg-nogate`), never code copies. All variants share one base config
   (the `cpu` preset plus any `sdpg.train` flags given here), the step budget and the seeds.
-- Each run is a normal run directory `<out>/<variant>-s<seed>` driven by `RunHandle`, so it can be opened
-  in the dashboard. Rerunning the command skips finished runs, resumes interrupted ones from their last
-  checkpoint (a run without one starts over) and refuses a directory made with different settings.
+- `--betas` adds a beta sweep of every distilling variant (`sdpg-b0.2` = `sdpg` with loss.beta 0.2).
+- `--task` / `--context` pick the embedded task and the teacher's context variant for every run; the
+  rollout length grows to the task's when it could not hold its answers, unless
+  `--rollout.max_new_tokens` is given (then a too-short one is refused).
+- Each run is a normal run directory `<out>/<variant>-s<seed>`, trained by `python -m sdpg.train` in a
+  process of its own with one torch thread, `--jobs` of them at a time: runs never share a core's
+  threads, so their timings stay comparable. Rerunning the command skips finished runs, resumes
+  interrupted ones from their last checkpoint (a run without one starts over) and refuses a directory
+  made with different settings.
 - A crashed run is reported in the table and the command goes on with the others (exit status 1).
-- Results: `docs/results.md` gets (or has replaced) one section, "Method comparison", with the table,
+- Statistics (`experiments.stats`): mean and 95 % bootstrap interval over seeds of final and best
+  held-out pass@1 and of the area under the pass@1 curve, and each variant's paired (same seed)
+  difference to `grpo` when it is in the comparison.
+- Results: `docs/results.md` gets (or has replaced) one section, "Method comparison" (with the task's
+  name for tasks other than `add`), with the table,
   the exact command and the git commit; `docs/compare.json` holds the per-step curves and held-out
   evaluations of every run as flat rows (one `polars.DataFrame(rows)` away) for the notebooks.
 - Figures are the `lab.compare` views saved as plotly HTML under `docs/figures/` (plotly.js written once
@@ -28,6 +39,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from experiments.stats import bootstrap_ci, curve_area, paired_difference
 from lab.compare import comparison_figures
 from lab.status import replay_status
 from sdpg.checkpoint import latest_checkpoint
@@ -44,6 +57,7 @@ from sdpg.cli import build_parser as train_parser, config_from_args
 from sdpg.config import TrainConfig
 from sdpg.methods import METHODS, check_config
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, ROLLOUTS_FILE, RecordStream, json_safe
+from sdpg.tasks import CONTEXTS, TASKS, get_task
 
 SECTION = "Method comparison"
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {"grpo": {"loss.alpha": 0.0}}
@@ -53,13 +67,24 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "sdpg-beta0": {"loss.method": "sdpg", "loss.beta": 0.0},
     "sdpg-nogate": {"loss.method": "sdpg", "loss.gate": False},
 }
-CONTROLLED = {"loss.method": "--methods", "run.seed": "--seeds", "run.run_dir": "--out", "run.steps": "--steps"}
+BASELINE = "grpo"
+"""the variant every other one is compared with, seed by seed"""
+CONTROLLED = {"loss.method": "--methods", "run.seed": "--seeds", "run.run_dir": "--out", "run.steps": "--steps",
+              "data.task": "--task", "data.context": "--context"}
 """config fields the experiment sets itself, with the flag that does it"""
 CURVE_KEYS = ("reward/mean", "reward/accuracy", "entropy/mean", "kl/distill_mean", "response/length_mean",
               "loss/total", "loss/pg", "loss/distill", "loss/ref_kl", "gate/fraction", "grad/norm", "time/step")
 EVAL_KEYS = ("eval/pass@1", "eval/teacher_pass@1", "eval/response_length")
-RUN_FILES = (METRICS_FILE, ROLLOUTS_FILE, EVENTS_FILE, CONFIG_FILE)
-"""the record files a run directory holds besides checkpoints/"""
+PLAN_FILE = "plan.json"
+"""the config a run is started from (`sdpg.train --config`)"""
+LOG_FILE = "train.log"
+"""the run process's output"""
+CPU_FILE = "cpu.json"
+"""CPU seconds the run's processes used, summed over sittings"""
+RUN_FILES = (METRICS_FILE, ROLLOUTS_FILE, EVENTS_FILE, CONFIG_FILE, PLAN_FILE, LOG_FILE, CPU_FILE)
+"""the files a run directory holds besides checkpoints/"""
+CI_KEYS = ("final_pass@1", "best_pass@1", "auc_pass@1")
+"""summary keys reported with a bootstrap interval and a paired difference to the baseline"""
 TAIL_FRACTION = 0.25
 """entropy, response length and distillation KL are averaged over this last fraction of training steps"""
 
@@ -80,6 +105,50 @@ def variants() -> dict[str, dict[str, Any]]:
     """Variant name -> config settings ("section.field" -> value): every registered method, then the ablations."""
     out = {name: {"loss.method": name} | METHOD_SETTINGS.get(name, {}) for name in METHODS}
     return out | ABLATIONS
+
+
+def variant_settings(name: str) -> dict[str, Any]:
+    """The settings of a variant: a name of `variants()`, or one of them plus `-b<beta>` (a distilling one)."""
+    table = variants()
+    if name in table:
+        return table[name]
+    base, sep, beta = name.rpartition("-b")
+    if sep and base in table and _distills(table[base]):
+        try:
+            return table[base] | {"loss.beta": float(beta)}
+        except ValueError:
+            pass
+    raise ValueError(f"unknown variant {name!r}; known: {sorted(table)}, or a distilling one plus -b<beta> "
+                     "(e.g. sdpg-b0.2)")
+
+
+def check_variants(names: list[str]) -> None:
+    """Raise ValueError listing every name that is not a variant."""
+    unknown = []
+    for name in names:
+        try:
+            variant_settings(name)
+        except ValueError:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(variants())}, or a distilling one plus "
+                         "-b<beta> (e.g. sdpg-b0.2)")
+
+
+def with_beta_sweep(names: list[str], betas: list[float]) -> list[str]:
+    """`names` with, after each distilling variant that does not fix beta itself, one variant per beta."""
+    check_variants(names)
+    out = []
+    for name in names:
+        out.append(name)
+        settings = variant_settings(name)
+        if _distills(settings) and "loss.beta" not in settings:
+            out += [f"{name}-b{beta:g}" for beta in betas]
+    return list(dict.fromkeys(out))
+
+
+def _distills(settings: dict[str, Any]) -> bool:
+    return METHODS[settings["loss.method"]].distills
 
 
 def estimate_seconds(n_runs: int, steps: int, eval_every: int) -> float:
@@ -107,16 +176,14 @@ def apply_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
 
 def plan_runs(base: TrainConfig, names: list[str], seeds: list[int], steps: int, out: Path) -> list[RunPlan]:
     """One validated config per (variant, seed), all from `base` with the same step budget."""
-    table = variants()
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {sorted(table)}")
+    check_variants(names)
     plans = []
     for name in names:
         for seed in seeds:
             cfg = TrainConfig.from_dict(base.to_dict())
             run_dir = out / f"{name}-s{seed}"
-            apply_settings(cfg, table[name] | {"run.seed": seed, "run.steps": steps, "run.run_dir": str(run_dir)})
+            apply_settings(cfg, variant_settings(name) | {"run.seed": seed, "run.steps": steps,
+                                                          "run.run_dir": str(run_dir)})
             plans.append(RunPlan(name, seed, check_config(cfg), run_dir))
     return plans
 
@@ -153,49 +220,108 @@ def _differences(a: dict, b: dict, prefix: str = "") -> set[str]:
 
 # ----------------------------------------------------------------------------- running
 
-def run_all(plans: list[RunPlan]) -> dict[tuple[str, int], str | None]:
-    """Run, resume or skip every plan in order; (variant, seed) -> error message (None if it finished)."""
+def run_all(plans: list[RunPlan], jobs: int = 1, threads: int = 1) -> dict[tuple[str, int], str | None]:
+    """Run, resume or skip every plan, `jobs` processes at a time; (variant, seed) -> error (None if it finished)."""
     from tqdm import tqdm
-
-    from sdpg.run import RunHandle
 
     states = {(p.variant, p.seed): run_state(p) for p in plans}
     done = {(p.variant, p.seed): _steps_done(p, states[(p.variant, p.seed)]) for p in plans}
-    errors: dict[tuple[str, int], str | None] = {}
+    errors: dict[tuple[str, int], str | None] = {key: None for key, state in states.items() if state == "finished"}
+    pending = [p for p in plans if states[(p.variant, p.seed)] != "finished"]
+    running: dict[tuple[str, int], tuple[RunPlan, subprocess.Popen]] = {}
     bar = tqdm(total=sum(p.cfg.run.steps for p in plans), initial=sum(done.values()), unit="step",
                desc="compare", dynamic_ncols=True)
     try:
-        for plan in plans:
-            key = (plan.variant, plan.seed)
-            if states[key] == "finished":
-                errors[key] = None
-                continue
-            if states[key] == "restart":
-                _clear_run(plan.run_dir)
-            bar.set_description(f"{plan.variant} s{plan.seed}")
-            handle = RunHandle(plan.cfg, resume=states[key] == "resume").start()
-            errors[key] = _follow(handle, bar, done[key])
+        while pending or running:
+            while pending and len(running) < jobs:
+                plan = pending.pop(0)
+                running[(plan.variant, plan.seed)] = (plan, _launch(plan, states[(plan.variant, plan.seed)], threads))
+            time.sleep(_POLL_S)
+            for key, (plan, proc) in list(running.items()):
+                done[key] = _steps_recorded(plan)
+                if _reap(plan, proc):
+                    errors[key] = _outcome(plan, proc.returncode)
+                    del running[key]
+            bar.n = sum(done.values())
+            bar.set_description(" ".join(f"{v}-s{s}" for v, s in running) or "compare")
+            bar.refresh()
+    except KeyboardInterrupt:
+        _stop_all(list(running.values()))
+        raise
     finally:
         bar.close()
     return errors
 
 
-def _follow(handle, bar, start_step: int) -> str | None:
-    """Advance the bar with the run until it ends; Ctrl-C stops it cleanly (checkpoint saved) and re-raises."""
-    shown = start_step
-    try:
-        while handle.alive:
+_POLL_S = 1.0
+"""seconds between looks at the running processes"""
+
+
+def _launch(plan: RunPlan, state: str, threads: int) -> subprocess.Popen:
+    """`python -m sdpg.train` for one plan in its own process (`threads` torch threads), output to a log file."""
+    if state == "restart":
+        _clear_run(plan.run_dir)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if state == "resume":
+        args = ["--resume", str(plan.run_dir), "--run.steps", str(plan.cfg.run.steps)]
+    else:
+        plan_file = plan.run_dir / PLAN_FILE
+        plan_file.write_text(json.dumps(plan.cfg.to_dict(), indent=1))
+        args = ["--config", str(plan_file)]
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                        "TOKENIZERS_PARALLELISM": "false"}
+    log = open(plan.run_dir / LOG_FILE, "a")
+    # Own session: a Ctrl-C in the terminal reaches only this command, which stops each run cleanly.
+    proc = subprocess.Popen([sys.executable, "-m", "sdpg.train", "--quiet", *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    return proc
+
+
+def _reap(plan: RunPlan, proc: subprocess.Popen) -> bool:
+    """Whether the run's process has ended; if so, add its CPU time (its own and its workers') to the run's tally."""
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    tally = plan.run_dir / CPU_FILE
+    before = json.loads(tally.read_text())["cpu_s"] if tally.exists() else 0.0
+    tally.write_text(json.dumps({"cpu_s": round(before + usage.ru_utime + usage.ru_stime, 1)}))
+    return True
+
+
+def run_cpu_seconds(run_dir: Path) -> float | None:
+    """CPU seconds the run's processes used over all sittings (None when this command did not run it)."""
+    tally = run_dir / CPU_FILE
+    return json.loads(tally.read_text())["cpu_s"] if tally.exists() else None
+
+
+def _outcome(plan: RunPlan, returncode: int) -> str | None:
+    """None when the run finished its steps, else why not (its error event, else its log's last line)."""
+    if returncode == 0 and run_state(plan) == "finished":
+        return None
+    events = RecordStream.open(plan.run_dir).events() if (plan.run_dir / EVENTS_FILE).exists() else []
+    error = next((e["message"] for e in reversed(events) if e["event"] == "error"), None)
+    if error:
+        return error
+    lines = (plan.run_dir / LOG_FILE).read_text().strip().splitlines() if (plan.run_dir / LOG_FILE).exists() else []
+    return f"exit status {returncode}" + (f": {lines[-1]}" if lines else "")
+
+
+def _stop_all(running: list[tuple[RunPlan, subprocess.Popen]]) -> None:
+    """Ask each run to stop (SIGINT: it saves a checkpoint), then wait for all of them, tallying their CPU time."""
+    for _, proc in running:
+        proc.send_signal(signal.SIGINT)
+    for plan, proc in running:
+        while not _reap(plan, proc):
             time.sleep(0.2)
-            if handle.step > shown:
-                bar.update(handle.step - shown)
-                shown = handle.step
-    except KeyboardInterrupt:
-        handle.stop()
-        raise
-    handle.join()
-    if handle.step > shown:
-        bar.update(handle.step - shown)
-    return handle.error if handle.status == "crashed" else None
+
+
+def _steps_recorded(plan: RunPlan) -> int:
+    """The last training step in a run's metrics (0 before the first)."""
+    if not (plan.run_dir / METRICS_FILE).exists():
+        return 0
+    return max((m["step"] for m in RecordStream.open(plan.run_dir).metrics() if "reward/mean" in m), default=0)
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -217,9 +343,11 @@ def _steps_done(plan: RunPlan, state: str) -> int:
 # ----------------------------------------------------------------------------- summarising
 
 def run_summary(metrics: list[dict], steps: int) -> dict[str, float]:
-    """Final and best held-out pass@1, final teacher pass@1, and late-training means of entropy, length and KL.
+    """Final and best held-out pass@1, the area under the pass@1 curve, final teacher pass@1, and late-training
+    means of entropy, length and KL.
 
-    "Final" is the evaluation at the last step; "best" the highest after step 0. Missing values are NaN.
+    "Final" is the evaluation at the last step; "best" the highest after step 0; the area is the mean height
+    of the pass@1 curve from step 0 to the last step (NaN unless the run reached it). Missing values are NaN.
     """
     evals = [m for m in metrics if "eval/pass@1" in m]
     trained = [m for m in evals if m["step"] > 0]
@@ -234,6 +362,7 @@ def run_summary(metrics: list[dict], steps: int) -> dict[str, float]:
     return {
         "final_pass@1": final.get("eval/pass@1", math.nan),
         "best_pass@1": max((m["eval/pass@1"] for m in trained), default=math.nan),
+        "auc_pass@1": curve_area([m["step"] for m in evals], [m["eval/pass@1"] for m in evals]) if final else math.nan,
         "teacher_pass@1": final.get("eval/teacher_pass@1", math.nan),
         "entropy": tail_mean("entropy/mean"),
         "response_length": tail_mean("response/length_mean"),
@@ -256,21 +385,36 @@ def collect(plans: list[RunPlan], errors: dict[tuple[str, int], str | None]) -> 
         error = errors.get((plan.variant, plan.seed))
         runs.append({"variant": plan.variant, "seed": plan.seed, "run_dir": str(plan.run_dir),
                      "status": "crashed" if error else "finished", "error": error,
-                     "summary": run_summary(metrics, plan.cfg.run.steps)})
+                     "summary": run_summary(metrics, plan.cfg.run.steps), "cpu_s": run_cpu_seconds(plan.run_dir)})
         tag = {"variant": plan.variant, "seed": plan.seed}
         curves += [tag | {"step": m["step"]} | {k: m.get(k) for k in CURVE_KEYS} for m in metrics if "reward/mean" in m]
         evals += [tag | {"step": m["step"]} | {k: m.get(k) for k in EVAL_KEYS} for m in metrics if "eval/pass@1" in m]
     names = list(dict.fromkeys(p.variant for p in plans))
-    summary = {}
-    for name in names:
-        mine = [r for r in runs if r["variant"] == name]
-        summary[name] = {key: seed_stats([r["summary"][key] for r in mine if r["status"] == "finished"])
-                         for key in mine[0]["summary"]}
-        summary[name]["runs"] = {"finished": sum(r["status"] == "finished" for r in mine), "total": len(mine)}
-    table = variants()
-    return {"variants": {n: {"settings": table[n], "description": METHODS[table[n]["loss.method"]].description}
+    summary = {name: variant_summary([r for r in runs if r["variant"] == name],
+                                     [r for r in runs if r["variant"] == BASELINE]) for name in names}
+    settings = {n: variant_settings(n) for n in names}
+    return {"variants": {n: {"settings": settings[n], "description": METHODS[settings[n]["loss.method"]].description}
                          for n in names},
             "summary": summary, "runs": runs, "curves": curves, "evals": evals}
+
+
+def variant_summary(mine: list[dict], baseline: list[dict]) -> dict:
+    """Per summary key: mean, std and bootstrap interval over the finished seeds; for the interval keys also
+    the paired difference to the baseline's runs of the same seeds (`vs_grpo`, absent without a baseline)."""
+    finished = [r for r in mine if r["status"] == "finished"]
+    out = {}
+    for key in mine[0]["summary"]:
+        values = [r["summary"][key] for r in finished]
+        out[key] = seed_stats(values)
+        if key in CI_KEYS:
+            ci = bootstrap_ci(values)
+            out[key] |= {"lo": ci["lo"], "hi": ci["hi"]}
+    base = {r["seed"]: r["summary"] for r in baseline if r["status"] == "finished"}
+    if base:
+        out["vs_grpo"] = {key: paired_difference({r["seed"]: r["summary"][key] for r in finished},
+                                                 {s: v[key] for s, v in base.items()}) for key in CI_KEYS}
+    out["runs"] = {"finished": len(finished), "total": len(mine)}
+    return out
 
 
 # ----------------------------------------------------------------------------- writing
@@ -314,28 +458,54 @@ def _fmt(stat: dict, digits: int) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _fmt_ci(stat: dict | None, digits: int = 3, sign: bool = False) -> str:
+    """"mean [lo, hi]" (the interval only from two values on); "–" when there is nothing to show."""
+    if stat is None or math.isnan(stat["mean"]):
+        return "–"
+    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    if stat["n"] < 2:
+        return f.format(stat["mean"])
+    return f"{f.format(stat['mean'])} [{f.format(stat['lo'])}, {f.format(stat['hi'])}]"
+
+
+def section_title(task: str, context: str = "full") -> str:
+    """The results page heading of a comparison: "Method comparison", plus the task and context if not the default."""
+    if (task, context) == ("add", "full"):
+        return SECTION
+    return f"{SECTION}: {task} task" + ("" if context == "full" else f", {context} context")
+
+
 def results_section(data: dict, meta: dict, links: dict[str, Any]) -> str:
     """The markdown of the "Method comparison" section.
 
     `links` holds paths relative to the page: "html" and "png" (lists), "json", and "png_note" (text or "").
     """
-    head = ("| variant | settings | runs | final pass@1 | best pass@1 | entropy | response length | "
-            "KL(student‖teacher) | teacher pass@1 |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| variant | settings | runs | final pass@1 | best pass@1 | pass@1 AUC | Δ final vs grpo | Δ AUC vs grpo | "
+            "entropy | response length | KL(student‖teacher) | teacher pass@1 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for name, info in data["variants"].items():
         s = data["summary"][name]
+        vs = s.get("vs_grpo", {}) if name != BASELINE else {}
         settings = ", ".join(f"{k.split('.')[1]}={v}" for k, v in info["settings"].items() if k != "loss.method")
         rows.append(f"| `{name}` | {settings or 'defaults'} | {s['runs']['finished']}/{s['runs']['total']} | "
-                    f"{_fmt(s['final_pass@1'], 3)} | {_fmt(s['best_pass@1'], 3)} | {_fmt(s['entropy'], 3)} | "
-                    f"{_fmt(s['response_length'], 1)} | {_fmt(s['distill_kl'], 4)} | {_fmt(s['teacher_pass@1'], 3)} |")
+                    f"{_fmt_ci(s['final_pass@1'])} | {_fmt_ci(s['best_pass@1'])} | {_fmt_ci(s['auc_pass@1'])} | "
+                    f"{_fmt_ci(vs.get('final_pass@1'), sign=True)} | {_fmt_ci(vs.get('auc_pass@1'), sign=True)} | "
+                    f"{_fmt(s['entropy'], 3)} | {_fmt(s['response_length'], 1)} | {_fmt(s['distill_kl'], 4)} | "
+                    f"{_fmt(s['teacher_pass@1'], 3)} |")
     crashed = [r for r in data["runs"] if r["status"] == "crashed"]
-    lines = [f"## {SECTION}", "",
-             f"Embedded task, {meta['steps']} training steps per run, seeds {meta['seeds']}; mean ± std over the "
-             "seeds whose run finished. Pass@1 is on the held-out problems (final: at the last step; best: the "
-             "highest evaluation after step 0); teacher pass@1 is the same model shown the privileged hint, at the "
-             f"last step. Entropy, response length (tokens) and the full-vocabulary KL to the live teacher are "
-             f"means over the last {TAIL_FRACTION:.0%} of training steps. Shared settings: {meta['base']}.", "",
-             head + "\n".join(rows), ""]
+    lines = [f"## {section_title(meta.get('task', 'add'), meta.get('context', 'full'))}", "",
+             f"Embedded task `{meta.get('task', 'add')}` (teacher context `{meta.get('context', 'full')}`), "
+             f"{meta['steps']} training steps per run, seeds {meta['seeds']}. Pass@1 is on the held-out problems "
+             "(final: at the last step; best: the highest evaluation after step 0; AUC: the mean height of the "
+             "pass@1 curve over training), as the mean over the seeds whose run finished with its 95 % bootstrap "
+             f"interval in brackets; Δ vs {BASELINE} is the mean paired (same seed) difference to `{BASELINE}` with "
+             "its interval. Teacher pass@1 is the same model shown the privileged context, at the last step. "
+             "Entropy, response length (tokens) and the full-vocabulary KL to the live teacher are mean ± std over "
+             f"seeds of the means over the last {TAIL_FRACTION:.0%} of training steps. "
+             f"Shared settings: {meta['base']}.", "",
+             head + "\n".join(rows), "",
+             f"CPU time of the runs (all sittings of this command): {meta.get('cpu_s', 0) / 60:.1f} min.", ""]
     if crashed:
         lines += ["Crashed runs (left out of the means): "
                   + "; ".join(f"`{r['variant']}` seed {r['seed']}: {(r['error'] or '').splitlines()[0]}" for r in crashed), ""]
@@ -351,9 +521,11 @@ def results_section(data: dict, meta: dict, links: dict[str, Any]) -> str:
 
 
 def replace_section(text: str, section: str) -> str:
-    """`text` with its "## Method comparison" section (up to the next "## " heading) replaced or appended."""
+    """`text` with the section whose heading opens `section` (up to the next "## " heading) replaced, or
+    `section` appended when there is none."""
+    heading = section.splitlines()[0].strip()
     lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == f"## {SECTION}"), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     if start is None:
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         return text + sep + section
@@ -368,7 +540,9 @@ def git_commit(outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
     Changes to `outputs` (the page and files this command writes) do not count: rewriting a committed
     results page must not mark the code that produced it as modified.
     """
-    excludes = [f":(exclude){Path(os.path.relpath(p.resolve())).as_posix()}" for p in outputs]
+    # Outputs outside the working directory cannot be changes to it (and git refuses such pathspecs).
+    inside = [Path(os.path.relpath(p.resolve())) for p in outputs]
+    excludes = [f":(exclude){p.as_posix()}" for p in inside if not p.as_posix().startswith("../")]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes],
@@ -386,58 +560,94 @@ def build_parser() -> argparse.ArgumentParser:
         "variants: " + ", ".join(names) + ".\n\n"
         "Any other flag is a training config flag of `python -m sdpg.train` (e.g. --loss.beta 0.1, --preset paper);\n"
         "it applies to every variant.\n\n"
-        "Expected time on an idle CPU core (measured upper bounds for the embedded model; runs are sequential):\n"
+        "Expected CPU time on idle cores (measured upper bounds for the embedded add task; --jobs divides the\n"
+        "wall time when there are that many idle cores):\n"
         f"  runs x (steps x {SECONDS_PER_STEP} s + evaluations x {SECONDS_PER_EVAL} s + {SECONDS_PER_RUN} s),\n"
         "  evaluations = 2 + (steps - 1) // run.eval_every. With the defaults "
-        f"({len(names)} variants x 3 seeds x 100 steps, eval every 25):\n"
-        f"  about {estimate_seconds(len(names) * 3, 100, 25) / 3600:.1f} h; 6 variants x 3 seeds x 100 steps: "
-        f"about {estimate_seconds(18, 100, 25) / 3600:.1f} h.")
+        f"({len(names)} variants x 5 seeds x 100 steps, eval every 25):\n"
+        f"  about {estimate_seconds(len(names) * 5, 100, 25) / 3600:.1f} h; 5 variants x 5 seeds x 100 steps: "
+        f"about {estimate_seconds(25, 100, 25) / 3600:.1f} h.")
     parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n\n")[0],
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--methods", nargs="+", default=names, metavar="VARIANT", help="variants to run (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per variant (default: 0 1 2)")
+    parser.add_argument("--methods", nargs="+", default=names, metavar="VARIANT",
+                        help="variants to run (default: all); a distilling one plus -b<beta> sets its beta")
+    parser.add_argument("--betas", nargs="+", type=float, default=[], metavar="BETA",
+                        help="beta sweep: add <variant>-b<beta> after each distilling variant (default: none)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="add", help="embedded task (default: add)")
+    parser.add_argument("--context", choices=sorted(CONTEXTS), default="full",
+                        help="privileged context variant the teacher sees (default: full)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="seeds per variant (default: 0 1 2 3 4)")
     parser.add_argument("--steps", type=int, default=100, help="training steps per run (default: 100)")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="run directories go under here")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directories go under here (default: runs/compare, plus -<task>[-<context>] "
+                             "for another task or context)")
     parser.add_argument("--results", type=Path, default=Path("docs/results.md"), help="markdown page to update")
-    parser.add_argument("--json", type=Path, default=None, help="curves file (default: compare.json beside --results)")
-    parser.add_argument("--figures", type=Path, default=None, help="figure folder (default: figures/ beside --results)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="curves file (default: compare[-<task>[-<context>]].json beside --results)")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="figure folder (default: figures/[<task>[-<context>]/] beside --results)")
     parser.add_argument("--model", default=None, help="model name or directory for every run (default: the config's)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="write HTML figures only")
     return parser
 
 
-def base_config(rest: list[str], parser: argparse.ArgumentParser) -> TrainConfig:
-    """The shared config: `sdpg.train`'s preset / --config / flags; fields the experiment controls are refused."""
+def base_config(rest: list[str], parser: argparse.ArgumentParser, task: str = "add", context: str = "full"
+                ) -> TrainConfig:
+    """The shared config: `sdpg.train`'s preset / --config / flags, on `task` with `context`; fields the
+    experiment controls are refused. A rollout length too short for the task's answers grows to the task's,
+    unless given as a flag."""
     train_args = train_parser().parse_args(rest)
     if train_args.resume:
         parser.error("--resume is not an experiment flag: rerunning the same command resumes every run")
     for key, flag in CONTROLLED.items():
         if key in vars(train_args):
             parser.error(f"--{key} is set per run by the experiment; use {flag}")
-    return config_from_args(train_args)
+    cfg = config_from_args(train_args)
+    cfg.data.task, cfg.data.context = task, context
+    needs = get_task(task, cfg.data.digits if task == "add" else None)
+    if "rollout.max_new_tokens" not in vars(train_args) and cfg.rollout.max_new_tokens < needs.response_tokens:
+        cfg.rollout.max_new_tokens = needs.max_new_tokens
+    return cfg
+
+
+def default_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Run folder, curves file and figure folder: the add task's names, with -<task>[-<context>] otherwise
+    (a namespace without task or context, as a caller may build, means the add task's)."""
+    task, context = getattr(args, "task", "add"), getattr(args, "context", "full")
+    tag = "" if (task, context) == ("add", "full") else f"-{task}" + ("" if context == "full" else f"-{context}")
+    out = getattr(args, "out", None) or Path(f"runs/compare{tag}")
+    json_path = args.json or args.results.with_name(f"compare{tag}.json")
+    fig_dir = args.figures or args.results.parent / "figures" / tag.lstrip("-")
+    return out, json_path, fig_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    base = base_config(rest, parser)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
+    base = base_config(rest, parser, args.task, args.context)
     if args.model:
         base.model.name = args.model
+    out, _, _ = default_paths(args)
     try:
-        plans = plan_runs(base, list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.seeds)), args.steps,
-                          args.out)
+        names = with_beta_sweep(list(dict.fromkeys(args.methods)), args.betas)
+        plans = plan_runs(base, names, list(dict.fromkeys(args.seeds)), args.steps, out)
         for plan in plans:
             run_state(plan)  # refuse a mismatched directory before anything runs
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     eta = estimate_seconds(len(plans), args.steps, base.run.eval_every)
-    print(f"{len(plans)} runs x {args.steps} steps; expected at most about {eta / 60:.0f} min on an idle CPU",
-          file=sys.stderr)
+    print(f"{len(plans)} runs x {args.steps} steps on task {args.task} ({args.context} context), {args.jobs} at a "
+          f"time; at most about {eta / 60:.0f} CPU-min for the add task on idle cores", file=sys.stderr)
     try:
-        errors = run_all(plans)
+        errors = run_all(plans, jobs=args.jobs, threads=args.threads)
     except KeyboardInterrupt:
         print("\nstopped; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -450,12 +660,12 @@ def write_results(plans: list[RunPlan], errors: dict, base: TrainConfig, args: a
     """docs/compare.json, the figures, and the "Method comparison" section of the results page."""
     data = collect(plans, errors)
     results = args.results
-    json_path = args.json or results.with_name("compare.json")
-    fig_dir = args.figures or results.parent / "figures"
+    _, json_path, fig_dir = default_paths(args)
     commit, dirty = git_commit((results, json_path, fig_dir))
     meta = {"command": "python -m experiments.compare " + shlex.join(argv), "commit": commit, "dirty": dirty,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": args.steps,
-            "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base)}
+            "seeds": sorted({p.seed for p in plans}), "base": shared_settings(base), "task": base.data.task,
+            "context": base.data.context, "cpu_s": sum(r["cpu_s"] for r in data["runs"] if r["cpu_s"] is not None)}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(json_safe(meta | data), indent=1) + "\n")
     html, png, note = write_figures(data, fig_dir, png=args.png)

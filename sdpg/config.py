@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdpg.losses import ADV_SCALES, AGG_MODES, REF_MODES
+from sdpg.tasks import CONTEXTS, TASKS, get_task
 from sdpg.tracking import TRACKERS, missing_package
 
 ROLLOUT_ENGINES = ("hf", "vllm")
@@ -63,8 +64,14 @@ class DataConfig:
     """"embedded" (the synthetic arithmetic task) or a .parquet / .jsonl file in verl's layout"""
     val: str = "embedded"
     """held-out prompts: "embedded" or a file in the same layout"""
+    task: str = "add"
+    """embedded data: which task of `sdpg.tasks.TASKS` ("add", "sparse", "reasoning"; docs/tasks.md); the
+    embedded model is warm-started on it"""
+    context: str = "full"
+    """embedded data: the privileged context variant the teacher sees ("full" = answer and worked solution,
+    "answer", "solution", "none")"""
     digits: tuple[int, int] = (3, 2)
-    """embedded task: digits of the two addends (the difficulty knob)"""
+    """add task: digits of the two addends (the difficulty knob; the other tasks have a fixed one)"""
     n_train: int = 20000
     """embedded task: number of training problems generated"""
     n_val: int = 256
@@ -317,12 +324,27 @@ class TrainConfig:
              f"(pip install {missing_package(self.run.report_to)})"),
             ("data.digits", len(self.data.digits) == 2 and all(1 <= d <= 9 for d in self.data.digits),
              "must be two digit counts in 1..9"),
+            ("data.task", self.data.task in TASKS, f"must be one of {sorted(TASKS)}"),
+            ("data.context", self.data.context in CONTEXTS, f"must be one of {sorted(CONTEXTS)}"),
+            ("data.digits", self.data.task == "add" or tuple(self.data.digits) == DataConfig.digits,
+             f"applies to data.task='add' only (task {self.data.task!r} has a fixed difficulty)"),
+            ("rollout.max_new_tokens", not self._embedded() or self.rollout.max_new_tokens >= self._task_tokens(),
+             f"is too short for data.task={self.data.task!r}: its answers take up to {self._task_tokens()} tokens"),
         ]
         for name, ok, why in checks:
             if not ok:
                 value = operator.attrgetter(name)(self)
                 raise ValueError(f"config {name}={value!r} is invalid: {why} (set by --{name})")
         return self
+
+    def _embedded(self) -> bool:
+        return "embedded" in (self.data.train, self.data.val) and self.data.task in TASKS
+
+    def _task_tokens(self) -> int:
+        """Longest taught response of the embedded task (0 for an unknown task, refused by its own check)."""
+        if self.data.task not in TASKS:
+            return 0
+        return get_task(self.data.task, self.data.digits if self.data.task == "add" else None).response_tokens
 
 
 def _finite(value: Any) -> bool:

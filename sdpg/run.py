@@ -40,7 +40,7 @@ from sdpg.memory import ModelShape, check_memory, host_memory_bytes, model_confi
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import CONFIG_FILE, RecordStream, StorageError
 from sdpg.reward import MathVerifier
-from sdpg.task import make_rows
+from sdpg.tasks import get_task
 from sdpg.tracking import Tracker
 from sdpg.trainer import Trainer
 
@@ -74,10 +74,11 @@ def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
 def load_datasets(cfg: TrainConfig) -> tuple[LoadedRows, LoadedRows]:
     """The training and held-out rows with what was skipped and where each kept row is in its file."""
     d = cfg.data
+    task = get_task(d.task, tuple(d.digits) if d.task == "add" else None)
 
     def rows(spec: str, split: str, n: int) -> LoadedRows:
         if spec == "embedded":
-            return LoadedRows(make_rows(n, digits=tuple(d.digits), seed=cfg.run.seed, split=split), skipped=0)
+            return LoadedRows(task.rows(n, seed=cfg.run.seed, split=split, context=d.context), skipped=0)
         return load_rows(spec, skip_bad_rows=d.skip_bad_rows)
 
     return rows(d.train, "train", d.n_train), rows(d.val, "val", d.n_val)

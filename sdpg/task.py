@@ -85,14 +85,18 @@ def split_of(a: int, b: int) -> str:
 
 def make_rows(n: int, *, digits: tuple[int, int] = (3, 2), seed: int = 0, split: str = "train") -> list[PromptRow]:
     """`n` addition problems from `split`, deterministic in `(n, digits, seed, split)`."""
+    return [make_row(a, b) for a, b in make_pairs(n, digits=digits, seed=seed, split=split)]
+
+
+def make_pairs(n: int, *, digits: tuple[int, int] = (3, 2), seed: int = 0, split: str = "train"
+               ) -> list[tuple[int, int]]:
+    """The addend pairs of `make_rows`, for tasks that format them their own way."""
     _check_args(n, digits, split)
     ranges = [range(10 ** (d - 1) if d > 1 else 0, 10**d) for d in digits]
     rng = random.Random(f"{split}:{digits[0]}+{digits[1]}:{seed}")
     if len(ranges[0]) * len(ranges[1]) <= ENUMERATE_LIMIT:
-        pairs = _enumerated_pairs(n, ranges, rng, split)
-    else:
-        pairs = _sampled_pairs(n, ranges, rng, split)
-    return [make_row(a, b) for a, b in pairs]
+        return _enumerated_pairs(n, ranges, rng, split)
+    return _sampled_pairs(n, ranges, rng, split)
 
 
 def _check_args(n: int, digits: tuple[int, int], split: str) -> None:

@@ -20,6 +20,7 @@ from sdpg.models import load_model_and_tokenizer
 from sdpg.records import RecordStream
 from sdpg.run import warmstart_recorder
 from sdpg.task import make_row, target_text
+from sdpg.tasks import CONTEXTS, TASKS
 
 TINY = WarmStartConfig(
     digits=(1, 1), steps=3, batch_size=8, warmup_steps=1, eval_prompts=4, eval_samples=2,
@@ -70,7 +71,8 @@ def test_training_lowers_the_loss_below_uniform_guessing():
 
 def test_teacher_forcing_batch_masks_exactly_the_response():
     tokenizer = build_char_tokenizer()
-    input_ids, loss_mask = warmstart._teacher_forcing_batch(tokenizer, ["Q:1+2\n", "Q:10+20\n"], ["3", "30"])
+    input_ids, loss_mask = warmstart._teacher_forcing_batch(tokenizer, ["Q:1+2\n", "Q:10+20\n"],
+                                                           [target_text("3"), target_text("30")])
     assert input_ids.shape == (2, len("Q:10+20\nA:\\boxed{30}") + 1)
     assert tokenizer.decode(input_ids[0]) == "Q:1+2\nA:\\boxed{3}<eos><pad><pad><pad>"
     assert tokenizer.decode(input_ids[0][loss_mask[0]]) == "\\boxed{3}<eos>"
@@ -159,6 +161,37 @@ def test_cache_key_follows_settings_and_task_digits():
     assert embedded_key(replace(TINY, model=replace(TINY.model, num_layers=2))) != embedded_key(TINY)
     from_data = embedded_settings(TINY, DataConfig(digits=(2, 1)))
     assert from_data == replace(TINY, digits=(2, 1)) and embedded_settings(TINY, None) == TINY
+
+
+def test_cache_key_covers_the_task_and_keeps_the_add_tasks_key():
+    keys = {name: embedded_key(replace(TINY, task=name)) for name in TASKS}
+    assert len(set(keys.values())) == len(TASKS)
+    assert keys["add"] == embedded_key(TINY)
+    # a run on a task warm-starts with that task's own settings
+    sparse = embedded_settings(None, DataConfig(task="sparse"))
+    assert sparse == replace(WarmStartConfig(), task="sparse", **TASKS["sparse"].warm_start)
+    assert embedded_settings(None, DataConfig()) == WarmStartConfig()
+    # the tokenizer's characters are in the key: a task needing a new symbol gets a new entry
+    assert "CHARS" in embedded_key.__code__.co_names
+
+
+def test_warm_start_teaches_the_tasks_worked_response_with_each_context_variant_in_turn(monkeypatch):
+    seen = []
+    real = warmstart._teacher_forcing_batch
+
+    def spy(tokenizer, texts, targets):
+        seen.append((texts, targets))
+        return real(tokenizer, texts, targets)
+
+    monkeypatch.setattr(warmstart, "_teacher_forcing_batch", spy)
+    cfg = replace(TINY, task="reasoning", steps=1, batch_size=6, hinted_fraction=0.5, eval_prompts=2, eval_samples=1)
+    warmstart.warm_start(cfg, progress=False)
+    problems = TASKS["reasoning"].problems(cfg.batch_size + cfg.check_prompts, seed=cfg.seed, split="train")[:6]
+    (hinted, hinted_targets), (plain, plain_targets) = seen
+    assert TASKS["reasoning"].warm_contexts == ("full", "answer", "solution")
+    assert hinted == [p.question + CONTEXTS[v](p) for p, v in zip(problems, ("full", "answer", "solution"))]
+    assert plain == [p.question for p in problems[3:]]
+    assert hinted_targets + plain_targets == [p.response for p in problems]
 
 
 def test_failed_warm_start_leaves_no_cache_entry(tmp_path, monkeypatch):

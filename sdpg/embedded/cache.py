@@ -21,7 +21,7 @@ from typing import Callable
 from sdpg.config import DataConfig
 from sdpg.embedded.tokenizer import CHARS, CHAT_TEMPLATE
 from sdpg.embedded.warmstart import WarmStartConfig, warm_start
-from sdpg.task import make_rows
+from sdpg.tasks import CONTEXTS, get_task
 
 WARMSTART_FILE = "warmstart.json"
 
@@ -66,15 +66,20 @@ def _report_cached(entry: Path, progress: bool, on_warmstart: Callable[[dict], N
 
 
 def embedded_key(warm_cfg: WarmStartConfig) -> str:
-    """Hash of everything that shapes the embedded model: warm-start settings (model shape, digits and
-    seed included), the tokenizer's characters and template, and the task's text format."""
-    sample = make_rows(1, digits=warm_cfg.digits, seed=0, split="val")[0]
+    """Hash of everything that shapes the embedded model: warm-start settings (model shape, task, digits
+    and seed included), the tokenizer's characters and template, and the task's text format."""
+    task = get_task(warm_cfg.task, warm_cfg.digits if warm_cfg.task == "add" else None)
+    sample = task.problems(1, seed=0, split="val")[0]
+    settings = dataclasses.asdict(warm_cfg)
+    del settings["task"]
     fingerprint = {
-        "warm_start": dataclasses.asdict(warm_cfg),
+        "warm_start": settings,
         "chars": CHARS,
         "chat_template": CHAT_TEMPLATE,
-        "sample": [sample.teacher_prompt, sample.answer],
+        "sample": [sample.question + CONTEXTS["full"](sample), sample.answer],
     }
+    if task.name != "add":  # entries made before there were other tasks keep their key
+        fingerprint["task"] = {"name": task.name, "response": sample.response, "contexts": task.warm_contexts}
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -84,11 +89,12 @@ def read_warmstart_report(entry: str | Path) -> dict:
 
 
 def embedded_settings(warm_cfg: WarmStartConfig | None, data_cfg: DataConfig | None) -> WarmStartConfig:
-    """The warm-start settings for a run: `warm_cfg` (default settings when None) with the task digits
-    of `data_cfg` when given."""
-    warm_cfg = warm_cfg or WarmStartConfig()
+    """The warm-start settings for a run: `warm_cfg` (when None: the defaults with the task's own warm-start
+    settings) with the task and digits of `data_cfg` when given."""
+    name = data_cfg.task if data_cfg is not None else (warm_cfg.task if warm_cfg else "add")
+    warm_cfg = warm_cfg or WarmStartConfig(**get_task(name).warm_start)
     if data_cfg is not None:
-        warm_cfg = dataclasses.replace(warm_cfg, digits=tuple(data_cfg.digits))
+        warm_cfg = dataclasses.replace(warm_cfg, task=data_cfg.task, digits=tuple(data_cfg.digits))
     return warm_cfg
 
 

@@ -3,9 +3,11 @@
 Shapes: B sequences, L tokens per padded sequence, V vocabulary.
 
 Design choices:
-- Teacher forcing on the response only (`\\boxed{answer}` + EOS after the chat-rendered prompt).
+- Teacher forcing on the response only: the task's taught response (`\\boxed{answer}`, or worked steps
+  then the box) + EOS after the chat-rendered prompt.
 - A share of each batch (`hinted_fraction`) uses the teacher prompt, so the model learns to read the hint:
-  in SDPG the teacher is this same model.
+  in SDPG the teacher is this same model. A task may cycle several context variants over the hinted
+  examples, so its teacher can read each of them.
 - Every example is a distinct train-split problem, so the model must generalise rather than memorise.
 - Training stops on a skill target (`stop_at`, checked every `check_every` steps), never on time or a fixed
   step count: the pass rate jumps near a step that varies with the seed and even the CPU thread count.
@@ -31,7 +33,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sdpg.data import PromptRow, render_prompts
 from sdpg.embedded.model import TinyModelConfig, build_tiny_model
 from sdpg.embedded.tokenizer import build_char_tokenizer
-from sdpg.task import make_rows, target_text
+from sdpg.tasks import CONTEXTS, Problem, Task, get_task
+from sdpg.tasks.base import boxed
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
@@ -45,8 +48,10 @@ class WarmStartConfig:
     steps; seed 0 with two threads takes about 3 minutes.
     """
 
+    task: str = "add"
+    """embedded task (`sdpg.tasks.TASKS`) the model learns"""
     digits: tuple[int, int] = (3, 2)
-    """embedded task: digits of the two addends (3+2 learns within the step budget; 3+3 mostly does not)"""
+    """add task: digits of the two addends (3+2 learns within the step budget; 3+3 mostly does not)"""
     steps: int = 600
     """most optimizer steps (the cosine schedule spans them; training may stop earlier, see stop_at)"""
     stop_at: float = 0.4
@@ -80,7 +85,7 @@ class WarmStartConfig:
 
 def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = True,
                on_step: Callable[[dict], None] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Train a fresh embedded model on the addition task; return it (eval mode), its tokenizer and a report.
+    """Train a fresh embedded model on its task; return it (eval mode), its tokenizer and a report.
 
     The report holds the settings, `eval/student_pass@1` and `eval/teacher_pass@1` (sampled at T=1),
     their greedy counterparts, the steps run, the last stopping check, the last training loss and the
@@ -95,8 +100,9 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = Tru
         model = build_tiny_model(tokenizer, cfg.model)
         losses, stop_check = _train(model, tokenizer, cfg, progress, on_step)
         train_s = time.perf_counter() - start
-        val_rows = make_rows(cfg.eval_prompts, digits=cfg.digits, seed=0, split="val")
-        figures = evaluate(model, tokenizer, val_rows, samples=cfg.eval_samples)
+        task = task_of(cfg)
+        figures = evaluate(model, tokenizer, task.rows(cfg.eval_prompts, seed=0, split="val"),
+                           samples=cfg.eval_samples, max_new_tokens=task.response_tokens + 2)
     report = {
         "settings": dataclasses.asdict(cfg),
         **figures,
@@ -107,6 +113,11 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = Tru
         "time/warm_start_s": round(time.perf_counter() - start, 1),
     }
     return model, tokenizer, report
+
+
+def task_of(cfg: WarmStartConfig) -> Task:
+    """The task `cfg` warm-starts on (`digits` counts for the add task only)."""
+    return get_task(cfg.task, cfg.digits if cfg.task == "add" else None)
 
 
 def _check(cfg: WarmStartConfig) -> None:
@@ -125,9 +136,11 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
            on_step: Callable[[dict], None] | None = None) -> tuple[list[float], float | None]:
     """Train until `cfg.steps` or until the stopping check passes; return the per-step losses and the
     last check's greedy student pass rate (None when no check ran)."""
-    rows = make_rows(cfg.steps * cfg.batch_size + cfg.check_prompts, digits=cfg.digits, seed=cfg.seed, split="train")
+    task = task_of(cfg)
+    rows = task.problems(cfg.steps * cfg.batch_size + cfg.check_prompts, seed=cfg.seed, split="train")
     check_rows = rows[cfg.steps * cfg.batch_size:]
     n_hinted = round(cfg.hinted_fraction * cfg.batch_size)
+    max_new = task.response_tokens + 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
     losses, student, postfix, start = [], None, {}, time.perf_counter()
@@ -135,14 +148,14 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
     for step in bar:
         model.train()
         batch = rows[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        losses.append(_train_step(model, tokenizer, optimizer, batch, n_hinted, cfg.grad_clip))
+        losses.append(_train_step(model, tokenizer, optimizer, batch, n_hinted, task.warm_contexts, cfg.grad_clip))
         scheduler.step()
         postfix["loss"] = f"{losses[-1]:.3f}"
         checked = {}
         if cfg.stop_at < 1.0 and (step + 1) % cfg.check_every == 0:
             model.eval()
-            student = _pass_rate(model, tokenizer, [r.prompt for r in check_rows], [r.answer for r in check_rows],
-                                 samples=1, batch_size=256, sample=False)
+            student = _pass_rate(model, tokenizer, [p.question for p in check_rows], [p.answer for p in check_rows],
+                                 samples=1, batch_size=256, sample=False, max_new_tokens=max_new)
             postfix["student"] = f"{student:.2f}"
             checked = {"check": student}
         if on_step is not None:
@@ -157,14 +170,15 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
 
 
 def _train_step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, optimizer: torch.optim.Optimizer,
-                batch: list[PromptRow], n_hinted: int, grad_clip: float) -> float:
-    """One AdamW step on the token-mean response NLL of `batch`, its first `n_hinted` rows with the hint."""
-    # Rows come in random order, so the first n_hinted form a random hinted subset. Hinted prompts are
+                batch: list[Problem], n_hinted: int, contexts: tuple[str, ...], grad_clip: float) -> float:
+    """One AdamW step on the token-mean response NLL of `batch`, its first `n_hinted` problems shown a hint
+    (the `contexts` variants in turn)."""
+    # Problems come in random order, so the first n_hinted form a random hinted subset. Hinted prompts are
     # about twice as long: padding them apart from the plain ones saves a third of the compute.
     hinted, plain = batch[:n_hinted], batch[n_hinted:]
-    batches = [_teacher_forcing_batch(tokenizer, texts, [row.answer for row in part])
-               for part, texts in ((hinted, [row.teacher_prompt for row in hinted]),
-                                   (plain, [row.prompt for row in plain])) if part]
+    hinted_texts = [p.question + CONTEXTS[contexts[i % len(contexts)]](p) for i, p in enumerate(hinted)]
+    batches = [_teacher_forcing_batch(tokenizer, texts, [p.response for p in part])
+               for part, texts in ((hinted, hinted_texts), (plain, [p.question for p in plain])) if part]
     n_tokens = sum(int(mask.sum()) for _, mask in batches)
     optimizer.zero_grad(set_to_none=True)
     loss = 0.0
@@ -184,11 +198,11 @@ def _lr_factor(step: int, cfg: WarmStartConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _teacher_forcing_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], answers: list[str]
+def _teacher_forcing_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], targets: list[str]
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rendered prompt + target + EOS per example, right-padded; the mask marks the target tokens."""
+    """Rendered prompt + target response + EOS per example, right-padded; the mask marks the target tokens."""
     prompt_ids = tokenizer(render_prompts(tokenizer, texts), add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer([target_text(a) for a in answers], add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
     sequences = [p + t + [tokenizer.eos_token_id] for p, t in zip(prompt_ids, target_ids)]
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), length), tokenizer.pad_token_id)  # (B, L)
@@ -208,32 +222,35 @@ def _response_nll_sum(model: PreTrainedModel, input_ids: torch.Tensor, loss_mask
 
 @torch.no_grad()
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[PromptRow], *,
-             samples: int = 4, batch_size: int = 256) -> dict[str, float]:
+             samples: int = 4, batch_size: int = 256, max_new_tokens: int | None = None) -> dict[str, float]:
     """Held-out pass rates with the student prompt and with the teacher prompt.
 
     `eval/<role>_pass@1` is the mean correctness over `samples` samples per problem at temperature 1;
     `eval/<role>_greedy` is the greedy answer's. Correct means the first `\\boxed{}` holds the gold string.
+    Responses stop at `max_new_tokens` (default: room for `\\boxed{answer}`, the add task's response).
     """
+    max_new = max_new_tokens or max(len(boxed(row.answer)) for row in rows) + 2
     figures = {}
     for role in ("student", "teacher"):
         texts = [row.teacher_prompt if role == "teacher" else row.prompt for row in rows]
         answers = [row.answer for row in rows]
-        figures[f"eval/{role}_pass@1"] = _pass_rate(model, tokenizer, texts, answers, samples, batch_size, sample=True)
-        figures[f"eval/{role}_greedy"] = _pass_rate(model, tokenizer, texts, answers, 1, batch_size, sample=False)
+        figures[f"eval/{role}_pass@1"] = _pass_rate(model, tokenizer, texts, answers, samples, batch_size,
+                                                    sample=True, max_new_tokens=max_new)
+        figures[f"eval/{role}_greedy"] = _pass_rate(model, tokenizer, texts, answers, 1, batch_size, sample=False,
+                                                    max_new_tokens=max_new)
     return figures
 
 
 def _pass_rate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], answers: list[str],
-               samples: int, batch_size: int, sample: bool) -> float:
+               samples: int, batch_size: int, sample: bool, max_new_tokens: int) -> float:
     """Share of `samples` generations per text (sampled at T=1, or greedy) whose boxed answer is the gold."""
-    max_new = max(len(tokenizer(target_text(a), add_special_tokens=False)["input_ids"]) for a in answers) + 2
     per_batch = max(1, batch_size // samples)
     correct = 0
     for lo in range(0, len(texts), per_batch):
         enc = tokenizer(render_prompts(tokenizer, texts[lo:lo + per_batch]), add_special_tokens=False,
                         padding=True, return_tensors="pt").to(model.device)
         sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
-        out = model.generate(**enc, max_new_tokens=max_new, num_return_sequences=samples, **sampling)  # (b*samples, L)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples, **sampling)  # (b*samples, L)
         decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         gold = [a for a in answers[lo:lo + per_batch] for _ in range(samples)]
         correct += sum(_boxed(text) == g for text, g in zip(decoded, gold))
