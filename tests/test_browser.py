@@ -2,7 +2,7 @@
 
 Chromium comes from the system (`apt-get install chromium`); Playwright only drives it, it never
 downloads a browser. Screenshots land in test-artifacts/ (git-ignored); `SDPG_SCREENSHOTS=docs` writes the
-playground and comparison ones where the README shows them.
+playground and comparison ones where the README shows them, from runs of the warm-started embedded model.
 """
 import os
 import shutil
@@ -16,6 +16,7 @@ from playwright.sync_api import sync_playwright
 import app as dashboard
 from conftest import tiny_config
 from lab.heatmap import show_token
+from sdpg.config import DataConfig, RolloutConfig
 from sdpg.run import RunHandle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -42,7 +43,7 @@ def finished_run_page(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, "")
     cfg.run.steps = 3
     ctl.start(cfg)
-    ctl.handle.join(timeout=120)
+    ctl.handle.join(timeout=300)
     assert ctl.handle.status == "finished", f"run ended as {ctl.handle.status}: {ctl.handle.error}"
     yield url, ctl
     demo.close()
@@ -76,19 +77,32 @@ def dashboard_token(token: str) -> str:
     return unescape(show_token(token))
 
 
+SHOWCASE = bool(os.environ.get("SDPG_SCREENSHOTS"))
+"""pictures for the README: the runs use the warm-started embedded model, so the numbers they show mean something"""
+
+
+def page_config(model_dir, run_dir, **overrides):
+    """The tiny test model's quick config, or with SHOWCASE the embedded model on its own task."""
+    cfg = tiny_config(model_dir, run_dir, **overrides)
+    if SHOWCASE:
+        cfg.model.name, cfg.data.digits = "embedded", DataConfig().digits
+        cfg.rollout.max_new_tokens = RolloutConfig().max_new_tokens
+    return cfg.validate()
+
+
 @pytest.fixture
 def two_runs_page(tiny_model_dir, tmp_path):
     """A served dashboard over a runs root with a finished GRPO run (seed 1) and a finished live SDPG run (seed 0)."""
     runs_root = tmp_path / "runs"
-    grpo = tiny_config(tiny_model_dir, runs_root / "grpo-s1", loss__method="grpo", run__seed=1, run__steps=3)
+    grpo = page_config(tiny_model_dir, runs_root / "grpo-s1", loss__method="grpo", run__seed=1, run__steps=3)
     grpo.loss.alpha = 0.0
-    RunHandle(grpo).start().join(timeout=120)
+    RunHandle(grpo).start().join(timeout=300)
     ctl = dashboard.Controller(runs_root)
-    demo = dashboard.build_app(ctl, base_config=tiny_config(tiny_model_dir, ""))
+    demo = dashboard.build_app(ctl, base_config=page_config(tiny_model_dir, ""))
     _, url, _ = dashboard.serve(demo, port=free_port(), block=False)
-    cfg = tiny_config(tiny_model_dir, runs_root / "sdpg-s0", run__steps=3)
+    cfg = page_config(tiny_model_dir, runs_root / "sdpg-s0", run__steps=3)
     ctl.start(cfg)
-    ctl.handle.join(timeout=120)
+    ctl.handle.join(timeout=300)
     assert ctl.handle.status == "finished", f"run ended as {ctl.handle.status}: {ctl.handle.error}"
     yield url, ctl
     demo.close()
@@ -110,10 +124,10 @@ def test_playground_and_compare_tabs_draw_their_views(two_runs_page):
             page.get_by_role("button", name="Probe this response").click()
             page.wait_for_selector("#sdpg-pg-heatmap .heatmaplayer .hm", timeout=60_000)
             rows = page.locator("#sdpg-pg-heatmap .ytick text").all_text_contents()
-            page.get_by_label("Problems", exact=True).fill("4")
-            page.get_by_label("Samples per problem (k)", exact=True).fill("2")
+            page.get_by_label("Problems", exact=True).fill("32" if SHOWCASE else "4")
+            page.get_by_label("Samples per problem (k)", exact=True).fill("4" if SHOWCASE else "2")
             page.get_by_role("button", name="Measure gap").click()
-            page.wait_for_selector("#sdpg-pg-gap table", timeout=60_000)
+            page.wait_for_selector("#sdpg-pg-gap table", timeout=300_000 if SHOWCASE else 60_000)
             gap_rows = page.locator("#sdpg-pg-gap tr").count()
             page.screenshot(path=str(shots / "dashboard-playground.png"), full_page=True)
 
