@@ -229,14 +229,17 @@ def context_gap(subject: Subject, rows: list[PromptRow], verifier, *, samples: i
     model.eval()
     try:
         with torch.random.fork_rng(devices=[] if next(model.parameters()).device.type == "cpu" else None):
-            torch.manual_seed(seed)
-            return _gap_table(subject, rows, verifier, samples, free_text)
+            return _gap_table(subject, rows, verifier, samples, free_text, seed)
     finally:
         model.train(was_training)
 
 
-def _gap_table(subject: Subject, rows: list[PromptRow], verifier, samples: int, free_text: str) -> list[dict]:
+def _gap_table(subject: Subject, rows: list[PromptRow], verifier, samples: int, free_text: str,
+               seed: int) -> list[dict]:
+    # common random numbers: student and every context sample from the same seed, so a difference comes from the
+    # context, not the draw (the sanity context, the student's own prompt, gives a gap of exactly 0)
     engine = _engine(subject)
+    torch.manual_seed(seed)
     rendered = render_prompts(subject.tokenizer, [r.prompt for r in rows], enable_thinking=subject.cfg.model.enable_thinking)
     student = engine.generate(rendered, samples)
     student_correct = _correct(verifier, student.texts, rows, samples)  # (n, k)
@@ -248,6 +251,7 @@ def _gap_table(subject: Subject, rows: list[PromptRow], verifier, samples: int, 
     for name, pairs in by_name.items():
         idx = [i for i, _ in pairs]
         texts = [rows[i].prompt + v.context for i, v in pairs]
+        torch.manual_seed(seed)
         teacher = engine.generate(render_prompts(subject.tokenizer, texts, enable_thinking=subject.cfg.model.enable_thinking), samples)
         teacher_pass = float(_correct(verifier, teacher.texts, [rows[i] for i in idx], samples).mean())
         student_pass = float(student_correct[idx].mean())

@@ -12,7 +12,7 @@ from sdpg.forward import lm_head_weight, logits_self_distill
 from sdpg.models import load_model_and_tokenizer
 from sdpg.playground import (SANITY, Subject, context_gap, context_variants, load_subject, probe_response,
                              response_ids)
-from sdpg.reward import MathVerifier
+from sdpg.reward import MathVerifier, Verdict
 from sdpg.run import RunHandle
 from sdpg.task import make_row
 
@@ -94,6 +94,23 @@ def test_gap_table_ranks_every_context(subject):
         assert 0 <= r["teacher_pass@1"] <= 1 and r["problems"] == 3 and r["samples"] == 2
     by_name = {r["variant"]: r for r in table}
     assert by_name[SANITY]["kl_mean"] == 0.0 and by_name["real hint"]["kl_mean"] > 0
+
+
+class _CodeParity:
+    """A stand-in verifier for the random test model, which never boxes an answer: "correct" when a sampled text's
+    character codes add up to an even number, so pass rates move with the draw and the draw alone."""
+
+    def score(self, texts, answers):
+        even = [sum(map(ord, t)) % 2 == 0 for t in texts]
+        return [Verdict(correct=e, reward=float(e), status="ok", extracted=t) for t, e in zip(texts, even)]
+
+
+def test_every_context_samples_from_the_same_draw_so_the_sanity_gap_is_exactly_zero(subject):
+    rows = [make_row(a, b) for a, b in ((1, 2), (3, 5), (4, 4), (6, 1))]
+    table = {r["variant"]: r for r in context_gap(subject, rows, _CodeParity(), samples=4, seed=3)}
+    sanity = table[SANITY]
+    assert 0 < sanity["student_pass@1"] < 1  # the stand-in judges the draw: this is no trivial 0 == 0
+    assert sanity["teacher_pass@1"] == sanity["student_pass@1"] and sanity["gap"] == 0.0
 
 
 def test_live_run_answers_between_steps_and_a_checkpoint_answers_after(tiny_model_dir, tmp_path):
