@@ -30,14 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sdpg.config import TrainConfig  # noqa: E402
-from sdpg.embedded.tokenizer import CHAT_TEMPLATE, EOS, PAD, UNK, build_char_tokenizer  # noqa: E402
+from sdpg.embedded.tokenizer import build_char_tokenizer  # noqa: E402
 from sdpg.memory import GIB, ModelShape, plan_memory  # noqa: E402
 from sdpg.methods import get_method  # noqa: E402
 from sdpg.models import make_reference  # noqa: E402
@@ -52,19 +51,6 @@ DRY_RUN = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidde
                num_attention_heads=2, num_key_value_heads=1, head_dim=32)
 SECTION = "## A real-vocabulary step on the CPU"
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def wide_char_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """The embedded character tokenizer with placeholder tokens `<tN>` filling ids up to `vocab_size`."""
-    chars = build_char_tokenizer().get_vocab()
-    vocab = dict(chars) | {f"<t{i}>": i for i in range(len(chars), vocab_size)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                        padding_side="left")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 class PhaseRSS:
@@ -148,7 +134,7 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = p.parse_args()
     if args.dry_run:
-        args.tokens = min(args.tokens, 8)
+        args.tokens = min(args.tokens, 16)  # room for the add task's longest answer (validated)
     cfg = config(args)
     hf_config = Qwen3Config(**(DRY_RUN if args.dry_run else QWEN3_06B), tie_word_embeddings=True,
                             max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=None)
@@ -162,7 +148,7 @@ def main() -> None:
     t_start = time.perf_counter()
     with PhaseRSS() as rss:
         torch.manual_seed(0)
-        tokenizer = wide_char_tokenizer(hf_config.vocab_size)
+        tokenizer = build_char_tokenizer(hf_config.vocab_size)
         model = Qwen3ForCausalLM(hf_config)
         model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
         ref = make_reference(model) if get_method(cfg.loss.method).uses_reference(cfg.loss) else None

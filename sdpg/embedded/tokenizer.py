@@ -24,9 +24,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """The embedded character-level tokenizer: ids 0..2 are pad, eos, unk; then one id per character."""
+def build_char_tokenizer(vocab_size: int = 0) -> PreTrainedTokenizerFast:
+    """The embedded character-level tokenizer: ids 0..2 are pad, eos, unk; then one id per character; with
+    `vocab_size`, placeholder tokens `<tN>` fill the ids up to it (a real-vocabulary shape for benchmarks)."""
     vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, *CHARS])}
+    vocab |= {f"<t{i}>": i for i in range(len(vocab), vocab_size)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()
