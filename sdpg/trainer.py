@@ -346,9 +346,9 @@ class Trainer:
         """Every micro-batch's statistics with its shares of the step (see `sdpg.step.Part`)."""
         mask, epochs = batch.rollout.response_mask.float(), self.cfg.optim.epochs
         n_rows, n_tokens, per_pass = mask.shape[0], float(mask.sum()), len(updates) // epochs
-        parts = []
+        plan, parts = self._update_rows(batch.rollout), []
         for k, update in enumerate(updates):
-            rows = self._update_rows(batch.rollout)[k % per_pass]
+            rows = plan[k % per_pass]
             for sl, stats in update.micro:
                 parts.append(Part(stats, self._loss_share(batch, sl, rows) / len(updates),
                                   float(mask[sl].sum()) / (epochs * n_tokens), (sl.stop - sl.start) / (epochs * n_rows),
