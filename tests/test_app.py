@@ -1,7 +1,6 @@
 """The dashboard served in-process and driven through `gradio_client`, with real short training runs."""
 import json
 import math
-import socket
 import time
 
 import pytest
@@ -10,6 +9,7 @@ from gradio_client import Client
 import app as dashboard
 from conftest import tiny_config
 from fixtures.records import write_run
+from fixtures.waiting import free_port, wait_for
 from sdpg.data import PromptRow
 from sdpg.playground import Subject, context_variants, probe_response, recorded_response_ids
 from sdpg.records import RecordStream
@@ -20,20 +20,6 @@ CONTROLS = ["method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_
             "temperature", "steps", "model", "data", "val"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=60.0, every=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

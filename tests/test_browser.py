@@ -6,7 +6,6 @@ playground and comparison ones where the README shows them, from runs of the war
 """
 import os
 import shutil
-import socket
 from html import unescape
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from playwright.sync_api import sync_playwright
 
 import app as dashboard
 from conftest import tiny_config
+from fixtures.waiting import free_port
 from lab.heatmap import show_token
 from sdpg.config import DataConfig, RolloutConfig
 from sdpg.run import RunHandle
@@ -27,11 +27,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"chromium not installed at {CHROMIUM} (apt-get install chromium)")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

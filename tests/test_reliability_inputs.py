@@ -3,7 +3,6 @@ that used to train silently wrong, exhaust the host or run foreign code now fail
 import json
 import math
 import os
-import socket
 import time
 
 import huggingface_hub
@@ -15,6 +14,7 @@ from transformers import Qwen3Config
 
 import app as dashboard
 from conftest import tiny_config
+from fixtures.waiting import free_port
 from sdpg import run as run_module
 from sdpg.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from sdpg.config import ModelConfig, TrainConfig
@@ -63,10 +63,7 @@ def test_absurd_numeric_settings_are_refused_naming_flag_value_and_range(section
 def test_page_start_with_an_absurd_group_size_says_why_and_starts_nothing(tiny_model_dir, tmp_path):
     ctl = dashboard.Controller(tmp_path, allowed_roots=[tiny_model_dir])  # the model folder is readable
     demo = dashboard.build_app(ctl, base_config=tiny_config(tiny_model_dir, ""))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, url, _ = dashboard.serve(demo, port=port, block=False)
+    _, url, _ = dashboard.serve(demo, port=free_port(), block=False)
     try:
         client = Client(url, verbose=False)
         for group_size in (1e30, 100_000_000):

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from gradio_client import Client
 import app as dashboard
 from conftest import tiny_config
 from fixtures.records import make_group, make_metrics_row, write_run
+from fixtures.waiting import free_port, wait_for
 from lab.status import health_banner
 from lab.widgets import LiveView
 from sdpg.checkpoint import latest_checkpoint
@@ -41,22 +41,6 @@ CONTROLS = ("method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_
 
 
 # ---------------- helpers ----------------
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def page_controls(cfg, **overrides) -> list:
     values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
               "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
