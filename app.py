@@ -57,7 +57,7 @@ from sdpg.playground import (Subject, context_gap, context_variants, load_subjec
                              recorded_response_ids)
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
-from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data  # noqa: E402
+from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
 from sdpg.task import make_row  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
 
@@ -699,13 +699,9 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(text)
     if args.autostart:
         ctl.start(TrainConfig.from_dict(base.to_dict()))
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)  # the server's wait loop closes the server on Ctrl-C
+    signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)  # the server's wait loop closes the server on Ctrl-C
     serve(build_app(ctl, base_config=base), host=args.host, port=args.port, share=args.share)
     shut_down(ctl)
-
-
-def _stop_like_ctrl_c(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def shut_down(ctl: Controller) -> None:

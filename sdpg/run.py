@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -171,6 +172,14 @@ def resume_changes(run_dir: Path, cfg: TrainConfig) -> dict[str, list]:
 
 def _flat(config: dict) -> dict:
     return {f"{section}.{name}": value for section, fields in config.items() for name, value in fields.items()}
+
+
+def sigterm_as_ctrl_c(signum, frame) -> None:
+    """SIGTERM handler for a process that follows a run: the first SIGTERM stops it as Ctrl-C does (final
+    checkpoint, `stopped`); later ones are ignored so they cannot cut that checkpoint short (`timeout` and
+    supervisors that signal the whole process group deliver it twice)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 WARMSTART_EVENT_EVERY = 10

@@ -21,7 +21,7 @@ from sdpg.cli import build_parser, config_from_args
 from sdpg.config import TrainConfig
 from sdpg.health import health_events
 from sdpg.methods import check_config
-from sdpg.run import RunHandle
+from sdpg.run import RunHandle, sigterm_as_ctrl_c
 
 
 def summary(handle) -> str:
@@ -49,10 +49,6 @@ def health_line(event: dict) -> str:
     return f"health {event.get('severity', 'warning')} at step {event.get('step')}: {event.get('message')} [{event.get('check')}]"
 
 
-def _stop_like_ctrl_c(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def _exit_status(handle) -> int:
     failed = any(e.get("severity") == "error" for e in health_events(handle.records.events()))
     return 1 if handle.status == "crashed" or failed else 0
@@ -67,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
-    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c) if in_main_thread else None
     try:
         _follow(handle, cfg, quiet=args.quiet)
     finally:
-        if in_main_thread:
+        # after a SIGTERM the process is on its way out: a repeated one stays ignored until it has exited
+        if in_main_thread and signal.getsignal(signal.SIGTERM) is sigterm_as_ctrl_c:
             signal.signal(signal.SIGTERM, previous)
     print(summary(handle))
     return _exit_status(handle)

@@ -41,6 +41,12 @@ CONTROLS = ("method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_
 
 
 # ---------------- helpers ----------------
+def send_sigterms(proc, times: int) -> None:
+    for _ in range(times):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+
+
 def page_controls(cfg, **overrides) -> list:
     values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
               "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
@@ -225,7 +231,10 @@ def test_a_truncate_that_dies_midway_leaves_the_record_files_whole(tmp_path, mon
 
 
 # ---------------- item 4: SIGTERM and orphaned verifier workers ----------------
-def test_sigterm_stops_a_cli_run_with_a_checkpoint_and_a_stopped_event(tiny_model_dir, tmp_path):
+# `timeout`, and supervisors that signal the whole process group, deliver SIGTERM twice: the second must not cut
+# the final checkpoint short
+@pytest.mark.parametrize("sigterms", [1, 2], ids=["once", "twice"])
+def test_sigterm_stops_a_cli_run_with_a_checkpoint_and_a_stopped_event(tiny_model_dir, tmp_path, sigterms):
     run_dir = tmp_path / "run"
     cfg = tiny_config(tiny_model_dir, run_dir, run__steps=500)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
@@ -233,7 +242,7 @@ def test_sigterm_stops_a_cli_run_with_a_checkpoint_and_a_stopped_event(tiny_mode
     try:
         wait_for(lambda: (run_dir / METRICS_FILE).exists() and len((run_dir / METRICS_FILE).read_text().splitlines()) >= 2,
                  120, "the first training step")
-        proc.send_signal(signal.SIGTERM)
+        send_sigterms(proc, sigterms)
         rc = proc.wait(timeout=60)
     finally:
         kill_group(proc)
@@ -245,7 +254,8 @@ def test_sigterm_stops_a_cli_run_with_a_checkpoint_and_a_stopped_event(tiny_mode
     assert "stopping: saving a checkpoint" in log and "stopped at step" in log
 
 
-def test_sigterm_stops_the_dashboard_and_its_run_cleanly(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("sigterms", [1, 2], ids=["once", "twice"])
+def test_sigterm_stops_the_dashboard_and_its_run_cleanly(tiny_model_dir, tmp_path, sigterms):
     runs_root = tmp_path / "runs"
     model = runs_root / "models" / "tiny"
     shutil.copytree(tiny_model_dir, model)
@@ -261,7 +271,7 @@ def test_sigterm_stops_the_dashboard_and_its_run_cleanly(tiny_model_dir, tmp_pat
         run_dir = next(runs_root.glob("sdpg-*"))
         wait_for(lambda: len((run_dir / METRICS_FILE).read_text().splitlines()) >= 2 if (run_dir / METRICS_FILE).exists() else 0,
                  180, "the first training step")
-        proc.send_signal(signal.SIGTERM)
+        send_sigterms(proc, sigterms)
         rc = proc.wait(timeout=60)
     finally:
         kill_group(proc)
