@@ -23,9 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from sdpg.fused_kl import TILE_LOGITS
-from sdpg.rollout import position_ids_from_mask
+from sdpg.rollout import cache_kwarg, position_ids_from_mask
 
 
 def lm_head_weight(model) -> torch.Tensor:
@@ -40,8 +41,51 @@ def lm_head_weight(model) -> torch.Tensor:
 
 
 def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                    response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Final hidden states predicting each response token: (B, P) + (B, T) -> (B, T, H)."""
+                    response_ids: torch.Tensor, response_mask: torch.Tensor, *, share_prompts: bool = True
+                    ) -> torch.Tensor:
+    """Final hidden states predicting each response token: (B, P) + (B, T) -> (B, T, H).
+
+    With `share_prompts`, rows whose prompts are identical (a group's samples) share one forward of that
+    prompt: it runs once, with its keys and values cached, and each response then runs on its prompt's cache.
+    A causal model's prompt states do not depend on the response, so the result is the same up to float
+    rounding, gradients included (they flow back through the shared cache and add up over the group).
+    Gradient checkpointing drops caches in training, so a checkpointed forward with gradient runs joint, as does
+    any model whose decoder leaves the cache empty.
+    """
+    if not share_prompts or (torch.is_grad_enabled() and model.training and activation_checkpointing(model)):
+        return _joint_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    groups, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], 1), dim=0,
+                                   return_inverse=True)  # (U, 2P), (B,)
+    if groups.shape[0] == prompt_ids.shape[0]:
+        return _joint_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    p = prompt_ids.shape[1]
+    ids, mask = groups[:, :p], groups[:, p:].to(prompt_mask.dtype)  # (U, P)
+    decoder, cache = model.base_model, DynamicCache()
+    cache_arg = {getattr(model, "cache_kwarg", None) or cache_kwarg(model): cache}
+    head = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+                   **cache_arg)
+    last = head.last_hidden_state[inverse, -1:]  # (B, 1, H): predicts the first response token
+    if response_ids.shape[1] == 1:
+        return last
+    if cache.get_seq_length() != p:
+        return _joint_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    cache.batch_select_indices(inverse)  # each row reads its own prompt's keys and values
+    attn = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], 1)[:, :-1]  # (B, P+T-1)
+    tail = decoder(input_ids=response_ids[:, :-1], attention_mask=attn, position_ids=position_ids_from_mask(attn)[:, p:],
+                   use_cache=True, **cache_arg)
+    return torch.cat([last, tail.last_hidden_state], 1)  # (B, T, H)
+
+
+def activation_checkpointing(model) -> bool:
+    """Whether `model` has gradient (activation) checkpointing on."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # newer transformers, older
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def _joint_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """`response_hidden` in one forward over each row's prompt + response."""
     input_ids = torch.cat([prompt_ids, response_ids], 1)  # (B, P+T)
     attn = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], 1)  # (B, P+T)
     out = model.base_model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),

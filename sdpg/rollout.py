@@ -17,12 +17,14 @@ Design choices:
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,16 @@ class RolloutEngine(Protocol):
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation uses them: (B, L) -> (B, L)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+
+
+def cache_kwarg(model) -> str:
+    """The name of the decoder's KV-cache argument: `cache` in newer transformers, else `past_key_values`."""
+    return _cache_kwarg_of(type(model.base_model).forward)
+
+
+@functools.cache
+def _cache_kwarg_of(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +152,22 @@ class HFRolloutEngine:
                              f"rollout.max_prompt_tokens={self.max_prompt_tokens}: {prompts[longest][:80]!r}...")
         return enc.input_ids, enc.attention_mask
 
+    def _shared_prefill(self, ids: torch.Tensor, attn: torch.Tensor, rows: slice, group_size: int) -> dict:
+        """`generate`'s cache argument with every prompt but its last token already run, once per group: rows
+        `rows` of the (B, P) prompts come in groups of `group_size` identical ones. Generation then runs each
+        group's prompt once instead of `group_size` times; the draws are the same (`tests/test_rollout.py`)."""
+        if group_size == 1 or ids.shape[1] < 2:
+            return {}
+        group = torch.arange(rows.start, rows.stop, device=ids.device) // group_size  # (b,)
+        first = int(group[0])
+        heads = torch.arange(first, int(group[-1]) + 1, device=ids.device) * group_size  # (u,) a row of each group
+        head_ids, head_attn = ids[heads, :-1], attn[heads, :-1]  # (u, P-1)
+        cache = DynamicCache()
+        self.model.base_model(input_ids=head_ids, attention_mask=head_attn, position_ids=position_ids_from_mask(head_attn),
+                              use_cache=True, **{cache_kwarg(self.model): cache})
+        cache.batch_select_indices(group - first)
+        return {cache_kwarg(self.model): cache}
+
     @torch.no_grad()
     def generate(self, prompts: list[str], group_size: int) -> Rollout:
         device = next(self.model.parameters()).device
@@ -150,11 +178,12 @@ class HFRolloutEngine:
         chunks = []
         sampled = SampledLogp(self.temperature)
         for i in range(0, ids.shape[0], self.batch_size):
+            rows = slice(i, min(i + self.batch_size, ids.shape[0]))
             out = self.model.generate(
-                input_ids=ids[i:i + self.batch_size], attention_mask=attn[i:i + self.batch_size],
+                input_ids=ids[rows], attention_mask=attn[rows],
                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
                 max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                **sampled.hooks())
+                **self._shared_prefill(ids, attn, rows, group_size), **sampled.hooks())
             resp = out[:, ids.shape[1]:]  # (b, T)
             chunks.append((resp, sampled.take(resp.shape[1])))  # (b, T) each
         self.model.train(was_training)

@@ -52,3 +52,24 @@ def test_old_logp_taken_during_sampling_equals_the_kept_logits_way(tiny_model_di
     m = ro.response_mask.bool()
     assert torch.equal(ro.response_ids[m], resp[m])
     assert torch.equal(ro.old_logp[m], logp[m])
+
+
+def test_a_group_prompt_is_prefilled_once_and_the_draws_are_unchanged(tiny_model_dir):
+    model, tok = load_model_and_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    engine = HFRolloutEngine(model, tok, temperature=0.7, max_new_tokens=8, batch_size=5)  # chunks cut a group
+    prompts = render_prompts(tok, ["Q:1+2\n", "Q:13+4\n", "Q:7+70\n"])
+    seen = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    try:
+        torch.manual_seed(3)
+        shared = engine.generate(prompts, group_size=4)
+        prefill = [s for s in seen if s[1] > 1]
+        engine._shared_prefill = lambda *args: {}
+        torch.manual_seed(3)
+        plain = engine.generate(prompts, group_size=4)
+    finally:
+        handle.remove()
+    p = shared.prompt_ids.shape[1]
+    assert prefill == [(2, p - 1), (2, p - 1), (1, p - 1)]  # rows 0-4: groups 0-1, rows 5-9: 1-2, rows 10-11: 2
+    assert torch.equal(shared.response_ids, plain.response_ids) and shared.texts == plain.texts
+    torch.testing.assert_close(shared.old_logp, plain.old_logp, rtol=1e-5, atol=1e-5)

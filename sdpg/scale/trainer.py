@@ -57,7 +57,8 @@ from trl.trainer.utils import pad
 
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
-from sdpg.forward import lm_head_weight, response_hidden, token_logp
+from sdpg.forward import activation_checkpointing, lm_head_weight, response_hidden, token_logp
+from sdpg.rollout import cache_kwarg
 from sdpg.losses import beta_schedule, group_advantages
 from sdpg.methods import get_method
 from sdpg.reward import MathVerifier, overlong_penalty
@@ -119,10 +120,21 @@ class VerifierReward:
 
 
 class _ThroughWrapper:
-    """What `response_hidden` needs of a model, `.base_model(...)`, served by the training model's own forward."""
+    """What `response_hidden` needs of a model, `.base_model(...)` and its cache argument's name, served by the
+    training model's own forward."""
 
     def __init__(self, model):
         self._model = model
+        self._inner = getattr(model, "module", model)  # DDP / DeepSpeed wrap it as `.module`
+        self.cache_kwarg = cache_kwarg(self._inner)
+
+    @property
+    def training(self) -> bool:
+        return self._inner.training
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return activation_checkpointing(self._inner)
 
     def base_model(self, **kwargs):
         return self._model(**kwargs, sdpg_backbone=True)
