@@ -192,11 +192,11 @@ class OptimConfig:
     epochs: int = 1
     """passes over the step's mini-batches (verl's ppo_epochs), the same mini-batches in the same order each pass"""
     micro_batch: int = 64
-    """sequences per forward/backward pass; gradients accumulate over a mini-batch"""
-    micro_batch_tokens: int = 0
-    """token budget per forward/backward pass instead of `micro_batch`: consecutive sequences are grouped
-    while (rows x (longest teacher prompt + longest response)) stays within it, at least one sequence per
-    pass (0 = use `micro_batch`)"""
+    """at most this many sequences per forward/backward pass; gradients accumulate over a mini-batch"""
+    micro_batch_tokens: int = 1024
+    """and at most this many padded response tokens per pass (rows x longest response; at least one sequence;
+    0 = no token limit): what a pass's activations grow with, as a group's shared prompt runs once per pass
+    (`sdpg.forward.response_hidden`). Raise it on a GPU"""
 
 
 @dataclass
@@ -363,6 +363,14 @@ def _number(x: float) -> str:
     return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
 
 
+def micro_rows(optim: OptimConfig, response_tokens: int) -> int:
+    """Sequences per forward/backward pass for responses padded to `response_tokens`: at most `micro_batch`, and
+    at most `micro_batch_tokens` response tokens (0 = no limit), at least one."""
+    if not optim.micro_batch_tokens:
+        return optim.micro_batch
+    return max(1, min(optim.micro_batch, optim.micro_batch_tokens // max(1, response_tokens)))
+
+
 def preset(name: str) -> TrainConfig:
     """Named settings (one of PRESETS): "cpu" (embedded task defaults) or "paper" (SPEC.md reference settings,
     Qwen3-4B)."""
@@ -380,7 +388,7 @@ def preset(name: str) -> TrainConfig:
                               beta_warmup=50, beta_decay=350, clip_low=0.2, clip_high=0.2, clip_c=10.0)
         # the authors' script: ppo_mini_batch_size 16 -> 8 AdamW updates per 128-prompt step
         cfg.optim = OptimConfig(lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1, grad_clip=1.0,
-                                warmup_steps=10, mini_batch_prompts=16, micro_batch=8)
+                                warmup_steps=10, mini_batch_prompts=16, micro_batch=8, micro_batch_tokens=0)
         cfg.run = RunConfig(steps=400, eval_every=25, eval_samples=32, save_every=50)
         return cfg
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sdpg.cli import build_parser, config_from_args
-from sdpg.config import TrainConfig
+from sdpg.config import TrainConfig, micro_rows
 from sdpg.embedded.model import TinyModelConfig, build_tiny_model
 from sdpg.embedded.tokenizer import build_char_tokenizer
 from sdpg.fused_kl import TILE_LOGITS
@@ -175,11 +175,9 @@ def plan_memory(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_r
 
 
 def micro_batch_tokens(cfg: TrainConfig, seq_tokens: int, batch: int) -> int:
-    """Tokens per update micro-batch as the trainer forms them: as many whole sequences as the token budget
-    holds (at least one), else `optim.micro_batch` sequences; never more than the step's batch."""
-    budget = cfg.optim.micro_batch_tokens
-    rows = max(1, budget // seq_tokens) if budget else cfg.optim.micro_batch
-    return min(rows, batch) * seq_tokens
+    """Tokens per update micro-batch (rows x whole sequence, as if no prompt were shared: an upper bound) with
+    rows as the trainer forms them (`sdpg.config.micro_rows`); never more than the step's batch."""
+    return min(micro_rows(cfg.optim, cfg.rollout.max_new_tokens), batch) * seq_tokens
 
 
 def activation_bytes(shape: ModelShape, tokens: int, act_bytes: int, checkpointing: bool) -> int:
@@ -202,8 +200,8 @@ def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_refer
     """The least disruptive change that makes the plan fit, as command-line flags, else a sentence."""
     r = cfg.rollout
     seq = r.max_prompt_tokens + r.max_new_tokens
-    one_seq = {"optim.micro_batch_tokens": seq}
-    candidates = [{"optim.micro_batch_tokens": 2 ** k} for k in range(24, 9, -1) if 2 ** k >= seq]
+    one_seq = {"optim.micro_batch_tokens": r.max_new_tokens}
+    candidates = [{"optim.micro_batch_tokens": 2 ** k} for k in range(24, 9, -1) if 2 ** k >= r.max_new_tokens]
     candidates += [{key: True, **one_seq} for key in ("model.gradient_checkpointing", "loss.fused_kl")
                    if not operator.attrgetter(key)(cfg)]
     if r.engine == "hf":
@@ -211,12 +209,12 @@ def suggest(cfg: TrainConfig, shape: ModelShape, total_bytes: int, *, uses_refer
     else:
         candidates += [{"rollout.vllm_gpu_memory_utilization": s / 100, **one_seq}
                        for s in range(round(r.vllm_gpu_memory_utilization * 100) - 5, 4, -5)]
-    candidates += [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": r.max_prompt_tokens + 2 ** k}
+    candidates += [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": 2 ** k}
                    for k in range(20, 6, -1) if 2 ** k < r.max_new_tokens]
     fewer = [{"rollout.prompts_per_step": 2 ** k} for k in range(20, -1, -1) if 2 ** k < r.prompts_per_step]
     fewer += [{"rollout.prompts_per_step": 1, "rollout.group_size": 2 ** k}
               for k in range(10, 0, -1) if 2 ** k < r.group_size]
-    shorter = [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": r.max_prompt_tokens + 2 ** k}
+    shorter = [{"rollout.max_new_tokens": 2 ** k, "optim.micro_batch_tokens": 2 ** k}
                for k in range(20, 6, -1) if 2 ** k < r.max_new_tokens]
     candidates += fewer + [{**batch, **length} for batch in fewer for length in shorter]
     for changes in candidates:

@@ -19,7 +19,8 @@ Design choices:
   tokens; it runs on every row only for methods that use it, else on the recorded groups alone.
 - A non-finite loss or gradient norm skips that optimizer update and is reported (`step/skipped`, a fraction).
 - Real models: the rollout engine is the one `rollout.engine` names (`make_engine`; vLLM gets the weights
-  after every step); micro-batches hold `optim.micro_batch_tokens` worth of padded sequences when set;
+  after every step); micro-batches hold at most `optim.micro_batch` sequences and `optim.micro_batch_tokens`
+  padded response tokens;
   model forwards run under bfloat16 autocast with `model.autocast` (the KL and the backward stay outside
   it); `loss.fused_kl = False` swaps in the materialised-logits KL, the baseline the fused one is measured
   against. Gradients are freed right after the optimizer step, before the next rollout needs the memory.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdpg.config import TrainConfig
+from sdpg.config import TrainConfig, micro_rows
 from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp, vocab_scan
 from sdpg.guards import check_finite_weights
@@ -206,10 +207,10 @@ class Trainer:
         teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
             self._render([row.teacher_prompt for row in scored.rows for _ in range(g)])))  # (B, P')
         t0 = time.perf_counter()
-        old_logp = self._old_logp(scored.rollout, teacher_ids.shape[1])  # (B, T)
+        old_logp = self._old_logp(scored.rollout)  # (B, T)
         return Batch(scored, teacher_ids, teacher_mask, old_logp, time.perf_counter() - t0)
 
-    def _old_logp(self, ro: Rollout, teacher_width: int) -> torch.Tensor:
+    def _old_logp(self, ro: Rollout) -> torch.Tensor:
         """The sampler's log-probs, or (recompute on) the current model's on every row outside the first update,
         in the update's micro-batches; the first update writes its rows itself (`_update`)."""
         if not self.cfg.rollout.recompute_old_logp:
@@ -217,8 +218,7 @@ class Trainer:
         old = ro.old_logp.clone()  # (B, T)
         self.model.train()  # the mode the updates run in
         first = self._update_rows(ro)[0]
-        seq = teacher_width + ro.response_ids.shape[1]
-        for sl in self._micro_slices(slice(first.stop, ro.response_ids.shape[0]), seq):
+        for sl in self._micro_slices(slice(first.stop, ro.response_ids.shape[0]), ro.response_ids.shape[1]):
             resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
             h = self._hidden(self.model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
             old[sl] = token_logp(h, self.forwards.weight, resp, temperature=self.cfg.rollout.temperature) * rmask
@@ -265,7 +265,7 @@ class Trainer:
         self.model.train()
         micro, records, skip = [], {}, ""
         with self.timer("update"):
-            for sl in self._micro_slices(rows, batch.teacher_ids.shape[1] + batch.rollout.response_ids.shape[1]):
+            for sl in self._micro_slices(rows, batch.rollout.response_ids.shape[1]):
                 try:
                     result = self._micro(batch, ctx, sl, first, epoch)
                 except NonFiniteError as exc:  # a NaN/inf update is skipped and reported, never applied
@@ -355,11 +355,10 @@ class Trainer:
                                   1.0 / epochs))
         return parts
 
-    def _micro_slices(self, rows: slice, seq_tokens: int) -> list[slice]:
-        """The rows of each forward/backward pass within `rows`: `optim.micro_batch_tokens` worth of padded
-        `seq_tokens` (at least one sequence), else `optim.micro_batch` sequences."""
-        budget = self.cfg.optim.micro_batch_tokens
-        per = max(1, budget // seq_tokens) if budget else self.cfg.optim.micro_batch
+    def _micro_slices(self, rows: slice, response_tokens: int) -> list[slice]:
+        """The rows of each forward/backward pass within `rows`: at most `optim.micro_batch` sequences and at
+        most `optim.micro_batch_tokens` padded response tokens (at least one sequence)."""
+        per = micro_rows(self.cfg.optim, response_tokens)
         return [slice(lo, min(rows.stop, lo + per)) for lo in range(rows.start, rows.stop, per)]
 
     def _hidden(self, model, prompt_ids, prompt_mask, resp, rmask) -> torch.Tensor:

@@ -88,7 +88,7 @@ def test_without_checkpointing_or_the_fused_kl_the_refusal_names_the_lever(shape
     with pytest.raises(MemoryPlanError, match=r"Suggested: --model.gradient_checkpointing --optim.micro_batch_tokens"):
         check_memory(cfg, shapes["0.6B"], 24 * GIB)
     cfg.model.gradient_checkpointing, cfg.loss.fused_kl = True, False
-    with pytest.raises(MemoryPlanError, match=r"Suggested: --loss.fused_kl --optim.micro_batch_tokens 32768"):
+    with pytest.raises(MemoryPlanError, match=r"Suggested: --loss.fused_kl --optim.micro_batch_tokens 30720"):
         check_memory(cfg, shapes["0.6B"], 24 * GIB)
 
 
@@ -135,17 +135,24 @@ def one_step(model_dir, run_dir, setup=lambda trainer: None, **overrides):
     return trainer, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, metrics
 
 
+ROUNDING = 1e-5
+"""weight tolerance after one step (lr 1e-4) of two float paths that differ only in rounding: AdamW's first update
+divides by |g|, so an element whose gradient is near zero carries the rounding of the gradient into the weight"""
+
+
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def test_a_token_budget_sets_the_micro_batch_and_accumulation_stays_exact(tiny_model_dir, tmp_path):
-    whole, w_whole, m_whole = one_step(tiny_model_dir, tmp_path / "a", optim__micro_batch=64)
+    whole, w_whole, m_whole = one_step(tiny_model_dir, tmp_path / "a", optim__micro_batch=64, optim__micro_batch_tokens=0)
     budget, w_budget, m_budget = one_step(tiny_model_dir, tmp_path / "b", optim__micro_batch_tokens=40)
-    def widths(trainer, seq_tokens):
-        return [sl.stop - sl.start for sl in trainer._micro_slices(slice(0, 128), seq_tokens)]
+    def widths(trainer, response_tokens):
+        return [sl.stop - sl.start for sl in trainer._micro_slices(slice(0, 128), response_tokens)]
     assert set(widths(budget, 20)) == {2} and set(widths(budget, 50)) == {1} and widths(whole, 50) == [64, 64]
+    whole.cfg.optim.micro_batch_tokens = 1024  # the default: both limits hold, the tighter one decides
+    assert widths(whole, 16) == [64, 64] and set(widths(whole, 64)) == {16}
     assert m_whole["adv/values"] == m_budget["adv/values"]  # the same rollouts
     assert abs(m_whole["loss/total"] - m_budget["loss/total"]) < 1e-6
     assert_same_weights(w_whole, w_budget, atol=1e-6)
@@ -168,7 +175,8 @@ def test_gradient_checkpointing_is_on_in_the_student_forward_and_gives_the_same_
     # with gradient: the student forward of each micro-batch (12 sequences in 5s); transformers < 5.20 also
     # routes the no-grad teacher forwards through it
     assert calls.count(True) == 3
-    assert_same_weights(plain, ckpt, atol=1e-6)
+    # the plain step shares each group's prompt forward, the checkpointed one cannot: float rounding apart
+    assert_same_weights(plain, ckpt, atol=ROUNDING)
 
 
 def test_the_materialised_logits_path_gives_the_fused_kl_step(tiny_model_dir, tmp_path):
@@ -176,7 +184,7 @@ def test_the_materialised_logits_path_gives_the_fused_kl_step(tiny_model_dir, tm
     _, plain, m_plain = one_step(tiny_model_dir, tmp_path / "b", loss__fused_kl=False)
     assert abs(m_fused["kl/distill_mean"] - m_plain["kl/distill_mean"]) < 1e-6 < m_fused["kl/distill_mean"]
     assert abs(m_fused["entropy/mean"] - m_plain["entropy/mean"]) < 1e-5
-    assert_same_weights(fused, plain, atol=1e-6)
+    assert_same_weights(fused, plain, atol=ROUNDING)
 
 
 def test_bf16_autocast_keeps_float32_weights_and_a_close_step(tiny_model_dir, tmp_path):

@@ -359,7 +359,7 @@ def test_translation_follows_method_precision_micro_batch_budget_and_colocated_v
     cfg = paper_config()
     cfg.loss.method, cfg.loss.adv_scale = "self_distill", "none"
     cfg.model.dtype, cfg.model.autocast, cfg.model.gradient_checkpointing = "float32", True, False
-    cfg.optim.micro_batch_tokens = 3 * (2048 + 4096) + 5  # room for three of the longest sequences
+    cfg.optim.micro_batch_tokens = 3 * 4096 + 5  # room for three of the longest responses
     cfg.rollout.engine, cfg.run.save_every = "vllm", 0
     kwargs = grpo_kwargs(cfg, ScaleConfig(num_processes=4), world_size=4)
     assert (kwargs["beta"], kwargs["scale_rewards"], kwargs["bf16"], kwargs["activation_checkpointing"]) == \

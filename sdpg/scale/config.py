@@ -9,8 +9,8 @@ Design choices:
   update (`gradient_accumulation_steps` micro-batches), `optim.epochs` passes (`num_iterations`). TRL's global step
   therefore counts updates: `max_steps`, `save_steps`, the warmup and the beta schedule are scaled back to training
   steps. Micro-batches have at most `optim.micro_batch` sequences (the largest divisor of the per-process share of a
-  mini-batch that fits); TRL's micro-batches have a fixed size, so a token budget (`optim.micro_batch_tokens`)
-  becomes the number of the longest possible sequences (longest prompt + response limit) that fit in it.
+  mini-batch that fits); TRL's micro-batches have a fixed size, so the token budget (`optim.micro_batch_tokens`)
+  becomes the number of longest possible responses (the response limit) that fit in it.
 - `GRPOConfig.beta` (our `loss.alpha`: the names are swapped) only switches on TRL's frozen reference model and its
   log-probs (it is set to `loss.alpha` when the method anchors to the reference); the trainer replaces TRL's loss,
   so TRL's own k3 term never runs and the anchor is ours (`loss.ref_mode`). Clip settings are passed for TRL's logs only; our loss reads `LossConfig`.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdpg.config import TrainConfig
+from sdpg.config import TrainConfig, micro_rows
 from sdpg.methods import check_config, get_method
 
 BACKENDS = ("ddp", "zero2")
@@ -113,7 +113,7 @@ def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int, int]:
     per training step and one optimizer update per mini-batch of `optim.mini_batch_prompts` groups.
 
     The micro-batch is the largest divisor of the per-process share of a mini-batch that is at most
-    `optim.micro_batch` (or, with `optim.micro_batch_tokens`, at most that budget over the longest possible sequence).
+    `sdpg.config.micro_rows` for the longest possible response.
     """
     g = cfg.rollout.group_size
     total = cfg.rollout.prompts_per_step * g
@@ -122,9 +122,7 @@ def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int, int]:
         raise ValueError(f"a mini-batch's {mini} sequences (optim.mini_batch_prompts, or rollout.prompts_per_step, x "
                          f"rollout.group_size) must split evenly over {world_size} training processes")
     share = mini // world_size
-    most = cfg.optim.micro_batch
-    if cfg.optim.micro_batch_tokens:
-        most = max(1, cfg.optim.micro_batch_tokens // (cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens))
+    most = micro_rows(cfg.optim, cfg.rollout.max_new_tokens)
     micro = max(d for d in range(1, min(share, most) + 1) if share % d == 0)
     return micro, share // micro, total // world_size // micro
 
