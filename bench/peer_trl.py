@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -92,7 +93,8 @@ def _rows(shape: dict, n_steps: int):
     return [rows[i] for i in PromptSampler(len(rows), 0).take(shape["prompts"] * n_steps)]
 
 
-def run_ours(model_dir: str, shape: dict, method: str, trim: bool) -> dict:
+def run_ours(model_dir: str, shape: dict, method: str, trim: bool, flags: str) -> dict:
+    from sdpg.cli import build_parser
     from sdpg.config import TrainConfig
     from sdpg.records import RecordStream
     from sdpg.run import build_trainer
@@ -108,6 +110,10 @@ def run_ours(model_dir: str, shape: dict, method: str, trim: bool) -> dict:
         cfg.loss.alpha = 0.0
     cfg.optim.lr = LR
     cfg.run.steps, cfg.run.eval_every, cfg.run.save_every = n_steps, 0, 0
+    for key, value in vars(build_parser().parse_args(shlex.split(flags))).items():
+        if "." in key:
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
     with tempfile.TemporaryDirectory() as run_dir:
         cfg.run.run_dir = run_dir
         trainer = build_trainer(cfg.validate(), RecordStream(run_dir), progress=False)
@@ -183,7 +189,7 @@ def child_main(args) -> None:
     shape = SHAPES[args.shape]
     engine, method = args.child.split("-")
     if engine == "ours":
-        out = run_ours(args.model, shape, method, args.malloc_trim)
+        out = run_ours(args.model, shape, method, args.malloc_trim, args.ours)
     else:
         out = run_trl(args.model, shape, method)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -221,10 +227,11 @@ def embedded_model(folder: Path, wait: bool) -> tuple[str, str]:
             "model rarely samples EOS, so its responses run to the length limit)")
 
 
-def run_child(engine: str, shape: str, model_dir: str, malloc_trim: bool, threads: int, log: Path) -> dict:
+def run_child(engine: str, shape: str, model_dir: str, malloc_trim: bool, threads: int, log: Path, ours: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
-    cmd = [sys.executable, __file__, "--child", engine, "--shape", shape, "--model", model_dir, "--out", str(out)]
+    cmd = [sys.executable, __file__, "--child", engine, "--shape", shape, "--model", model_dir, "--out", str(out),
+           "--ours", ours]
     if malloc_trim:
         cmd.append("--malloc-trim")
     if threads:
@@ -270,6 +277,7 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
              f"Load average before / after: {load[0]} / {load[1]}; harness wall time {elapsed / 60:.1f} min.",
              "", f"Command: `python bench/peer_trl.py --reps {args.reps} --shapes {args.shapes}"
              + (" --malloc-trim" if args.malloc_trim else "") + (f" --threads {args.threads}" if args.threads else "")
+             + (f" --engines {args.engines}" if args.engines else "") + (f" --ours {shlex.quote(args.ours)}" if args.ours else "")
              + "`. "
              "Each engine runs in its own process, interleaved; the medians are over all timed steps of all "
              "repetitions (warm-up steps dropped), [min-max] is the spread. CPU s = process CPU time (all threads) "
@@ -326,6 +334,9 @@ def main() -> None:
                         "model of its shape")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per child (default: torch's own); 1 gives steadier CPU times on a busy machine")
+    p.add_argument("--engines", help="comma-separated subset of each shape's engines (default: all of them)")
+    p.add_argument("--ours", default="", metavar="FLAGS",
+                   help='training flags for our engine on top of the bench settings, e.g. "--optim.micro_batch 16"')
     p.add_argument("--no-write", action="store_true", help="print the table, leave bench/RESULTS.md alone")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
@@ -352,7 +363,9 @@ def main() -> None:
     for shape in shapes:
         for rep in range(args.reps):
             for engine in ENGINES[shape]:
-                r = run_child(engine, shape, models[shape], args.malloc_trim, args.threads, log)
+                if args.engines and engine not in args.engines.split(","):
+                    continue
+                r = run_child(engine, shape, models[shape], args.malloc_trim, args.threads, log, args.ours)
                 results.setdefault((shape, engine), []).append(r)
                 print(f"{shape} rep {rep + 1} {engine}: {statistics.median(s['wall'] for s in r['steps']):.3f} s/step, "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
