@@ -97,3 +97,25 @@ def test_bad_task_settings_are_refused_naming_the_field():
             bad.validate()
     with pytest.raises(ValueError, match="unknown task 'mult'"):
         get_task("mult")
+
+
+def test_grpo_trains_the_same_whatever_the_teacher_reads(tiny_model_dir, tmp_path):
+    # experiments.gain pairs every context of a task with one GRPO comparison: GRPO's teacher only serves the records
+    import torch
+
+    from conftest import tiny_config
+    from sdpg.records import RecordStream
+    from sdpg.run import build_trainer
+
+    weights, rewards, kl = {}, {}, {}
+    for context in ("full", "answer"):
+        cfg = tiny_config(tiny_model_dir, tmp_path / context, loss__method="grpo", loss__alpha=0.0, data__context=context)
+        trainer = build_trainer(cfg, RecordStream(cfg.run.run_dir), progress=False)
+        metrics = [trainer.train_step() for _ in range(2)]
+        trainer.verifier.close()
+        weights[context] = [p.detach().clone() for p in trainer.model.parameters()]
+        rewards[context] = [m["adv/values"] for m in metrics]
+        kl[context] = metrics[-1]["kl/distill_mean"]
+    assert rewards["full"] == rewards["answer"]
+    assert all(torch.equal(a, b) for a, b in zip(weights["full"], weights["answer"], strict=True))
+    assert kl["full"] != kl["answer"]  # the recorded teacher did read different contexts
