@@ -37,7 +37,7 @@ from sdpg.train import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 CONTROLS = ("method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
-            "temperature", "steps", "model", "data", "val")
+            "temperature", "steps", "model", "data", "val", "task")
 
 
 # ---------------- helpers ----------------
@@ -51,7 +51,8 @@ def page_controls(cfg, **overrides) -> list:
     values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
               "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
               "lr": cfg.optim.lr, "group_size": cfg.rollout.group_size, "temperature": cfg.rollout.temperature,
-              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val}
+              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val,
+              "task": cfg.data.task}
     values.update(overrides)
     return [values[name] for name in CONTROLS]
 
@@ -360,9 +361,13 @@ def test_a_collapsing_run_emits_a_grad_norm_zero_health_event(tiny_model_dir, tm
     assert handle.status == "finished", handle.error
     grads = [m["grad/norm"] for m in handle.records.metrics() if "grad/norm" in m]
     events = [e for e in run_events(tmp_path / "run") if e["event"] == "health"]
-    assert [e["check"] for e in events] == ["grad_norm_zero"], (grads, events)
-    assert all(g <= 1e-5 for g in grads[events[0]["step"] - 5:events[0]["step"]]), grads
-    assert events[0]["severity"] == "warning" and "gradient norm was 0" in events[0]["message"]
+    # lr 1e3 collapses the policy; whether its entropy also falls below the collapse line first depends on float
+    # rounding, so that second, true event may come too
+    checks = [e["check"] for e in events]
+    assert checks.count("grad_norm_zero") == 1 and set(checks) <= {"grad_norm_zero", "entropy_collapse"}, (grads, events)
+    [event] = [e for e in events if e["check"] == "grad_norm_zero"]
+    assert all(g <= 1e-5 for g in grads[event["step"] - 5:event["step"]]), grads
+    assert event["severity"] == "warning" and "gradient norm was 0" in event["message"]
 
 
 def test_a_cli_run_whose_every_step_is_skipped_says_so_and_exits_nonzero(tiny_model_dir, tmp_path, capsys,
