@@ -10,6 +10,7 @@ import app as dashboard
 from conftest import tiny_config
 from fixtures.records import write_run
 from fixtures.waiting import free_port, wait_for
+from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
 from sdpg.playground import Subject, context_variants, probe_response, recorded_response_ids
 from sdpg.records import RecordStream
@@ -17,7 +18,7 @@ from sdpg.run import RunHandle
 from sdpg.trainer import Trainer
 
 CONTROLS = ["method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
-            "temperature", "steps", "model", "data", "val"]
+            "temperature", "steps", "model", "data", "val", "task"]
 
 
 
@@ -43,7 +44,8 @@ def controls(lab_base, **overrides):
     values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
               "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
               "lr": cfg.optim.lr, "group_size": cfg.rollout.group_size, "temperature": cfg.rollout.temperature,
-              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val}
+              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val,
+              "task": cfg.data.task}
     values.update(overrides)
     return [values[name] for name in CONTROLS]
 
@@ -236,3 +238,20 @@ def test_compare_overlays_chosen_runs_with_summary_and_config_diff(served, tiny_
     assert pass_trace["y"] == [m["eval/pass@1"] for m in evals]
     assert summary.count("finished") == 2 and "wall time" in summary
     assert "loss.method" in diff and "run.seed" in diff and "loss.alpha" in diff and "run.run_dir" not in diff
+
+
+def test_the_page_starts_from_the_demo_task_and_its_task_control_sets_the_run():
+    assert dashboard.CONTROL_NAMES == tuple(CONTROLS)
+    assert dashboard.demo_config().data.task == dashboard.DEMO_TASK
+    demo = dashboard.build_app(dashboard.Controller("unused-runs-root"))
+    [task] = [c for c in demo.config["components"] if c.get("props", {}).get("label") == "Embedded task"]
+    assert task["props"]["value"] == dashboard.DEMO_TASK and dashboard.DEMO_WHY in task["props"]["info"]
+    base = dashboard.demo_config()
+    values = dict(zip(CONTROLS, controls(base)))
+    assert dashboard.config_from_controls(base, **values).data.task == dashboard.DEMO_TASK
+    assert dashboard.config_from_controls(base, **{**values, "task": "sparse"}).data.task == "sparse"
+    add = TrainConfig()  # 24-token rollouts: too short for reasoning's answers
+    reasoning = dashboard.config_from_controls(add, **{**dict(zip(CONTROLS, controls(add))), "task": "reasoning"})
+    assert reasoning.data.task == "reasoning" and reasoning.rollout.max_new_tokens == 48  # grown to hold its answers
+    with pytest.raises(ValueError, match="nope"):
+        dashboard.config_from_controls(base, **{**values, "task": "nope"})

@@ -69,7 +69,7 @@ def test_page_start_with_an_absurd_group_size_says_why_and_starts_nothing(tiny_m
         for group_size in (1e30, 100_000_000):
             values = dict(method="sdpg", beta=0.05, alpha=1e-3, ref_mode="urkl", gate=True, beta_warmup=0,
                           beta_decay=0, lr=1e-4, group_size=group_size, temperature=1.0, steps=3,
-                          model=str(tiny_model_dir), data="embedded", val="embedded")
+                          model=str(tiny_model_dir), data="embedded", val="embedded", task="add")
             message = client.predict(*values.values(), api_name="/start")
             assert "Not started" in message and "--rollout.group_size" in message and "[1, 1024]" in message
         assert ctl.handle is None
