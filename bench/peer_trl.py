@@ -2,6 +2,7 @@
 
     python bench/peer_trl.py                 # both shapes, writes its section of bench/RESULTS.md (~8 min)
     python bench/peer_trl.py --reps 1 --shapes embedded --no-write    # a quick look
+    python bench/peer_trl.py --reps 1 --shapes 25m --engines ours-grpo --ours "--optim.micro_batch 16" --no-write
 
 Design choices:
 - Every (engine, shape, repetition) runs in its own child process, started in interleaved order (ours GRPO, TRL

@@ -6,8 +6,8 @@
 Design choices:
 - One row per (task, context variant), measured on the warm-started embedded model of that task (built
   and cached on first use) with `sdpg.gap.context_gap`: teacher pass@1 with the context minus the
-  student's, and the mean KL(p_student || q_teacher) per token on the student's own samples. A later
-  comparison correlates these with each method's gain over GRPO.
+  student's, and the mean KL(p_student || q_teacher) per token on the student's own samples.
+  `experiments.gain` sets these against each method's gain over GRPO in a comparison.
 - Held-out (val split) problems, seed 0, the task's own rollout length; the same student samples for
   every variant of a task (seeded), so differences between rows of a task come from the context alone.
 - Writes `<out>.json` (rows plus the command, commit and CPU time) and `<out>.md` (the table).
