@@ -43,10 +43,11 @@ def test_old_logp_taken_during_sampling_equals_the_kept_logits_way(tiny_model_di
     ids, attn = engine.encode_prompts([p for p in prompts for _ in range(3)])
     torch.manual_seed(3)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # the same shared prefill, so both ways run the same arithmetic
         out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=0.7, top_p=0.9, top_k=0,
                              max_new_tokens=8, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id,
-                             output_logits=True, return_dict_in_generate=True)
+                             output_logits=True, return_dict_in_generate=True,
+                             **engine._shared_prefill(ids, attn, slice(0, ids.shape[0]), 3))
     resp = out.sequences[:, ids.shape[1]:]
     logp = F.log_softmax(torch.stack(out.logits, 1).float() / 0.7, -1).gather(-1, resp[..., None])[..., 0]
     m = ro.response_mask.bool()
