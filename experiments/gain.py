@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", nargs="+", required=True, help="comparison JSON files (python -m experiments.compare)")
     p.add_argument("--json", help="also write points and correlations here")
     args = p.parse_args(argv)
+    missing = [f for f in (args.gap, *args.compare) if not Path(f).is_file()]
+    if missing:
+        p.error(f"no such file: {', '.join(missing)}")
     gap_rows = json.loads(Path(args.gap).read_text())["rows"]
     compares = [json.loads(Path(f).read_text()) for f in args.compare]
     points = gain_points(gap_rows, compares)

@@ -47,3 +47,9 @@ def test_the_command_needs_something_to_pair(tmp_path, capsys):
     assert main(["--gap", str(tmp_path / "gap.json"), "--compare", str(tmp_path / "c.json"), str(tmp_path / "g.json"),
                  "--json", str(tmp_path / "out.json")]) == 0
     assert "| `t` | `answer` | `sdpg` | -0.200 |" in capsys.readouterr().out and (tmp_path / "out.json").exists()
+
+
+def test_a_missing_file_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--gap", str(tmp_path / "gap.json"), "--compare", str(tmp_path / "c.json")])
+    assert "no such file" in capsys.readouterr().err
