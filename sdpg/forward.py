@@ -23,10 +23,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from sdpg.fused_kl import TILE_LOGITS
-from sdpg.rollout import cache_kwarg, position_ids_from_mask
+from sdpg.rollout import cache_kwarg, position_ids_from_mask, shared_prompt_cache
 
 
 def lm_head_weight(model) -> torch.Tensor:
@@ -60,19 +59,15 @@ def response_hidden(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         return _joint_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)
     p = prompt_ids.shape[1]
     ids, mask = groups[:, :p], groups[:, p:].to(prompt_mask.dtype)  # (U, P)
-    decoder, cache = model.base_model, DynamicCache()
-    cache_arg = {getattr(model, "cache_kwarg", None) or cache_kwarg(model): cache}
-    head = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-                   **cache_arg)
-    last = head.last_hidden_state[inverse, -1:]  # (B, 1, H): predicts the first response token
+    cache, prompt_h = shared_prompt_cache(model, ids, mask, inverse)  # each row reads its own prompt's cache
+    last = prompt_h[inverse, -1:]  # (B, 1, H): predicts the first response token
     if response_ids.shape[1] == 1:
         return last
     if cache.get_seq_length() != p:
         return _joint_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    cache.batch_select_indices(inverse)  # each row reads its own prompt's keys and values
     attn = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], 1)[:, :-1]  # (B, P+T-1)
-    tail = decoder(input_ids=response_ids[:, :-1], attention_mask=attn, position_ids=position_ids_from_mask(attn)[:, p:],
-                   use_cache=True, **cache_arg)
+    tail = model.base_model(input_ids=response_ids[:, :-1], attention_mask=attn,
+                            position_ids=position_ids_from_mask(attn)[:, p:], use_cache=True, **{cache_kwarg(model): cache})
     return torch.cat([last, tail.last_hidden_state], 1)  # (B, T, H)
 
 

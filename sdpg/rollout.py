@@ -63,13 +63,24 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def cache_kwarg(model) -> str:
-    """The name of the decoder's KV-cache argument: `cache` in newer transformers, else `past_key_values`."""
-    return _cache_kwarg_of(type(model.base_model).forward)
+    """The name of the decoder's KV-cache argument: `cache` in newer transformers, else `past_key_values` (a
+    wrapper whose `base_model` is not the decoder itself names it in its own `cache_kwarg` attribute)."""
+    return getattr(model, "cache_kwarg", None) or _cache_kwarg_of(type(model.base_model).forward)
 
 
 @functools.cache
 def _cache_kwarg_of(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, index: torch.Tensor):
+    """Run each of the (U, L) prompts once with its keys and values cached, then give row b of the cache prompt
+    `index[b]`'s: (cache for B rows, (U, L, H) final hidden states of the prompts)."""
+    cache = DynamicCache()
+    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           use_cache=True, **{cache_kwarg(model): cache})
+    cache.batch_select_indices(index)
+    return cache, out.last_hidden_state
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,11 +172,7 @@ class HFRolloutEngine:
         group = torch.arange(rows.start, rows.stop, device=ids.device) // group_size  # (b,)
         first = int(group[0])
         heads = torch.arange(first, int(group[-1]) + 1, device=ids.device) * group_size  # (u,) a row of each group
-        head_ids, head_attn = ids[heads, :-1], attn[heads, :-1]  # (u, P-1)
-        cache = DynamicCache()
-        self.model.base_model(input_ids=head_ids, attention_mask=head_attn, position_ids=position_ids_from_mask(head_attn),
-                              use_cache=True, **{cache_kwarg(self.model): cache})
-        cache.batch_select_indices(group - first)
+        cache, _ = shared_prompt_cache(self.model, ids[heads, :-1], attn[heads, :-1], group - first)  # (u, P-1) prompts
         return {cache_kwarg(self.model): cache}
 
     @torch.no_grad()
