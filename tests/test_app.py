@@ -9,6 +9,7 @@ from gradio_client import Client
 import app as dashboard
 from conftest import tiny_config
 from fixtures.records import write_run
+from fixtures.page import CONTROLS, page_controls as controls
 from fixtures.waiting import free_port, wait_for
 from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
@@ -16,11 +17,6 @@ from sdpg.playground import Subject, context_variants, probe_response, recorded_
 from sdpg.records import RecordStream
 from sdpg.run import RunHandle
 from sdpg.trainer import Trainer
-
-CONTROLS = ["method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
-            "temperature", "steps", "model", "data", "val", "task"]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +32,6 @@ def served(tiny_model_dir, tmp_path_factory):
     if ctl.handle is not None:
         ctl.handle.stop(wait=True, timeout=30)
     demo.close()
-
-
-def controls(lab_base, **overrides):
-    """Page inputs in the order `start` takes them, from the tiny base config plus overrides."""
-    cfg = lab_base
-    values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
-              "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
-              "lr": cfg.optim.lr, "group_size": cfg.rollout.group_size, "temperature": cfg.rollout.temperature,
-              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val,
-              "task": cfg.data.task}
-    values.update(overrides)
-    return [values[name] for name in CONTROLS]
 
 
 def wait_for_step(handle, step, timeout=90.0):

@@ -26,6 +26,7 @@ from gradio_client import Client
 import app as dashboard
 from conftest import tiny_config
 from fixtures.records import make_group, make_metrics_row, write_run
+from fixtures.page import page_controls
 from fixtures.waiting import free_port, wait_for
 from lab.status import health_banner
 from lab.widgets import LiveView
@@ -36,8 +37,6 @@ from sdpg.run import RunHandle
 from sdpg.train import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
-CONTROLS = ("method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "beta_decay", "lr", "group_size",
-            "temperature", "steps", "model", "data", "val", "task")
 
 
 # ---------------- helpers ----------------
@@ -45,16 +44,6 @@ def send_sigterms(proc, times: int) -> None:
     for _ in range(times):
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-
-
-def page_controls(cfg, **overrides) -> list:
-    values = {"method": cfg.loss.method, "beta": cfg.loss.beta, "alpha": cfg.loss.alpha, "ref_mode": cfg.loss.ref_mode,
-              "gate": cfg.loss.gate, "beta_warmup": cfg.loss.beta_warmup, "beta_decay": cfg.loss.beta_decay,
-              "lr": cfg.optim.lr, "group_size": cfg.rollout.group_size, "temperature": cfg.rollout.temperature,
-              "steps": cfg.run.steps, "model": cfg.model.name, "data": cfg.data.train, "val": cfg.data.val,
-              "task": cfg.data.task}
-    values.update(overrides)
-    return [values[name] for name in CONTROLS]
 
 
 def spawn(args: list[str], log: Path, **kw) -> subprocess.Popen:
