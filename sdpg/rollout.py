@@ -12,6 +12,9 @@ Design choices:
   `generate`'s kept (B, T, V) logits.
 - Sequences are laid out group after group (prompt 0's G responses, then prompt 1's, ...), the layout
   `group_advantages` expects.
+- Keys and values are cached in buffers with room to grow (`GrowingCache`): a decoding step writes its token's
+  into place instead of copying the whole cache as `DynamicCache` does (8 % of generation on the 25M bench
+  shape, `bench/RESULTS.md`); the values, and so the draws, are the same.
 - Everything after the first EOS is padding and masked out; a response that hits the length limit
   without EOS is marked `truncated`.
 """
@@ -25,6 +28,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,53 @@ def _cache_kwarg_of(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
-def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, index: torch.Tensor):
-    """Run each of the (U, L) prompts once with its keys and values cached, then give row b of the cache prompt
-    `index[b]`'s: (cache for B rows, (U, L, H) final hidden states of the prompts)."""
-    cache = DynamicCache()
+class _GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views into buffers with spare length: appending writes in place
+    and copies only when the buffer is full (then to twice the length, at most `max_length` when it is known).
+    A tensor that other code put in `keys` / `values` (row selection, cropping) becomes the new buffer."""
+
+    def __init__(self, max_length: int | None = None):
+        super().__init__()
+        self.max_length = max_length
+        self._bufs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._view: torch.Tensor | None = None
+        self._length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self._bufs is None or self.keys is not self._view:  # adopt what was put there
+            self._length = self.keys.shape[-2] if self.keys.numel() else 0
+            self._bufs = (self.keys, self.values) if self._length else None
+        need = self._length + key_states.shape[-2]
+        if self._bufs is None or need > self._bufs[0].shape[-2]:
+            cap = max(need, min(2 * need, self.max_length or 2 * need))
+            bufs = tuple(new.new_empty((*new.shape[:-2], cap, new.shape[-1])) for new in (key_states, value_states))
+            if self._bufs is not None:
+                for buf, old in zip(bufs, self._bufs):
+                    buf[..., :self._length, :] = old[..., :self._length, :]
+            self._bufs = bufs
+        for buf, new in zip(self._bufs, (key_states, value_states)):
+            buf[..., self._length:need, :] = new
+        self._length = need
+        self.keys, self.values = (buf[..., :need, :] for buf in self._bufs)
+        self._view = self.keys
+        return self.keys, self.values
+
+
+class GrowingCache(DynamicCache):
+    """`DynamicCache` of `_GrowingLayer`s; `max_length` (prompt + new tokens), when known, caps their buffers."""
+
+    def __init__(self, max_length: int | None = None):
+        super().__init__()
+        self.layer_class_to_replicate = functools.partial(_GrowingLayer, max_length)
+
+
+def shared_prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, cache=None):
+    """Run each of the (U, L) prompts once with its keys and values cached in `cache` (default: a new
+    `DynamicCache`), then give row b of the cache prompt `index[b]`'s: (cache for B rows, (U, L, H) final hidden
+    states of the prompts)."""
+    cache = DynamicCache() if cache is None else cache
     out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                            use_cache=True, **{cache_kwarg(model): cache})
     cache.batch_select_indices(index)
@@ -166,13 +213,16 @@ class HFRolloutEngine:
     def _shared_prefill(self, ids: torch.Tensor, attn: torch.Tensor, rows: slice, group_size: int) -> dict:
         """`generate`'s cache argument with every prompt but its last token already run, once per group: rows
         `rows` of the (B, P) prompts come in groups of `group_size` identical ones. Generation then runs each
-        group's prompt once instead of `group_size` times; the draws are the same (`tests/test_rollout.py`)."""
+        group's prompt once instead of `group_size` times; the draws are the same (`tests/test_rollout.py`). The
+        cache is a `GrowingCache` sized for the prompt and `max_new_tokens`, shared or not."""
+        max_length = ids.shape[1] + self.max_new_tokens
         if group_size == 1 or ids.shape[1] < 2:
-            return {}
+            return {cache_kwarg(self.model): GrowingCache(max_length)}
         group = torch.arange(rows.start, rows.stop, device=ids.device) // group_size  # (b,)
         first = int(group[0])
         heads = torch.arange(first, int(group[-1]) + 1, device=ids.device) * group_size  # (u,) a row of each group
-        cache, _ = shared_prompt_cache(self.model, ids[heads, :-1], attn[heads, :-1], group - first)  # (u, P-1) prompts
+        cache, _ = shared_prompt_cache(self.model, ids[heads, :-1], attn[heads, :-1], group - first,
+                                       GrowingCache(max_length))  # (u, P-1) prompts
         return {cache_kwarg(self.model): cache}
 
     @torch.no_grad()

@@ -4,7 +4,8 @@ from sdpg.data import render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp
 from sdpg.models import load_model_and_tokenizer
 from sdpg.config import ModelConfig
-from sdpg.rollout import HFRolloutEngine, response_mask_from_ids
+from sdpg.rollout import GrowingCache, HFRolloutEngine, response_mask_from_ids
+from transformers import DynamicCache
 
 
 def test_response_mask_stops_after_first_eos():
@@ -74,3 +75,40 @@ def test_a_group_prompt_is_prefilled_once_and_the_draws_are_unchanged(tiny_model
     assert prefill == [(2, p - 1), (2, p - 1), (1, p - 1)]  # rows 0-4: groups 0-1, rows 5-9: 1-2, rows 10-11: 2
     assert torch.equal(shared.response_ids, plain.response_ids) and shared.texts == plain.texts
     torch.testing.assert_close(shared.old_logp, plain.old_logp, rtol=1e-5, atol=1e-5)
+
+
+def test_growing_cache_holds_what_dynamic_cache_does_and_appends_in_place():
+    torch.manual_seed(0)
+    grow, dyn = GrowingCache(max_length=12), DynamicCache()
+    storage = []
+    for step, n in enumerate([5, 1, 1, 3, 1, 1]):
+        k, v = torch.randn(4, 2, n, 8), torch.randn(4, 2, n, 8)
+        gk, gv = grow.update(k, v, 0)
+        dk, dv = dyn.update(k, v, 0)
+        assert torch.equal(gk, dk) and torch.equal(gv, dv) and grow.get_seq_length() == dyn.get_seq_length()
+        storage.append(gk.untyped_storage().data_ptr())
+        if step == 1:  # rows picked by other code (as the shared prefill does) become the new buffer
+            for cache in (grow, dyn):
+                cache.batch_select_indices(torch.tensor([0, 0, 2, 3]))
+    layer = grow.layers[0]
+    assert layer._bufs[0].shape[-2] == 12  # grown to twice the length, at most max_length
+    assert storage[3] == storage[4] == storage[5]  # single-token appends write into the buffer, no copy
+
+
+def test_generation_draws_the_same_with_the_growing_cache_as_with_dynamic_cache(tiny_model_dir, monkeypatch):
+    import sdpg.rollout
+    model, tok = load_model_and_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    engine = HFRolloutEngine(model, tok, temperature=0.7, top_p=0.9, max_new_tokens=8)
+    prompts = render_prompts(tok, ["Q:1+2\n", "Q:13+4\n"])
+    runs = []
+    for group in (3, 1):  # shared prefill, and a cache with no prefill
+        torch.manual_seed(3)
+        growing = engine.generate(prompts, group_size=group)
+        with monkeypatch.context() as m:
+            m.setattr(sdpg.rollout, "GrowingCache", lambda max_length=None: DynamicCache())
+            torch.manual_seed(3)
+            dynamic = engine.generate(prompts, group_size=group)
+        runs.append((growing, dynamic))
+    for growing, dynamic in runs:
+        assert torch.equal(growing.response_ids, dynamic.response_ids) and growing.texts == dynamic.texts
+        assert torch.equal(growing.old_logp, dynamic.old_logp)
