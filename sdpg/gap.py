@@ -75,7 +75,7 @@ def _kl_on_student_samples(model, engine: HFRolloutEngine, student: Rollout, tea
                            temperature: float, batch_size: int) -> tuple[float, int]:
     """Summed per-token KL(p_student || q_teacher) over the student's response tokens, and their count."""
     device = next(model.parameters()).device
-    teacher_ids, teacher_mask = engine.encode_prompts([p for p in teacher_prompts for _ in range(k)])  # (B, P')
+    teacher_ids, teacher_mask = engine.encode_prompts(teacher_prompts, k)  # (B, P')
     weight = lm_head_weight(model)
     was_training = model.training
     model.eval()

@@ -278,7 +278,7 @@ def _kl_on_student(subject: Subject, engine: HFRolloutEngine, student, idx: list
     seqs = [i * samples + j for i in idx for j in range(samples)]
     resp, rmask = student.response_ids[seqs], student.response_mask[seqs]  # (B, T)
     rendered = render_prompts(subject.tokenizer, texts, enable_thinking=subject.cfg.model.enable_thinking)
-    t_ids, t_mask = engine.encode_prompts([p for p in rendered for _ in range(samples)])  # (B, P')
+    t_ids, t_mask = engine.encode_prompts(rendered, samples)  # (B, P')
     device = resp.device
     student_h = response_hidden(subject.model, student.prompt_ids[seqs], student.prompt_mask[seqs], resp, rmask)  # (B, T, H)
     teacher_h = response_hidden(subject.model, t_ids.to(device), t_mask.to(device), resp, rmask)  # (B, T, H)

@@ -134,18 +134,15 @@ class RecordStream:
 
     # ---- writing (training thread) ----
     def emit_metrics(self, step: int, metrics: dict[str, float]) -> dict:
-        row = json_safe({"step": int(step), "time": round(time.time() - self._t0, 3), **metrics})
-        self._append(METRICS_FILE, self._metrics, row)
-        return row
+        return self._append(METRICS_FILE, self._metrics, {"step": int(step), "time": round(time.time() - self._t0, 3),
+                                                          **metrics})
 
     def emit_rollouts(self, step: int, groups: list[dict]) -> None:
         for g in groups:
-            self._append(ROLLOUTS_FILE, self._rollouts, json_safe({"step": int(step), **g}))
+            self._append(ROLLOUTS_FILE, self._rollouts, {"step": int(step), **g})
 
     def emit_event(self, kind: str, **info: Any) -> dict:
-        row = json_safe({"event": kind, "wall": time.time(), **info})
-        self._append(EVENTS_FILE, self._events, row)
-        return row
+        return self._append(EVENTS_FILE, self._events, {"event": kind, "wall": time.time(), **info})
 
     def write_config(self, config: dict) -> None:
         if self._write:
@@ -155,17 +152,23 @@ class RecordStream:
             except OSError as err:
                 raise storage_error("write the run config to", path, err) from err
 
-    def _append(self, fname: str, buf, row: dict) -> None:
+    def _append(self, fname: str, buf, row: dict) -> dict:
+        """Keep and write `row`, NaN/inf as None (`json_safe`); returns the row as kept."""
+        try:  # the common case, checked by the C encoder: nothing to replace
+            line = json.dumps(row, allow_nan=False) + "\n"
+        except ValueError:
+            row = json_safe(row)
+            line = json.dumps(row) + "\n"
         with self._lock:
             buf.append(row)
             if self._write:
-                line = json.dumps(row) + "\n"
                 try:
                     with open(self.run_dir / fname, "a") as f:
                         f.write(line)
                 except OSError as err:
                     raise storage_error("write records to", self.run_dir / fname, err) from err
                 self._offsets[fname] += len(line.encode())
+        return row
 
     def _load_existing(self) -> None:
         """A resumed run keeps its history: read what is on disk, dropping a half-written last line."""

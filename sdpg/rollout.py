@@ -202,13 +202,15 @@ class HFRolloutEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """The HF engine samples from the training model itself: nothing to copy."""
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompts(self, prompts: list[str], group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded token ids and mask of each prompt, `group_size` rows in a row: (len(prompts) * G, P) each.
+        Each prompt is tokenized once, however many rows repeat it."""
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         if enc.input_ids.shape[1] > self.max_prompt_tokens:
             longest = int(enc.attention_mask.sum(-1).argmax())
             raise ValueError(f"prompt {longest} has {int(enc.attention_mask[longest].sum())} tokens, more than "
                              f"rollout.max_prompt_tokens={self.max_prompt_tokens}: {prompts[longest][:80]!r}...")
-        return enc.input_ids, enc.attention_mask
+        return enc.input_ids.repeat_interleave(group_size, 0), enc.attention_mask.repeat_interleave(group_size, 0)
 
     def _shared_prefill(self, ids: torch.Tensor, attn: torch.Tensor, rows: slice, group_size: int) -> dict:
         """`generate`'s cache argument with every prompt but its last token already run, once per group: rows
@@ -228,7 +230,7 @@ class HFRolloutEngine:
     @torch.no_grad()
     def generate(self, prompts: list[str], group_size: int) -> Rollout:
         device = next(self.model.parameters()).device
-        ids, attn = self.encode_prompts([p for p in prompts for _ in range(group_size)])
+        ids, attn = self.encode_prompts(prompts, group_size)
         ids, attn = ids.to(device), attn.to(device)  # (B, P)
         was_training = self.model.training
         self.model.eval()

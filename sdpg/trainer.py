@@ -154,7 +154,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.engine = make_engine(cfg, model, tokenizer)
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.optimizer = adamw(model, o)
         # stepped once per training step: every update of a step shares its learning rate
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: lr_warmup(k, o.warmup_steps))
         self.sampler = PromptSampler(len(train_rows), cfg.run.seed)
@@ -205,7 +205,7 @@ class Trainer:
         scored = self.sample_rollouts()
         g = scored.rollout.group_size
         teacher_ids, teacher_mask = (t.to(self.device) for t in self.engine.encode_prompts(
-            self._render([row.teacher_prompt for row in scored.rows for _ in range(g)])))  # (B, P')
+            self._render([row.teacher_prompt for row in scored.rows]), g))  # (B, P')
         t0 = time.perf_counter()
         old_logp = self._old_logp(scored.rollout)  # (B, T)
         return Batch(scored, teacher_ids, teacher_mask, old_logp, time.perf_counter() - t0)
@@ -440,6 +440,18 @@ def make_engine(cfg: TrainConfig, model, tokenizer) -> RolloutEngine:
         return VLLMRolloutEngine(model, tokenizer, seed=cfg.run.seed, dtype="bfloat16" if bf16 else "float32",
                                  gpu_memory_utilization=r.vllm_gpu_memory_utilization, sleep=r.vllm_sleep, **common)
     return HFRolloutEngine(model, tokenizer, **common)
+
+
+def adamw(model, o) -> torch.optim.AdamW:
+    """AdamW over the model's parameters, with torch's fused kernel where their devices have it (one pass per
+    tensor: 4x the per-tensor loop's speed on the CPU at 25M parameters, `bench/RESULTS.md`; the same update up to
+    float rounding), else the default implementation."""
+    params = list(model.parameters())
+    kwargs = dict(lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except RuntimeError:  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def lr_warmup(step: int, warmup_steps: int) -> float:

@@ -10,9 +10,14 @@ def test_records_are_written_and_replayed(tmp_path):
     live = RecordStream(tmp_path)
     live.write_config({"loss": {"beta": 0.1}})
     live.emit_metrics(1, {"reward/mean": 0.5, "kl/distill_mean": math.nan})
-    live.emit_rollouts(1, [{"group": 0, "prompt": "Q", "context": "H", "answer": "1", "responses": []}])
+    live.emit_rollouts(1, [{"group": 0, "prompt": "Q", "context": "H", "answer": "1", "responses": []},
+                           {"group": 1, "prompt": "Q", "context": "H", "answer": "1",
+                            "responses": [{"text": "x", "kl": [0.5, math.inf, -math.inf]}]}])
     live.emit_event("finished", step=1)
     replay = RecordStream.open(tmp_path)
+    for stream in (live, replay):  # NaN/inf become None in memory as on disk, however deep
+        assert stream.metrics()[0]["kl/distill_mean"] is None
+        assert stream.rollouts(step=1)[1]["responses"][0]["kl"] == [0.5, None, None]
     assert replay.metrics()[0]["reward/mean"] == 0.5
     assert replay.metrics()[0]["kl/distill_mean"] is None  # NaN never reaches the JSON files
     assert replay.rollouts(step=1)[0]["prompt"] == "Q" and replay.rollout_steps() == [1]

@@ -112,3 +112,15 @@ def test_generation_draws_the_same_with_the_growing_cache_as_with_dynamic_cache(
     for growing, dynamic in runs:
         assert torch.equal(growing.response_ids, dynamic.response_ids) and growing.texts == dynamic.texts
         assert torch.equal(growing.old_logp, dynamic.old_logp)
+
+
+def test_a_prompt_repeated_for_its_group_is_tokenized_once_with_the_same_rows(tiny_model_dir):
+    model, tok = load_model_and_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    engine = HFRolloutEngine(model, tok)
+    prompts = render_prompts(tok, ["Q:1+2\n", "Q:13+400\n"])
+    calls = []
+    engine.tokenizer = lambda texts, **kw: calls.append(list(texts)) or tok(texts, **kw)
+    grouped = engine.encode_prompts(prompts, group_size=3)
+    repeated = engine.encode_prompts([p for p in prompts for _ in range(3)])
+    assert calls == [prompts, [p for p in prompts for _ in range(3)]]
+    assert all(torch.equal(a, b) for a, b in zip(grouped, repeated))
