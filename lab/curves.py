@@ -53,7 +53,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("Held-out pass@1", (Series("eval/pass@1", "student pass@1", COLORS["student"]),
                               Series("eval/pass@k", "student pass@k", COLORS["student"], "dot"),
                               Series("eval/teacher_pass@1", "teacher pass@1 (hint)", COLORS["teacher"]))),
-    Panel("KL(student ‖ teacher)", (Series("kl/distill_mean", "all responses", COLORS["kl"]),
+    Panel("KL(student ‖ teacher)", (Series("kl/distill_mean", "recorded groups (ungated: all)", COLORS["kl"]),
                                    Series("kl/distill_gated_mean", "gated (A>0)", COLORS["kl"], "dot"))),
     Panel("Reference KL", (Series("kl/ref_mean", "KL to reference", COLORS["ref"]),)),
     Panel("Entropy (student)", (Series("entropy/mean", "entropy", COLORS["entropy"]),)),

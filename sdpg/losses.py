@@ -32,6 +32,7 @@ from sdpg.fused_kl import NonFiniteError, fused_self_distill
 
 __all__ = [
     "ADV_SCALES", "AGG_MODES", "REF_MODES", "NonFiniteError", "aggregate", "beta_schedule", "clipped_pg_loss",
+    "gate_passes",
     "distill_token_advantage", "fused_self_distill", "group_advantages", "masked_mean",
     "ref_kl_penalty", "sdpg_loss", "self_distill_kl",
 ]
@@ -233,7 +234,7 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
         raise ValueError("alpha > 0 needs ref_logp (the reference model's log-probs of the sampled tokens)")
     kl = _distill_kl_source(beta, distill_kl, student_logits, teacher_logits, temperature, logp.shape)
     pg_mat, stats = clipped_pg_loss(logp, old_logp, adv, mask, clip_low=clip_low, clip_high=clip_high, clip_c=clip_c)
-    passes = _gate(adv, mask) if gate else mask.new_ones(mask.shape[0], dtype=torch.bool)  # (B,)
+    passes = gate_passes(adv, mask) if gate else mask.new_ones(mask.shape[0], dtype=torch.bool)  # (B,)
     ref_mat = None
     if ref_logp is not None:
         _check_bt(ref_logp=ref_logp, logp=logp)
@@ -259,7 +260,8 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
             stats["gate/tokens"] = float(gated.sum())
             stats["kl/distill_mean"] = _mean(kl, mask)
             stats["kl/distill_gated_mean"] = _mean(kl, gated) if bool(gated.any()) else 0.0
-            stats["kl/clamped_fraction"] = _mean((kl > kl_clamp).float(), mask) if kl_clamp else 0.0
+            stats["kl/clamped_fraction"] = (_mean((kl > kl_clamp).float(), gated) if kl_clamp and bool(gated.any())
+                                            else 0.0)
         if ref_mat is not None:
             stats["kl/ref_mean"] = _mean(ref_mat, mask)
     return loss, stats
@@ -288,7 +290,7 @@ def _distill_kl_source(beta, distill_kl, student_logits, teacher_logits, tempera
     return self_distill_kl(student_logits, teacher_logits, temperature=temperature)
 
 
-def _gate(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def gate_passes(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sequences whose advantage is positive; a per-token advantage is averaged over the response. (B,)"""
     seq_adv = adv if adv.dim() == 1 else masked_mean(adv, mask, dim=-1)  # (B,)
     return seq_adv > 0

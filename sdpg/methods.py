@@ -78,6 +78,9 @@ class MethodSpec:
     """whether the method's loss uses the distillation KL (others only monitor it)"""
     outcome: bool = True
     """whether the loss has an outcome (verifier reward) term; without one, beta is its only weight"""
+    gated_teacher: bool = False
+    """whether, with `loss.gate` on, the live teacher reaches the loss only on the responses the positive-advantage
+    gate passes (so the step runs it on those and on the recorded ones only)"""
     loss_tokens: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """(mask (B, T), adv (B,), correct (B,)) -> the (B, T) tokens the loss averages over, when not every response
     token; the trainer weights each micro-batch by its share of them"""
@@ -262,7 +265,7 @@ def self_distill(inputs: LossInputs, cfg: LossConfig, beta_k: float):
 
 METHODS: dict[str, MethodSpec] = {
     "sdpg": MethodSpec("sdpg", sdpg, "outcome PG + gated full-vocabulary self-distillation KL + reference anchor",
-                       needs=frozenset({"ref_logp"}), distills=True),
+                       needs=frozenset({"ref_logp"}), distills=True, gated_teacher=True),
     "grpo": MethodSpec("grpo", grpo, "outcome PG only (DAPO clip), optional reference KL",
                        needs=frozenset({"ref_logp"})),
     "rlsd": MethodSpec("rlsd", rlsd, "outcome PG with token credit rescaled by the live teacher's evidence (RLSD)",

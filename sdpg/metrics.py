@@ -13,7 +13,9 @@ Design choices:
 - Methods without a live teacher in their loss (`sdpg.step.needs_live_teacher`: GRPO, OPSD-fork) run the teacher on
   the recorded groups only (`run.record_groups`): their `kl/distill_mean` and `kl/distill_gated_mean` are means over
   those groups' tokens (absent with no recorded group); GRPO writes no `gate/tokens` (OPSD-fork does: its weights
-  average over its gated tokens).
+  average over its gated tokens). SDPG with its gate on runs the teacher on the gated responses and the recorded
+  groups (`sdpg.step.teacher_rows`): its `kl/distill_gated_mean` is over every gated token as before, its
+  `kl/distill_mean` over the recorded groups' tokens, as GRPO's.
 """
 from __future__ import annotations
 
@@ -63,10 +65,10 @@ _ENTRIES = (
     Metric("kl/approx_old", "k1 estimate of KL(pi_old || pi_theta) on the sampled tokens (0 in the first update)",
            "tokens"),
     Metric("kl/distill_mean", "KL(student || live teacher) per response token, full vocabulary (nats); recorded "
-           "groups only for methods without a live teacher in their loss", "tokens"),
+           "groups only for methods without a live teacher in their loss and for gated SDPG", "tokens"),
     Metric("kl/distill_gated_mean", "the same KL over the gated responses' tokens only (nats)", "gated tokens"),
-    Metric("kl/clamped_fraction", "fraction of response tokens whose distillation KL exceeds loss.kl_clamp (their "
-           "loss term is capped there and gets no gradient)", "tokens"),
+    Metric("kl/clamped_fraction", "fraction of the gated responses' tokens whose distillation KL exceeds "
+           "loss.kl_clamp (their loss term is capped there and gets no gradient)", "gated tokens"),
     Metric("kl/ref_mean", "reference-anchor penalty per response token (the loss.ref_mode estimator)", "tokens", "kl"),
     Metric("kl/ref_teacher_mean", "OPSD: KL(student || frozen privileged teacher) per response token", "tokens"),
     Metric("gate/fraction", "fraction of responses the distillation gate passes", "rows"),

@@ -9,8 +9,11 @@ Design choices:
   method's loss with its statistics; the caller scales and back-propagates it (the engine itself, TRL through its
   own loop). Models are reached through a `Forwards` object, so the step does not care whether the forward is a
   bare model under autocast or a DDP / DeepSpeed wrapper.
-- The live teacher runs on every row only for methods whose loss uses it (`needs_live_teacher`); the others (GRPO,
-  OPSD-fork) run it on the recorded rows alone, so the views still get per-token KL and top-k.
+- The teacher runs only where it is used (`teacher_rows`): on every row for methods whose loss uses it there
+  (`needs_live_teacher`); for SDPG with its gate on, on the gated rows (the KL reaches the loss nowhere else) and
+  the recorded ones; for the others (GRPO, OPSD-fork) on the recorded rows alone, so the views still get
+  per-token KL and top-k. A row without the teacher has the student stand in for it: KL 0, no gradient, and
+  gated out of the loss anyway.
 - Old log-probs of `None` mean "the current policy's": the first update of a step, whose weights are those the old
   log-probs were taken from, uses its own log-probs detached, so its ratio is exactly 1 (verl's on-policy path).
 - `reduce_stats` combines micro-batch statistics by the rule `sdpg.metrics` registers for each key; across
@@ -29,7 +32,7 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.forward import logits_self_distill, token_logp
-from sdpg.losses import fused_self_distill
+from sdpg.losses import fused_self_distill, gate_passes
 from sdpg.methods import LossInputs, MethodSpec
 from sdpg.metrics import LIVE_TEACHER_KEYS, metric
 from sdpg.reward import reward_metrics
@@ -38,6 +41,11 @@ from sdpg.reward import reward_metrics
 def needs_live_teacher(method: MethodSpec) -> bool:
     """Whether the method's loss uses the live teacher (its KL or its log-probs) on every response."""
     return method.distills or "teacher_logp" in method.needs
+
+
+def teacher_gated(method: MethodSpec, loss) -> bool:
+    """Whether the live teacher reaches `method`'s loss (under `loss`, a LossConfig) only on gated responses."""
+    return method.gated_teacher and loss.gate
 
 
 class Forwards(Protocol):
@@ -111,15 +119,18 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
     live, needs, temp = needs_live_teacher(ctx.method), ctx.method.needs, ctx.cfg.rollout.temperature
     resp, mask = mb.response_ids, mb.response_mask.float()  # (b, T)
     sel = mb.response_mask.bool()  # (b, T)
-    teacher_rows = list(range(resp.shape[0])) if live else list(mb.record_rows)
+    rows = teacher_rows(mb, ctx)
     t0 = time.perf_counter()
-    teacher_h = _teacher_hidden(fw, mb, teacher_rows)  # (b or r, T, H)
+    teacher_h = _teacher_hidden(fw, mb, rows)  # (r, T, H)
     t1 = time.perf_counter()
     student_h = fw.hidden(mb.prompt_ids, mb.prompt_mask, resp, mb.response_mask)  # (b, T, H)
     distill = fused_self_distill if ctx.cfg.loss.fused_kl else logits_self_distill
-    # without a live teacher the student stands in for it: log-prob and entropy are the student's alone
-    partner = teacher_h[sel] if live else student_h[sel].detach()  # (N, H)
-    kl, logp, ent = distill(student_h[sel], partner, fw.weight, resp[sel], temperature=temp)  # (N,)
+    # where the teacher did not run the student stands in for it: log-prob and entropy are the student's alone
+    partner = student_h.detach()  # (b, T, H)
+    if live and rows:
+        partner = teacher_h if len(rows) == resp.shape[0] else partner.index_copy(
+            0, torch.tensor(rows, device=resp.device), teacher_h.to(partner.dtype))
+    kl, logp, ent = distill(student_h[sel], partner[sel], fw.weight, resp[sel], temperature=temp)  # (N,)
     logp_mat = torch.zeros_like(mask).masked_scatter(sel, logp)  # (b, T)
     kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl) if live else None  # (b, T)
     refs = dict(mb.refs)
@@ -134,10 +145,22 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
     loss, stats = ctx.method.loss(inputs, ctx.cfg.loss, ctx.beta_k)
     stats["entropy/mean"] = float(ent.detach().mean())
     ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (b, T)
-    records = _record_args(mb, ctx, student_h.detach(), teacher_h, teacher_rows,
+    records = _record_args(mb, ctx, student_h.detach(), teacher_h, rows,
                            {"kl": kl_mat, "logp": logp_mat.detach(), "entropy": ent_mat, "old_logp": old_logp,
                             "ref_logp": refs.get("ref_logp")}, fw)
     return MicroResult(loss, stats, logp_mat.detach(), records, teacher_s)
+
+
+def teacher_rows(mb: MicroBatch, ctx: StepContext) -> list[int]:
+    """The micro-batch rows the live teacher runs on: every row when the method's loss uses it on every response,
+    the gated and recorded rows when it reaches the loss only through the gate (`teacher_gated`), else the recorded
+    rows (for the views)."""
+    if not needs_live_teacher(ctx.method):
+        return list(mb.record_rows)
+    if not teacher_gated(ctx.method, ctx.cfg.loss):
+        return list(range(mb.response_ids.shape[0]))
+    gated = torch.nonzero(gate_passes(mb.adv, mb.response_mask)).flatten().tolist()
+    return sorted(set(gated) | set(mb.record_rows))
 
 
 @torch.no_grad()
@@ -233,17 +256,21 @@ def reduce_stats(parts: list[Part]) -> dict[str, float]:
     return finish_reduce(reduce_parts(parts))
 
 
-def teacher_stats(stats: dict[str, float], method: MethodSpec, groups: list[dict]) -> dict[str, float]:
-    """The step's statistics with the live teacher's KL: as the micro-batches measured it, or, for a method without a
-    live teacher in its loss, over the recorded groups' tokens (`groups`: `group_record` dicts), where it ran."""
-    if needs_live_teacher(method):
+def teacher_stats(stats: dict[str, float], method: MethodSpec, loss, groups: list[dict]) -> dict[str, float]:
+    """The step's statistics with the live teacher's KL: as the micro-batches measured it where the teacher ran on
+    every row; else `kl/distill_mean` over the recorded groups' tokens (`groups`: `group_record` dicts), and, for a
+    method without a live teacher in its loss, `kl/distill_gated_mean` too (gated SDPG, `teacher_gated` under
+    `loss`, measured that one on every gated token already)."""
+    live = needs_live_teacher(method)
+    if live and not teacher_gated(method, loss):
         return stats
-    out = {k: v for k, v in stats.items() if k not in LIVE_TEACHER_KEYS}
+    out = {k: v for k, v in stats.items() if k not in LIVE_TEACHER_KEYS or (live and k == "kl/distill_gated_mean")}
     kl = [x for g in groups for r in g["responses"] for x in r["kl"]]
     if kl:
-        gated = [x for g in groups for r in g["responses"] if r["gate"] for x in r["kl"]]
-        out |= {"kl/distill_mean": sum(kl) / len(kl),
-                "kl/distill_gated_mean": sum(gated) / len(gated) if gated else 0.0}
+        out["kl/distill_mean"] = sum(kl) / len(kl)
+        if not live:
+            gated = [x for g in groups for r in g["responses"] if r["gate"] for x in r["kl"]]
+            out["kl/distill_gated_mean"] = sum(gated) / len(gated) if gated else 0.0
     return out
 
 

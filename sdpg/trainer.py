@@ -325,7 +325,7 @@ class Trainer:
         ro, t = batch.rollout, self.timer.seconds
         mask = ro.response_mask.float()  # (B, T)
         norms = [u.grad_norm for u in updates]
-        stats = teacher_stats(reduce_stats(self._parts(batch, updates)), self.method, groups)
+        stats = teacher_stats(reduce_stats(self._parts(batch, updates)), self.method, self.cfg.loss, groups)
         metrics = {
             **rollout_metrics(batch.verdicts, batch.rewards, batch.adv, ro.lengths, ro.truncated, ro.group_size),
             **stats, "adv/zero_var_groups": batch.scored.zero_var_groups,

@@ -59,3 +59,40 @@ def test_a_grpo_run_runs_its_teacher_on_the_recorded_group_only_and_measures_the
     assert "gate/tokens" not in metrics
     without = {k: v for k, v in metrics.items() if k not in LIVE_TEACHER_KEYS}
     curves_figure([{"step": 1, **without}], cfg.to_dict())  # a run without records: the KL panel is just empty
+
+
+def test_gated_sdpg_runs_its_teacher_on_gated_and_recorded_rows_only_and_trains_the_same(tiny_model_dir, tmp_path,
+                                                                                         monkeypatch):
+    import torch
+
+    import sdpg.step
+
+    def one_step(run_dir):
+        torch.manual_seed(0)
+        cfg = tiny_config(tiny_model_dir, run_dir, loss__method="sdpg", loss__beta=0.5, run__record_groups=1,
+                          optim__micro_batch=64, reward__overlong_buffer=6)
+        trainer = build_trainer(cfg, RecordStream(run_dir), progress=False)
+        teacher_widths, real = [], trainer.forwards.hidden
+        trainer.forwards.hidden = lambda ids, *rest: teacher_widths.append(ids.shape) or real(ids, *rest)
+        try:
+            metrics = trainer.train_step()
+        finally:
+            trainer.verifier.close()
+        return metrics, [p.detach().clone() for p in trainer.model.parameters()], teacher_widths
+
+    gated, weights, seen = one_step(tmp_path / "gated")
+    with monkeypatch.context() as m:  # the teacher on every row, as before
+        m.setattr(sdpg.step, "teacher_rows", lambda mb, ctx: list(range(mb.response_ids.shape[0])))
+        everywhere, weights_everywhere, seen_everywhere = one_step(tmp_path / "everywhere")
+    adv = gated["adv/values"]
+    rows = {i for i, a in enumerate(adv) if a > 0} | set(range(len(adv) // 3))  # gated rows and the recorded group
+    assert 0 < sum(a > 0 for a in adv) and len(rows) < len(adv)  # the test needs rows with and without the teacher
+    teacher_pass = max(seen, key=lambda shape: shape[1])  # the privileged prompt is the wider one
+    assert teacher_pass[0] == len(rows) and max(seen_everywhere, key=lambda s: s[1])[0] == len(adv)
+    for key in ("loss/total", "loss/distill", "loss/pg", "kl/distill_gated_mean", "gate/tokens", "gate/fraction",
+                "grad/norm", "entropy/mean"):
+        assert gated[key] == pytest.approx(everywhere[key], rel=1e-6, abs=1e-7), key
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(weights, weights_everywhere))
+    (group,) = RecordStream.open(tmp_path / "gated").rollouts(step=1)
+    recorded = [x for r in group["responses"] for x in r["kl"]]
+    assert gated["kl/distill_mean"] == pytest.approx(sum(recorded) / len(recorded))  # over the recorded group

@@ -438,7 +438,7 @@ class SDPGTrainer(GRPOTrainer):
         stats = finish_reduce({k: (totals[2 * i], totals[2 * i + 1]) for i, k in enumerate(keys)})
         elapsed = time.perf_counter() - step.started
         groups = self._group_records() if self.accelerator.is_main_process else []
-        metrics = {**step.metrics, **teacher_stats(stats, self.method, groups), "beta/effective": self._beta_k(),
+        metrics = {**step.metrics, **teacher_stats(stats, self.method, self.sdpg_cfg.loss, groups), "beta/effective": self._beta_k(),
                    "optim/updates": float(self.updates), "step/skipped": 0.0,
                    "perf/tokens_per_s": step.tokens / elapsed, "time/rollout": step.times["rollout"],
                    "time/teacher": step.times["teacher"],
