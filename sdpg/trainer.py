@@ -272,7 +272,8 @@ class Trainer:
                     skip = str(exc)
                     break
                 (result.loss * self._loss_share(batch, sl, rows)).backward()
-                records |= {sl.start + j: self._token_record(args) for j, args in result.records.items()}
+                records |= dict(zip((sl.start + j for j in result.records), token_records(
+                    self.tokenizer, self.forwards.weight, self.cfg.rollout.temperature, list(result.records.values()))))
                 if first and self.cfg.rollout.recompute_old_logp:  # the step-start policy's, for later epochs
                     batch.old_logp[sl] = result.logp * batch.rollout.response_mask[sl]
                 micro.append((sl, result.stats))  # not the result: its hidden states would outlive the update
@@ -381,12 +382,6 @@ class Trainer:
                                                  temperature=self.cfg.loss.opsd_teacher_temperature) * rmask
         return out
 
-    def _token_record(self, args: dict) -> dict:
-        """Per-token arrays of one recorded response from `MicroResult.records` arguments."""
-        return token_record(self.tokenizer, self.forwards.weight, self.cfg.rollout.temperature, args["student_h"],
-                            args["teacher_h"], args["ids"], kl=args["kl"], logp=args["logp"], entropy=args["entropy"],
-                            old_logp=args["old_logp"], ref_logp=args["ref_logp"])
-
     def _group_records(self, batch: Batch, updates: list[Update]) -> list[dict]:
         g = batch.rollout.group_size
         token_records = {i: rec for u in updates for i, rec in u.records.items()}
@@ -469,21 +464,39 @@ def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h:
     `student_h`, `teacher_h` (n, H) are the final hidden states predicting the n response tokens `ids` (n,);
     `weight` (V, H) is the LM head; the other tensors are (n,). `ref_logp` None leaves its array out.
     """
-    n = ids.shape[0]
-    # student and teacher rows share one pass over the vocabulary: no (n, V) tensor at a real vocabulary
-    temps = torch.tensor([temperature] * n + [1.0] * n, device=ids.device)[:, None]  # (2n, 1)
-    probs, top_ids, scan_logp = vocab_scan(torch.cat([student_h, teacher_h]), weight, torch.cat([ids, ids]), TOPK,
-                                           temperature=temps)  # (2n, k), (2n, k), (2n,)
-    s_probs, t_probs, s_ids, t_ids, teacher_lp = probs[:n], probs[n:], top_ids[:n], top_ids[n:], scan_logp[n:]
-    rec = {
-        "tokens": token_strings(tokenizer, ids.tolist()),
-        "student_logp": logp.tolist(), "teacher_logp": teacher_lp.tolist(), "old_logp": old_logp.tolist(),
-        "kl": kl.tolist(), "entropy": entropy.tolist(),
-        "student_topk": _topk_lists(tokenizer, s_probs, s_ids), "teacher_topk": _topk_lists(tokenizer, t_probs, t_ids),
-    }
-    if ref_logp is not None:
-        rec["ref_logp"] = ref_logp.tolist()
-    return rec
+    return token_records(tokenizer, weight, temperature, [
+        {"student_h": student_h, "teacher_h": teacher_h, "ids": ids, "kl": kl, "logp": logp, "entropy": entropy,
+         "old_logp": old_logp, "ref_logp": ref_logp}])[0]
+
+
+@torch.no_grad()
+def token_records(tokenizer, weight: torch.Tensor, temperature: float, responses: list[dict]) -> list[dict]:
+    """`token_record` of several responses, each a dict of its arguments (as `sdpg.step.MicroResult.records` holds
+    them), in one pass over the vocabulary: the head is read once for all of them, not once per response."""
+    if not responses:
+        return []
+    ids = torch.cat([r["ids"] for r in responses])  # (M,)
+    m = ids.shape[0]
+    # student and teacher rows share one pass over the vocabulary: no (M, V) tensor at a real vocabulary
+    hidden = torch.cat([r["student_h"] for r in responses] + [r["teacher_h"] for r in responses])  # (2M, H)
+    temps = torch.tensor([temperature] * m + [1.0] * m, device=ids.device)[:, None]  # (2M, 1)
+    probs, top_ids, scan_logp = vocab_scan(hidden, weight, torch.cat([ids, ids]), TOPK, temperature=temps)
+    strings, topk = token_strings(tokenizer, ids.tolist()), _topk_lists(tokenizer, probs, top_ids)  # M, 2M
+    teacher_lp = scan_logp[m:].tolist()  # M
+    out, lo = [], 0
+    for r in responses:
+        hi = lo + r["ids"].shape[0]
+        rec = {
+            "tokens": strings[lo:hi],
+            "student_logp": r["logp"].tolist(), "teacher_logp": teacher_lp[lo:hi], "old_logp": r["old_logp"].tolist(),
+            "kl": r["kl"].tolist(), "entropy": r["entropy"].tolist(),
+            "student_topk": topk[lo:hi], "teacher_topk": topk[m + lo:m + hi],
+        }
+        if r.get("ref_logp") is not None:
+            rec["ref_logp"] = r["ref_logp"].tolist()
+        out.append(rec)
+        lo = hi
+    return out
 
 
 def group_record(index: int, row: PromptRow, texts: list[str], rewards: list[float], verdicts: list,

@@ -7,7 +7,7 @@ from transformers import PreTrainedTokenizerFast
 
 from sdpg.fused_kl import TILE_LOGITS
 from sdpg.embedded.tokenizer import build_char_tokenizer
-from sdpg.trainer import token_record
+from sdpg.trainer import token_record, token_records
 from sdpg.vocab import token_strings
 
 
@@ -73,3 +73,48 @@ def test_cached_token_strings_equal_one_decode_per_token():
         ids = list(range(len(tokenizer))) * 2
         assert token_strings(tokenizer, ids[::-1]) == [tokenizer.decode([i]) for i in ids[::-1]]
         assert token_strings(tokenizer, [3, 3, 1]) == [tokenizer.decode([i]) for i in (3, 3, 1)]
+
+
+class CountingWeight(TorchDispatchMode):
+    """Counts the ops that read a slice of `weight` (each vocabulary tile of the head is one)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight, self.reads = weight, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.startswith("slice") and args and args[0] is self.weight:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_group_of_records_reads_the_head_once_and_equals_one_record_per_response():
+    vocab, hidden = 3000, 16
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(vocab, hidden, generator=g)  # (V, H)
+    responses = []
+    for n in (5, 9, 1):
+        student_h, teacher_h = torch.randn(2, n, hidden, generator=g)  # (n, H) each
+        stats = torch.randn(5, n, generator=g)  # (5, n)
+        responses.append({"student_h": student_h, "teacher_h": teacher_h, "ids": torch.randint(0, vocab, (n,), generator=g),
+                          "kl": stats[0], "logp": stats[1], "entropy": stats[2], "old_logp": stats[3],
+                          "ref_logp": stats[4] if n != 9 else None})
+    with CountingWeight(weight) as together:
+        batched = token_records(IdTokenizer(), weight, 0.7, responses)
+    singles = []
+    with CountingWeight(weight) as apart:
+        for r in responses:
+            singles.append(token_record(IdTokenizer(), weight, 0.7, r["student_h"], r["teacher_h"], r["ids"], kl=r["kl"],
+                                        logp=r["logp"], entropy=r["entropy"], old_logp=r["old_logp"],
+                                        ref_logp=r["ref_logp"]))
+    assert together.reads >= 1 and apart.reads == len(responses) * together.reads
+    for one, many in zip(singles, batched, strict=True):
+        assert one.keys() == many.keys() and ("ref_logp" in one) == (len(one["tokens"]) != 9)
+        for key in ("tokens", "student_logp", "old_logp", "kl", "entropy"):
+            assert one[key] == many[key], key
+        for key in ("student_topk", "teacher_topk"):
+            assert [[t for t, _ in row] for row in one[key]] == [[t for t, _ in row] for row in many[key]]
+            assert torch.allclose(torch.tensor([[p for _, p in row] for row in one[key]]),
+                                  torch.tensor([[p for _, p in row] for row in many[key]]), atol=1e-5)
+        assert torch.allclose(torch.tensor(one["teacher_logp"]), torch.tensor(many["teacher_logp"]), atol=1e-5)
+    assert token_records(IdTokenizer(), weight, 0.7, []) == []

@@ -65,7 +65,7 @@ from sdpg.reward import MathVerifier, overlong_penalty
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
 from sdpg.step import (MicroBatch, Part, StepContext, finish_reduce, micro_step, reduce_parts, rollout_metrics,
                        teacher_stats)
-from sdpg.trainer import group_record, lr_warmup, token_record
+from sdpg.trainer import group_record, lr_warmup, token_records
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
     """Our rows as TRL's prompt dataset: `prompt` (a user message, or plain text for a tokenizer without a chat
@@ -421,10 +421,9 @@ class SDPGTrainer(GRPOTrainer):
     def _record_tokens(self, inputs: dict, records: dict[int, dict], weight: torch.Tensor) -> None:
         """Per-token records of the micro-batch's recorded rows (process 0, first epoch)."""
         index = inputs["sdpg_index"].tolist()
-        for j, a in records.items():
-            self._current.token_records[index[j]] = token_record(
-                self._tokenizer, weight, self.sdpg_cfg.rollout.temperature, a["student_h"], a["teacher_h"], a["ids"],
-                kl=a["kl"], logp=a["logp"], entropy=a["entropy"], old_logp=a["old_logp"], ref_logp=a["ref_logp"])
+        built = token_records(self._tokenizer, weight, self.sdpg_cfg.rollout.temperature, list(records.values()))
+        for j, record in zip(records, built):
+            self._current.token_records[index[j]] = record
 
     def _close_step(self) -> None:
         """Reduce the step's statistics over micro-batches, updates and processes; hand metrics and groups to the
