@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {
-    "embedded": {"prompts": 16, "group": 8, "tokens": 16, "steps": 6, "warmup": 2},
+    "embedded": {"prompts": 16, "group": 8, "tokens": 16, "steps": 12, "warmup": 3},
     "25m": {"prompts": 8, "group": 8, "tokens": 64, "steps": 3, "warmup": 1},
-    "smoke": {"prompts": 2, "group": 2, "tokens": 4, "steps": 1, "warmup": 1},
+    "smoke": {"prompts": 2, "group": 2, "tokens": 12, "steps": 1, "warmup": 1},
 }
 """per shape: prompts per step, samples per prompt, max new tokens, timed steps and warm-up steps per child"""
 ENGINES = {"embedded": ["ours-grpo", "trl-grpo", "ours-sdpg", "trl-sdpo"], "25m": ["ours-grpo", "trl-grpo", "ours-sdpg"],
@@ -126,7 +126,8 @@ def run_ours(model_dir: str, shape: dict, method: str, trim: bool, flags: str) -
             if trim:
                 malloc_trim()
             clock.end(rollout=m["time/rollout"], teacher=m["time/teacher"], reference=m["time/reference"],
-                      update=m["time/update"], tokens=m["perf/tokens_per_s"] * m["time/step"])
+                      update=m["time/update"], tokens=m["perf/tokens_per_s"] * m["time/step"],
+                      gate=m.get("gate/fraction", 0.0))
         trainer.verifier.close()
     return {"steps": clock.steps[shape["warmup"]:]}
 
@@ -228,6 +229,19 @@ def embedded_model(folder: Path, wait: bool) -> tuple[str, str]:
             "model rarely samples EOS, so its responses run to the length limit)")
 
 
+def matmul_gflops(seconds: float = 0.5) -> float:
+    """This machine's fp32 matmul throughput right now (512 x 512, torch's threads): how fast the shared CPU is
+    running while the children take turns."""
+    import torch
+
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 512 ** 3 / (time.perf_counter() - t0) / 1e9
+
+
 def run_child(engine: str, shape: str, model_dir: str, malloc_trim: bool, threads: int, log: Path, ours: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
@@ -262,11 +276,13 @@ def summarise(results: dict) -> dict:
             for key in ("rollout", "teacher", "reference", "update"):
                 row[key] = statistics.median(s[key] for s in steps)
             row["tokens_per_s"] = statistics.median(s["tokens"] / s["wall"] for s in steps)
+            row["gate"] = statistics.median(s.get("gate", 0.0) for s in steps)
+        row["rep_walls"] = [statistics.median(s["wall"] for s in rep["steps"]) for rep in reps]
         table[(shape, engine)] = row
     return table
 
 
-def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str:
+def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict, speed: list[float]) -> str:
     import torch
     import transformers
     import trl
@@ -282,7 +298,10 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
              + "`. "
              "Each engine runs in its own process, interleaved; the medians are over all timed steps of all "
              "repetitions (warm-up steps dropped), [min-max] is the spread. CPU s = process CPU time (all threads) "
-             "per step; RSS = the process's peak resident memory.", ""]
+             "per step; RSS = the process's peak resident memory.", "",
+             f"Machine speed while it ran (fp32 512 x 512 matmul, sampled before each child): median "
+             f"{statistics.median(speed):.0f} GFLOP/s [{min(speed):.0f}-{max(speed):.0f}]; a shared host drifts, "
+             "so the per-repetition ratios under each table show how far one pair of children can move.", ""]
     for shape, spec in SHAPES.items():
         if not any(s == shape for s, _ in table):
             continue
@@ -303,9 +322,15 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict) -> str
                          f"{row['generate']:.3f} | {split} | {row['rss']:.0f} [{row['rss_lo']:.0f}-{row['rss_hi']:.0f}] "
                          f"| {ratio} |")
         ours_g, ours_s = table.get((shape, "ours-grpo")), table.get((shape, "ours-sdpg"))
+        if base and ours_g:
+            lines += ["", "TRL GRPO / our GRPO per repetition (medians of each pair of children): " + ", ".join(
+                f"{t / o:.2f}" for t, o in zip(base["rep_walls"], ours_g["rep_walls"]))]
         if ours_g and ours_s:
             lines += ["", f"SDPG / our GRPO: {ours_s['wall'] / ours_g['wall']:.2f} (wall), "
-                          f"{ours_s['cpu'] / ours_g['cpu']:.2f} (CPU)"]
+                          f"{ours_s['cpu'] / ours_g['cpu']:.2f} (CPU); per repetition: " + ", ".join(
+                              f"{s / g:.2f}" for s, g in zip(ours_s["rep_walls"], ours_g["rep_walls"]))
+                      + f". SDPG's gate passed {ours_s['gate']:.0%} of the responses (median per step): its teacher "
+                        "ran on those and on the recorded group."]
         lines.append("")
     return "\n".join(lines)
 
@@ -361,17 +386,20 @@ def main() -> None:
     if "embedded" in shapes:
         models["embedded"], notes["embedded"] = embedded_model(tmp / "embedded", args.wait_for_embedded)
     results: dict = {}
+    speed = []
     for shape in shapes:
         for rep in range(args.reps):
             for engine in ENGINES[shape]:
                 if args.engines and engine not in args.engines.split(","):
                     continue
+                speed.append(matmul_gflops())
                 r = run_child(engine, shape, models[shape], args.malloc_trim, args.threads, log, args.ours)
                 results.setdefault((shape, engine), []).append(r)
                 print(f"{shape} rep {rep + 1} {engine}: {statistics.median(s['wall'] for s in r['steps']):.3f} s/step, "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     load1 = os.getloadavg()
-    text = markdown(summarise(results), args, (f"{load0[0]:.1f}", f"{load1[0]:.1f}"), time.time() - start, notes)
+    text = markdown(summarise(results), args, (f"{load0[0]:.1f}", f"{load1[0]:.1f}"), time.time() - start, notes,
+                    speed)
     print(text)
     if not args.no_write:
         write_section(ROOT / "bench" / "RESULTS.md", text)
