@@ -291,7 +291,8 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict, speed:
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
              f"nproc {os.cpu_count()}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads), transformers "
              f"{transformers.__version__}, trl {trl.__version__}, python {platform.python_version()}. "
-             f"Load average before / after: {load[0]} / {load[1]}; harness wall time {elapsed / 60:.1f} min.",
+             f"Load average before / after: {load[0]} / {load[1]}; harness wall time {elapsed / 60:.1f} min; "
+             f"engine at commit {commit()}.",
              "", f"Command: `python bench/peer_trl.py --reps {args.reps} --shapes {args.shapes}"
              + (" --malloc-trim" if args.malloc_trim else "") + (f" --threads {args.threads}" if args.threads else "")
              + (f" --engines {args.engines}" if args.engines else "") + (f" --ours {shlex.quote(args.ours)}" if args.ours else "")
@@ -333,6 +334,18 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict, speed:
                         "ran on those and on the recorded group."]
         lines.append("")
     return "\n".join(lines)
+
+
+def commit() -> str:
+    """The checked-out commit (with "+changes" when the work tree differs), or "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def write_section(path: Path, text: str, section: str = SECTION) -> None:
