@@ -282,6 +282,14 @@ def summarise(results: dict) -> dict:
     return table
 
 
+def engine_commit() -> str:
+    """The checked-out commit, "+changes" when the code differs from it (this table's own file aside)."""
+    from experiments.compare import git_commit
+
+    head, dirty = git_commit((ROOT / "bench" / "RESULTS.md",))
+    return head[:7] + ("+changes" if dirty else "")
+
+
 def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict, speed: list[float]) -> str:
     import torch
     import transformers
@@ -292,7 +300,7 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict, speed:
              f"nproc {os.cpu_count()}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads), transformers "
              f"{transformers.__version__}, trl {trl.__version__}, python {platform.python_version()}. "
              f"Load average before / after: {load[0]} / {load[1]}; harness wall time {elapsed / 60:.1f} min; "
-             f"engine at commit {commit()}.",
+             f"engine at commit {engine_commit()}.",
              "", f"Command: `python bench/peer_trl.py --reps {args.reps} --shapes {args.shapes}"
              + (" --malloc-trim" if args.malloc_trim else "") + (f" --threads {args.threads}" if args.threads else "")
              + (f" --engines {args.engines}" if args.engines else "") + (f" --ours {shlex.quote(args.ours)}" if args.ours else "")
@@ -336,18 +344,6 @@ def markdown(table: dict, args, load: tuple, elapsed: float, notes: dict, speed:
     return "\n".join(lines)
 
 
-def commit() -> str:
-    """The checked-out commit (with "+changes" when the work tree differs), or "unknown" outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+changes" if dirty else "")
-
-
 def write_section(path: Path, text: str, section: str = SECTION) -> None:
     """Replace one section of RESULTS.md (from its heading to the next `## `), keeping the others."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -384,6 +380,7 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child_main(args)
+    os.chdir(ROOT)  # the children run here too; git describes this checkout
     from sdpg.embedded.model import TinyModelConfig
 
     start, load0 = time.time(), os.getloadavg()
