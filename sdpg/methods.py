@@ -99,7 +99,8 @@ class MethodSpec:
 # ----------------------------------------------------------------------------- token weights
 
 def rlsd_lambda(step: int, lam: float, decay_steps: int) -> float:
-    """RLSD's mixing weight at step k: lam * max(0, 1 - k / decay_steps); decay_steps = 0 keeps it constant."""
+    """RLSD's mixing weight at training step k (counted from 1): lam * max(0, 1 - k / decay_steps); decay_steps = 0
+    keeps it constant."""
     if not 0 <= lam <= 1 or decay_steps < 0:
         raise ValueError(f"RLSD needs lam in [0, 1] and decay_steps >= 0, got lam={lam}, decay_steps={decay_steps}")
     return lam * max(0.0, 1.0 - step / decay_steps) if decay_steps else lam
@@ -187,12 +188,13 @@ def grpo(inputs: LossInputs, cfg: LossConfig, beta_k: float):
 def rlsd(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     """RLSD (arXiv 2604.03128): the clipped surrogate with the token advantage of `rlsd_token_advantage`.
 
-    Teacher: the live model on the privileged prompt (`teacher_logp`); lam decays with `inputs.step` as in
-    `rlsd_lambda` (the authors' fork counts verl's global step, which starts at 1, so its lam is one decay
-    step ahead of ours). No KL term and no reference anchor; the distillation KL is only monitored.
+    Teacher: the live model on the privileged prompt (`teacher_logp`); lam decays as in `rlsd_lambda` with the
+    training step counted from 1 (`inputs.step + 1`), as the authors' fork decays it from verl's `global_steps`
+    and as the beta schedule and the LR warmup count. No KL term and no reference anchor; the distillation KL is
+    only monitored.
     """
     teacher_logp = _need(inputs, "teacher_logp", "rlsd")
-    lam = rlsd_lambda(inputs.step, cfg.rlsd_lambda, cfg.rlsd_lambda_decay_steps)
+    lam = rlsd_lambda(inputs.step + 1, cfg.rlsd_lambda, cfg.rlsd_lambda_decay_steps)
     adv = rlsd_token_advantage(inputs.adv[:, None], teacher_logp, inputs.old_logp, lam=lam, eps_w=cfg.rlsd_eps_w)  # (B, T)
     loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": adv}), distill_kl=inputs.distill_kl.detach(),
                             beta=0.0, alpha=0.0, gate=cfg.gate)

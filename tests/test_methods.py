@@ -157,9 +157,21 @@ def _rlsd_inputs(step=0):
     return x
 
 
+def test_rlsd_lambda_follows_the_forks_formula_from_global_step_1():
+    # the authors' fork (`_compute_rlsd_lambda`): 0 from global_steps >= decay, else lam * (1 - global_steps / decay),
+    # with verl's global_steps = 1 on the first training step; `inputs.step` is 0 there
+    def fork(global_steps, lam=0.5, decay=50):
+        return 0.0 if global_steps >= decay else lam * (1.0 - global_steps / decay)
+
+    for completed in range(0, 60):
+        _, stats = METHODS["rlsd"].loss(_rlsd_inputs(step=completed), _cfg(), 0.0)
+        assert stats["rlsd/lambda"] == pytest.approx(fork(completed + 1)), completed
+    assert fork(1) == pytest.approx(0.49)  # the first step already decays: not lam itself
+
+
 def test_rlsd_loss_is_the_surrogate_with_the_reweighted_advantage():
     x = _rlsd_inputs()
-    loss, stats = METHODS["rlsd"].loss(x, _cfg(), 0.0)
+    loss, stats = METHODS["rlsd"].loss(x, _cfg(rlsd_lambda_decay_steps=0), 0.0)
     # lam = 0.5: factor 0.5 + 0.5 * clip(u); A > 0 uses u = q/p_old, A < 0 uses p_old/q
     a_hat = torch.tensor([[1.0 * (0.5 + 0.5 * 1.2), 1.0 * (0.5 + 0.5 * 1.1)],
                           [-1.0 * (0.5 + 0.5 * 0.8), -1.0 * (0.5 + 0.5 * 1.1)],
@@ -176,11 +188,12 @@ def test_rlsd_loss_is_the_surrogate_with_the_reweighted_advantage():
 
 
 def test_rlsd_after_the_lambda_decay_is_grpo():
-    rlsd_loss, stats = METHODS["rlsd"].loss(_rlsd_inputs(step=50), _cfg(), 0.0)
+    # step counts completed steps: the 50th training step (49 completed) is the first at lam = 0
+    rlsd_loss, stats = METHODS["rlsd"].loss(_rlsd_inputs(step=49), _cfg(), 0.0)
     grpo_loss, _ = METHODS["grpo"].loss(_inputs(), _cfg(alpha=0.0), 0.0)
     assert stats["rlsd/lambda"] == 0.0 and rlsd_loss.item() == pytest.approx(grpo_loss.item())
-    half, _ = METHODS["rlsd"].loss(_rlsd_inputs(step=25), _cfg(), 0.0)
-    full, _ = METHODS["rlsd"].loss(_rlsd_inputs(step=0), _cfg(), 0.0)
+    half, _ = METHODS["rlsd"].loss(_rlsd_inputs(step=24), _cfg(), 0.0)
+    full, _ = METHODS["rlsd"].loss(_rlsd_inputs(step=0), _cfg(rlsd_lambda_decay_steps=0), 0.0)
     assert half.item() == pytest.approx((full.item() + grpo_loss.item()) / 2)  # lam is linear in the loss
 
 
