@@ -54,3 +54,50 @@ def test_curve_area_is_the_mean_height_of_the_trapezoid_curve():
     assert curve_area([20, 0, 10], [1.0, 0.0, 1.0]) == pytest.approx(0.75)  # order does not matter
     assert curve_area([0, 10, 20], [0.0, float("nan"), 1.0]) == pytest.approx(0.5)
     assert math.isnan(curve_area([5], [0.3])) and math.isnan(curve_area([], []))
+
+
+def test_t_interval_uses_n_minus_1_and_the_t_quantile():
+    from experiments.stats import t_interval
+    data = [0.1, 0.3, 0.2, 0.5, 0.4]  # mean 0.3, sample SD sqrt(0.025)
+    ci = t_interval(data)
+    sd = math.sqrt(0.025)
+    assert ci["mean"] == pytest.approx(0.3) and ci["sd"] == pytest.approx(sd) and ci["n"] == 5
+    # t_4 at 97.5 % is 2.776 (tables), not the normal 1.96
+    assert ci["hi"] - ci["mean"] == pytest.approx(2.7764 * sd / math.sqrt(5), rel=1e-4)
+    assert ci["mean"] - ci["lo"] == pytest.approx(ci["hi"] - ci["mean"])
+    one = t_interval([0.4, float("nan")])
+    assert one["n"] == 1 and one["lo"] == one["hi"] == 0.4 and math.isnan(one["sd"])
+    assert t_interval([])["n"] == 0
+
+
+def test_t_interval_is_wider_than_the_bootstrap_with_few_seeds():
+    from experiments.stats import t_interval
+    data = [0.01, 0.05, -0.02, 0.08, 0.03]
+    t, b = t_interval(data), bootstrap_ci(data)
+    assert (t["hi"] - t["lo"]) > 1.3 * (b["hi"] - b["lo"])
+
+
+def test_sign_flip_p_is_exact_on_small_cases():
+    from experiments.stats import min_sign_flip_p, sign_flip_p
+    # all 5 differences positive: only the all-plus and all-minus patterns reach |mean| -> 2 / 32
+    assert sign_flip_p([0.1, 0.2, 0.3, 0.1, 0.2]) == pytest.approx(2 / 32)
+    assert min_sign_flip_p(5) == pytest.approx(0.0625) and min_sign_flip_p(8) == pytest.approx(2 / 256)
+    # symmetric differences: mean 0, every pattern is at least as extreme
+    assert sign_flip_p([0.1, -0.1]) == 1.0
+    # [3, 1, 1]: |mean| >= 5/3 only for (+,+,+) and (-,-,-); (+,+,-), (+,-,+) give 1 -> 2/8
+    assert sign_flip_p([3.0, 1.0, 1.0]) == pytest.approx(2 / 8)
+    # one negative among 4: patterns with |sum| >= 0.5+0.5+0.5-0.1 = 1.4 ... enumerate by hand: sums of
+    # +-0.5 x3 +-0.1: 1.6 (2 patterns), 1.4 (2) -> 4 of 16
+    assert sign_flip_p([0.5, 0.5, 0.5, -0.1]) == pytest.approx(4 / 16)
+    assert math.isnan(sign_flip_p([]))
+
+
+def test_paired_test_pairs_by_seed_and_reports_both_intervals():
+    from experiments.stats import paired_test
+    mine = {0: 0.30, 1: 0.25, 2: 0.40, 3: float("nan")}
+    base = {0: 0.20, 1: 0.20, 2: 0.30, 4: 0.9}
+    out = paired_test(mine, base)
+    assert out["seeds"] == [0, 1, 2] and out["n"] == 3
+    assert out["mean"] == pytest.approx((0.10 + 0.05 + 0.10) / 3)
+    assert out["lo"] < out["boot_lo"] <= out["mean"] <= out["boot_hi"] < out["hi"]
+    assert out["p"] == pytest.approx(2 / 8) and out["p_min"] == pytest.approx(0.25)
