@@ -5,8 +5,9 @@
 
 Design choices:
 - A variant is a method name plus config settings. Every registered method is a variant (GRPO with
-  alpha = 0, i.e. the outcome term only); the SDPG ablations are settings on `sdpg`
-  (`sdpg-alpha0`, `sdpg-beta0`, `sdpg-nogate`), never code copies. All variants share one base config
+  alpha = 0, i.e. the outcome term only; `grpo-anchor` is GRPO with the shared alpha anchor, as the paper runs
+  its baselines); the SDPG ablations are settings on `sdpg` (`sdpg-alpha0`, `sdpg-beta0`, `sdpg-nogate`), never
+  code copies; `-lr<rate>` after any variant sets its learning rate (`experiments.tune`). All variants share one base config
   (the `cpu` preset plus any `sdpg.train` flags given here), the step budget and the seeds.
 - `--betas` adds a beta sweep of every distilling variant (`sdpg-b0.2` = `sdpg` with loss.beta 0.2).
 - `--task` / `--context` pick the embedded task and the teacher's context variant for every run; the
@@ -63,6 +64,7 @@ SECTION = "Method comparison"
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {"grpo": {"loss.alpha": 0.0}}
 """settings that make a registered method the baseline it is named after (GRPO: the outcome term only)"""
 ABLATIONS: dict[str, dict[str, Any]] = {
+    "grpo-anchor": {"loss.method": "grpo"},
     "sdpg-alpha0": {"loss.method": "sdpg", "loss.alpha": 0.0},
     "sdpg-beta0": {"loss.method": "sdpg", "loss.beta": 0.0},
     "sdpg-nogate": {"loss.method": "sdpg", "loss.gate": False},
@@ -107,8 +109,22 @@ def variants() -> dict[str, dict[str, Any]]:
     return out | ABLATIONS
 
 
+def lr_variant(name: str, lr: float) -> str:
+    """The variant `name` at learning rate `lr`: `<name>-lr<lr>` (e.g. `sdpg-lr3e-05`)."""
+    return f"{name}-lr{lr:g}"
+
+
 def variant_settings(name: str) -> dict[str, Any]:
-    """The settings of a variant: a name of `variants()`, or one of them plus `-b<beta>` (a distilling one)."""
+    """The settings of a variant: a name of `variants()`, or one of them plus `-b<beta>` (a distilling one), either
+    of them plus `-lr<rate>` (its learning rate)."""
+    base, sep, lr = name.rpartition("-lr")
+    if sep and base:
+        try:
+            rate = float(lr)
+        except ValueError:
+            rate = None
+        if rate is not None and rate > 0:
+            return variant_settings(base) | {"optim.lr": rate}
     table = variants()
     if name in table:
         return table[name]

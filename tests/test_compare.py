@@ -223,3 +223,17 @@ def test_rewriting_the_results_page_does_not_mark_the_code_modified(tmp_path, mo
     # outputs written outside the checkout (e.g. a pilot under /tmp) still leave the commit known
     elsewhere = (tmp_path.parent / f"{tmp_path.name}-out" / "results.md",)
     assert git_commit(elsewhere)[0] == head
+
+
+def test_a_learning_rate_suffix_sets_the_rate_of_any_variant():
+    from experiments.compare import lr_variant, variant_settings
+    assert lr_variant("sdpg-nogate", 3e-5) == "sdpg-nogate-lr3e-05"
+    assert variant_settings("sdpg-nogate-lr3e-05") == {"loss.method": "sdpg", "loss.gate": False, "optim.lr": 3e-5}
+    assert variant_settings("sdpg-b0.2-lr1e-05") == {"loss.method": "sdpg", "loss.beta": 0.2, "optim.lr": 1e-5}
+    # GRPO with the shared anchor keeps the base config's alpha; plain grpo drops it
+    assert variant_settings("grpo-anchor-lr0.0001") == {"loss.method": "grpo", "optim.lr": 1e-4}
+    assert variant_settings("grpo")["loss.alpha"] == 0.0
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_settings("nosuch-lr1e-05")
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_settings("sdpg-lrabc")
