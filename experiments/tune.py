@@ -36,8 +36,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from experiments.compare import (apply_settings, base_config, check_variants, collect, git_commit, lr_variant,
-                                 replace_section, run_all, run_state, shared_settings, write_figures)
+from experiments.compare import (RunPlan, apply_settings, base_config, check_variants, collect, git_commit,
+                                 lr_variant, replace_section, run_all, run_state, shared_settings, variant_settings,
+                                 write_figures)
 from experiments.stats import paired_test, t_interval
 from sdpg.config import TrainConfig
 from sdpg.methods import check_config
@@ -50,14 +51,13 @@ METRICS = ("final_pass@1", "auc_pass@1")
 
 
 def plans_for(base: TrainConfig, rates: dict[str, list[float]], seeds: list[int], steps: int, out: Path) -> list:
-    """`experiments.compare.RunPlan`s for each (variant, rate) and seed under `out`."""
-    from experiments.compare import RunPlan, variant_settings
-
+    """`experiments.compare.RunPlan`s for each (variant, rate) and seed under `out`, seed by seed: a stage cut short
+    has whole grids for its first seeds."""
     plans = []
-    for name, lrs in rates.items():
-        for lr in lrs:
-            tagged = lr_variant(name, lr)
-            for seed in seeds:
+    for seed in seeds:
+        for name, lrs in rates.items():
+            for lr in lrs:
+                tagged = lr_variant(name, lr)
                 cfg = TrainConfig.from_dict(base.to_dict())
                 run_dir = out / f"{tagged}-s{seed}"
                 apply_settings(cfg, variant_settings(tagged) | {"run.seed": seed, "run.steps": steps,
