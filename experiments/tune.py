@@ -79,8 +79,11 @@ def select_rates(data: dict, names: list[str], lrs: list[float]) -> dict[str, di
         if not scored:
             raise ValueError(f"no finished tuning run of {name!r}: nothing to choose a learning rate from")
         best = max(scored, key=lambda lr: (table[lr]["mean"], -lr))
+        tag, start = lr_variant(name, best), step0_pass(data)
+        gains = [r["summary"]["final_pass@1"] - start[(tag, r["seed"])] for r in data["runs"]
+                 if r["variant"] == tag and r["status"] == "finished" and (tag, r["seed"]) in start]
         out[name] = {"lr": best, "edge": len(lrs) > 1 and best in (min(lrs), max(lrs)),
-                     "auc": {f"{lr:g}": table[lr] for lr in lrs}}
+                     "auc": {f"{lr:g}": table[lr] for lr in lrs}, "gain": t_interval(gains)}
     return out
 
 
@@ -144,46 +147,56 @@ def _ci(stat: dict, digits: int = 3, sign: bool = False) -> str:
 
 
 def section(result: dict) -> str:
-    """The results-page section of a tuned comparison (heading "Tuned comparison: <task>")."""
+    """The results-page section of a tuned comparison (heading "Tuned comparison: <task>"); with Stage 1 alone
+    (`result["confirm"]` None) it shows the tuning table and says that no difference is claimed from it."""
     meta, chosen, stats = result["meta"], result["selection"], result["confirm"]
     lrs = meta["lrs"]
-    tune_head = "| variant | " + " | ".join(f"AUC at lr {lr:g}" for lr in lrs) + " | chosen lr |\n"
-    tune_head += "|---|" + "---|" * len(lrs) + "---|\n"
+    tune_head = ("| variant | " + " | ".join(f"AUC at lr {lr:g}" for lr in lrs) + " | chosen lr | final − step 0 at "
+                 "the chosen lr |\n|---|" + "---|" * len(lrs) + "---|---|\n")
     tune_rows = [f"| `{name}` | " + " | ".join(_ci(info["auc"][f"{lr:g}"]) for lr in lrs)
-                 + f" | {info['lr']:g}{' (grid edge)' if info['edge'] else ''} |" for name, info in chosen.items()]
-    base = stats["baseline"]
-    conf_head = ("| variant | lr | runs | step-0 pass@1 | final pass@1 | final − step 0 (p) | Δ final vs tuned "
-                 f"`{base}` (p) | Δ AUC vs tuned `{base}` (p) | verdict |\n|---|---|---|---|---|---|---|---|---|\n")
-    conf_rows = []
-    for name, s in stats["variants"].items():
-        vs = s.get("vs_baseline")
-        delta = (lambda k: f"{_ci(vs[k], sign=True)} ({vs[k]['p']:.3f})") if vs else (lambda k: "baseline")
-        conf_rows.append(f"| `{name}` | {s['lr']:g} | {s['runs']} | {_ci(s['step0'])} | {_ci(s['final_pass@1'])} | "
-                         f"{_ci(s['gain'], sign=True)} ({s['gain']['p']:.3f}) | {delta('final_pass@1')} | "
-                         f"{delta('auc_pass@1')} | {verdict(name, stats) if vs else '—'} |")
-    n_confirm = len(meta["confirm_seeds"])
+                 + f" | {info['lr']:g}{' (grid edge)' if info['edge'] else ''} | {_ci(info.get('gain'), sign=True)} |"
+                 for name, info in chosen.items()]
     lines = [
         f"## Tuned comparison: {meta['task']}", "",
         f"Embedded task `{meta['task']}`, {meta['steps']} training steps per run. Shared settings: {meta['base']}.",
         "",
         f"**Stage 1 — tuning** on seeds {meta['tune_seeds']}: every variant at lr ∈ {{{', '.join(f'{x:g}' for x in lrs)}}}. "
         f"Rule: {SELECTION_RULE}. Mean AUC of held-out pass@1 with its 95 % t-interval over the tuning seeds:", "",
-        tune_head + "\n".join(tune_rows), "",
-        f"**Stage 2 — confirmation** on fresh seeds {meta['confirm_seeds']} (each seed draws its own held-out "
-        "problems), every variant at its chosen lr. Means over seeds with 95 % Student t-intervals (n − 1 degrees of "
-        f"freedom); Δ is paired by seed against the tuned `{base}`; p is the exact two-sided sign-flip p-value "
-        f"(with {n_confirm} pairs the smallest possible p is {2 / 2 ** n_confirm:.4f}). "
-        f"Evaluation noise: step-0 pass@1 of the same starting model has SD {stats['eval_noise_sd']:.4f} over the "
-        f"{stats['eval_noise_n']} confirmation runs.", "",
-        conf_head + "\n".join(conf_rows), "",
-        f"CPU time: {meta['cpu_s'] / 60:.1f} min (both stages, all sittings).", "",
-        "Figures of Stage 2 (interactive HTML): "
-        + ", ".join(f"[{Path(p).stem}]({p})" for p in result["links"]["html"]) + ".", "",
-        f"Every run's summary, both stages: [{Path(result['links']['json']).name}]({result['links']['json']}).", "",
-        "Produced by:", "", f"    {meta['command']}", "",
-        f"at commit `{meta['commit']}`{' (working tree with uncommitted changes)' if meta['dirty'] else ''}, "
-        f"{meta['created']}.", ""]
+        tune_head + "\n".join(tune_rows), ""]
+    if stats is None:
+        lines += ["**Stage 2 — confirmation on fresh seeds has not been run yet.** Stage 1's seeds chose the rates, so "
+                  "no difference between variants is claimed from them.", ""]
+    else:
+        lines += _confirm_lines(meta, stats)
+    lines += [f"CPU time: {meta['cpu_s'] / 60:.1f} min (all stages run, all sittings).", ""]
+    if result["links"]["html"]:
+        lines += ["Figures of Stage 2 (interactive HTML): "
+                  + ", ".join(f"[{Path(p).stem}]({p})" for p in result["links"]["html"]) + ".", ""]
+    lines += [f"Every run's summary: [{Path(result['links']['json']).name}]({result['links']['json']}).", "",
+              "Produced by:", "", f"    {meta['command']}", "",
+              f"at commit `{meta['commit']}`{' (working tree with uncommitted changes)' if meta['dirty'] else ''}, "
+              f"{meta['created']}.", ""]
     return "\n".join(lines)
+
+
+def _confirm_lines(meta: dict, stats: dict) -> list[str]:
+    base = stats["baseline"]
+    head = ("| variant | lr | runs | step-0 pass@1 | final pass@1 | final − step 0 (p) | Δ final vs tuned "
+            f"`{base}` (p) | Δ AUC vs tuned `{base}` (p) | verdict |\n|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for name, s in stats["variants"].items():
+        vs = s.get("vs_baseline")
+        delta = (lambda k: f"{_ci(vs[k], sign=True)} ({vs[k]['p']:.3f})") if vs else (lambda k: "baseline")
+        rows.append(f"| `{name}` | {s['lr']:g} | {s['runs']} | {_ci(s['step0'])} | {_ci(s['final_pass@1'])} | "
+                    f"{_ci(s['gain'], sign=True)} ({s['gain']['p']:.3f}) | {delta('final_pass@1')} | "
+                    f"{delta('auc_pass@1')} | {verdict(name, stats) if vs else '—'} |")
+    n = len(meta["confirm_seeds"])
+    return [f"**Stage 2 — confirmation** on fresh seeds {meta['confirm_seeds']} (each seed draws its own held-out "
+            "problems), every variant at its chosen lr. Means over seeds with 95 % Student t-intervals (n − 1 degrees "
+            f"of freedom); Δ is paired by seed against the tuned `{base}`; p is the exact two-sided sign-flip p-value "
+            f"(with {n} pairs the smallest possible p is {2 / 2 ** n:.4f}). Evaluation noise: step-0 pass@1 of the "
+            f"same starting model has SD {stats['eval_noise_sd']:.4f} over the {stats['eval_noise_n']} confirmation "
+            "runs.", "", head + "\n".join(rows), ""]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -200,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confirm-seeds", nargs="+", type=int, required=True)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--stage", choices=("tune", "all"), default="all",
-                        help="'tune' runs Stage 1 only and prints the choice; 'all' both stages (default)")
+                        help="'tune' runs and reports Stage 1 only; 'all' both stages (default)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/tuned-<task>)")
     parser.add_argument("--results", type=Path, default=Path("docs/results.md"))
@@ -237,34 +250,38 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_rates(tune_data, names, lrs)
     print("chosen: " + ", ".join(f"{n} lr {c['lr']:g}{' (edge)' if c['edge'] else ''}" for n, c in chosen.items()),
           file=sys.stderr)
-    if args.stage == "tune":
-        return 0
-    confirm_plans = plans_for(base, {n: [c["lr"]] for n, c in chosen.items()}, args.confirm_seeds, args.steps,
-                              out / "confirm")
-    errors |= run_all(confirm_plans, jobs=args.jobs)
-    confirm_data = collect(confirm_plans, errors)
+    confirm_data = None
+    if args.stage == "all":
+        confirm_plans = plans_for(base, {n: [c["lr"]] for n, c in chosen.items()}, args.confirm_seeds, args.steps,
+                                  out / "confirm")
+        errors |= run_all(confirm_plans, jobs=args.jobs)
+        confirm_data = collect(confirm_plans, errors)
     write(args, argv, base, lrs, tune_data, confirm_data, chosen, baseline)
     return 1 if any(errors.values()) else 0
 
 
-def write(args, argv, base: TrainConfig, lrs, tune_data: dict, confirm_data: dict, chosen: dict, baseline: str) -> None:
-    """The JSON file, Stage 2's figures and the results-page section."""
+def write(args, argv, base: TrainConfig, lrs, tune_data: dict, confirm_data: dict | None, chosen: dict,
+          baseline: str) -> None:
+    """The JSON file, Stage 2's figures (with Stage 2) and the results-page section."""
     json_path = args.json or Path(f"docs/science/tuned-{args.task}.json")
     fig_dir = args.figures or Path(f"docs/science/figures/tuned-{args.task}")
     commit, dirty = git_commit((args.results, json_path, fig_dir))
-    cpu = sum(r["cpu_s"] or 0.0 for r in tune_data["runs"] + confirm_data["runs"])
+    confirm_runs = confirm_data["runs"] if confirm_data else []
+    cpu = sum(r["cpu_s"] or 0.0 for r in tune_data["runs"] + confirm_runs)
     meta = {"command": "python -m experiments.tune " + shlex.join(argv), "commit": commit, "dirty": dirty,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "task": args.task,
             "steps": args.steps, "lrs": lrs, "tune_seeds": args.tune_seeds, "confirm_seeds": args.confirm_seeds,
             "base": shared_settings(base), "cpu_s": cpu, "selection_rule": SELECTION_RULE}
-    html, _, _ = write_figures(confirm_data, fig_dir, png=False)
+    html = write_figures(confirm_data, fig_dir, png=False)[0] if confirm_data else []
 
     def rel(path: Path) -> str:
         return Path(os.path.relpath(Path(path).resolve(), args.results.resolve().parent)).as_posix()
 
-    result = {"meta": meta, "selection": chosen, "confirm": confirm_stats(confirm_data, chosen, baseline),
-              "tune_runs": tune_data["runs"], "confirm_runs": confirm_data["runs"], "curves": confirm_data["curves"],
-              "evals": confirm_data["evals"] + [e | {"stage": "tune"} for e in tune_data["evals"]],
+    result = {"meta": meta, "selection": chosen,
+              "confirm": confirm_stats(confirm_data, chosen, baseline) if confirm_data else None,
+              "tune_runs": tune_data["runs"], "confirm_runs": confirm_runs,
+              "curves": confirm_data["curves"] if confirm_data else [],
+              "evals": (confirm_data["evals"] if confirm_data else []) + [e | {"stage": "tune"} for e in tune_data["evals"]],
               "links": {"html": [rel(h) for h in html], "json": rel(json_path)}}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(json_safe(result), indent=1) + "\n")

@@ -18,13 +18,17 @@ def test_each_variant_gets_the_rate_with_the_best_mean_auc_and_edges_are_flagged
     runs += [_run("sdpg-lr1e-05", s, 0, 0.2) for s in (0, 1)]
     runs += [_run("sdpg-lr3e-05", s, 0, 0.2) for s in (0, 1)]  # a tie: the smaller rate wins
     runs += [_run("sdpg-lr0.0001", 0, 0, 0.9, status="crashed")]  # a crashed run is not counted
-    chosen = select_rates({"runs": runs}, ["grpo", "sdpg"], [1e-5, 3e-5, 1e-4])
+    evals = [{"variant": r["variant"], "seed": r["seed"], "step": 0, "eval/pass@1": 0.1} for r in runs]
+    for r in runs:
+        r["summary"]["final_pass@1"] = 0.1 + r["seed"] * 0.02
+    chosen = select_rates({"runs": runs, "evals": evals}, ["grpo", "sdpg"], [1e-5, 3e-5, 1e-4])
     assert chosen["grpo"]["lr"] == 3e-5 and not chosen["grpo"]["edge"]
     assert chosen["grpo"]["auc"]["3e-05"]["mean"] == pytest.approx(0.18)
     assert chosen["sdpg"]["lr"] == 1e-5 and chosen["sdpg"]["edge"]
     assert chosen["sdpg"]["auc"]["0.0001"]["n"] == 0
+    assert chosen["grpo"]["gain"]["mean"] == pytest.approx(0.01)  # final - step 0 at the chosen rate: 0, +0.02
     with pytest.raises(ValueError, match="no finished tuning run of 'rlsd'"):
-        select_rates({"runs": runs}, ["rlsd"], [1e-5])
+        select_rates({"runs": runs, "evals": evals}, ["rlsd"], [1e-5])
 
 
 def _confirm(base_final, mine_final, base_start=0.10, mine_start=0.10):
@@ -79,3 +83,6 @@ def test_the_page_section_states_the_rule_the_seeds_and_the_smallest_p():
     assert text.startswith("## Tuned comparison: reasoning")
     assert "highest mean pass@1 AUC" in text and "0.0625" in text and "(grid edge)" in text
     assert "helps" in text and "SD 0.0149" in text
+    # Stage 1 alone: the tuning table, and no claim
+    alone = section(result | {"confirm": None, "links": {"html": [], "json": "science/tuned.json"}})
+    assert "has not been run yet" in alone and "helps" not in alone and "(grid edge)" in alone
