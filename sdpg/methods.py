@@ -6,8 +6,8 @@ Design choices:
 - The trainer computes the per-token quantities a method declares it needs (`MethodSpec.needs`) and calls
   `spec.loss(inputs, cfg, beta_k)`; adding a method is one function and one registry entry, and the CLI,
   the config check (`check_config`) and the dashboard list whatever is registered.
-- `beta_k` is the scheduled distillation weight for this step (`sdpg.losses.beta_schedule`) for methods
-  with `distills=True`, 0 for the others.
+- `beta_k` is the scheduled distillation weight for this step (`scheduled_beta`, the one place it is computed)
+  for methods with `distills=True`, 0 for the others.
 - Every loss goes through `sdpg.losses.sdpg_loss` with the terms it does not use switched off (beta = 0,
   alpha = 0, or an all-zero outcome advantage), so every method returns the same metric names
   (`loss/total`, `loss/pg`, `loss/distill`, `loss/ref_kl`, `gate/fraction`, clip fractions) and the same
@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from sdpg.config import LossConfig, TrainConfig
-from sdpg.losses import masked_mean, sdpg_loss
+from sdpg.losses import beta_schedule, masked_mean, sdpg_loss
 
 OPSD_CLAMP = 20.0
 """upper bound of the OPSD fork's token weight (its code clamps log q - log p_old to [0, 20])"""
@@ -285,6 +285,15 @@ def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def scheduled_beta(cfg: TrainConfig, step: int) -> float:
+    """The distillation weight of the training step after `step` completed ones (steps count from 1, so the
+    schedule sees step + 1); 0 for methods that do not distil. Both trainers and the playground use this one."""
+    lc = cfg.loss
+    if not get_method(lc.method).distills:
+        return 0.0
+    return beta_schedule(step + 1, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay)
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
