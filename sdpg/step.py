@@ -10,8 +10,9 @@ Design choices:
   own loop). Models are reached through a `Forwards` object, so the step does not care whether the forward is a
   bare model under autocast or a DDP / DeepSpeed wrapper.
 - The teacher runs only where it is used (`teacher_rows`): on every row for methods whose loss uses it there
-  (`needs_live_teacher`); for SDPG with its gate on, on the gated rows (the KL reaches the loss nowhere else) and
-  the recorded ones; for the others (GRPO, OPSD-fork) on the recorded rows alone, so the views still get
+  (`needs_live_teacher`); for a method with a gate (`MethodSpec.gate`, SDPG's positive advantage) under `loss.gate`,
+  on the rows it passes (the KL reaches the loss nowhere else: the loss reads the same verdict) and the recorded
+  ones; for the others (GRPO, OPSD-fork) on the recorded rows alone, so the views still get
   per-token KL and top-k. A row without the teacher has the student stand in for it: KL 0, no gradient, and
   gated out of the loss anyway.
 - Old log-probs of `None` mean "the current policy's": the first update of a step, whose weights are those the old
@@ -38,20 +39,21 @@ import torch
 
 from sdpg.config import TrainConfig
 from sdpg.forward import logits_self_distill, token_logp
-from sdpg.losses import fused_self_distill, gate_passes
-from sdpg.methods import LossInputs, MethodSpec, scheduled_beta
+from sdpg.losses import fused_self_distill
+from sdpg.methods import Input, LossInputs, MethodSpec, scheduled_beta
 from sdpg.metrics import LIVE_TEACHER_KEYS, metric
 from sdpg.reward import overlong_penalty, reward_metrics
 
 
 def needs_live_teacher(method: MethodSpec) -> bool:
     """Whether the method's loss uses the live teacher (its KL or its log-probs) on every response."""
-    return method.distills or "teacher_logp" in method.needs
+    return method.distills or Input.TEACHER_LOGP in method.needs
 
 
 def teacher_gated(method: MethodSpec, loss) -> bool:
-    """Whether the live teacher reaches `method`'s loss (under `loss`, a LossConfig) only on gated responses."""
-    return method.gated_teacher and loss.gate
+    """Whether the live teacher reaches `method`'s loss (under `loss`, a LossConfig) only on the responses its gate
+    passes (`MethodSpec.gate`)."""
+    return needs_live_teacher(method) and method.gated(loss)
 
 
 class Forwards(Protocol):
@@ -150,7 +152,8 @@ class MicroBatch:
     old_logp: torch.Tensor | None
     """(b, T) the PPO ratio's old log-probs; None = the current policy's (the step's first update)"""
     refs: dict = field(default_factory=dict)
-    """the frozen reference's LossInputs fields the method needs ("ref_logp", "ref_teacher_logp"), (b, T) each"""
+    """the frozen reference's LossInputs fields the method needs (`Input` names: ref_logp, ref_teacher_logp), (b, T)
+    each"""
     record_rows: tuple[int, ...] = ()
     """rows whose per-token arrays go to the rollout records"""
 
@@ -173,6 +176,7 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
     live, needs, temp = needs_live_teacher(ctx.method), ctx.method.needs, ctx.cfg.rollout.temperature
     resp, mask = mb.response_ids, mb.response_mask.float()  # (b, T)
     sel = mb.response_mask.bool()  # (b, T)
+    gate = gate_verdict(mb, ctx)  # (b,) or None
     rows = teacher_rows(mb, ctx)
     t0 = time.perf_counter()
     teacher_h = _teacher_hidden(fw, mb, rows)  # (r, T, H)
@@ -189,31 +193,40 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
     kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl) if live else None  # (b, T)
     refs = dict(mb.refs)
     t2 = time.perf_counter()
-    if "ref_distill_kl" in needs:
-        refs["ref_distill_kl"] = _ref_distill_kl(fw, mb, student_h, ctx)  # (b, T)
+    if Input.REF_DISTILL_KL in needs:
+        refs[Input.REF_DISTILL_KL.value] = _ref_distill_kl(fw, mb, student_h, ctx)  # (b, T)
     teacher_s = (t1 - t0) + (time.perf_counter() - t2)
     old_logp = logp_mat.detach() if mb.old_logp is None else mb.old_logp  # (b, T)
     inputs = LossInputs(logp=logp_mat, old_logp=old_logp, adv=mb.adv, mask=mask, distill_kl=kl_mat, temperature=temp,
-                        correct=mb.correct, step=ctx.step, **refs,
-                        teacher_logp=token_logp(teacher_h, fw.weight, resp) * mask if "teacher_logp" in needs else None)
+                        correct=mb.correct, step=ctx.step, gate=gate, **refs,
+                        teacher_logp=token_logp(teacher_h, fw.weight, resp) * mask  # (b, T)
+                        if Input.TEACHER_LOGP in needs else None)
     loss, stats = ctx.method.loss(inputs, ctx.cfg.loss, ctx.beta_k)
     stats["entropy/mean"] = float(ent.detach().mean())
     ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (b, T)
     records = _record_args(mb, ctx, student_h.detach(), teacher_h, rows,
                            {"kl": kl_mat, "logp": logp_mat.detach(), "entropy": ent_mat, "old_logp": old_logp,
-                            "ref_logp": refs.get("ref_logp")}, fw)
+                            "ref_logp": refs.get(Input.REF_LOGP.value)}, fw)
     return MicroResult(loss, stats, logp_mat.detach(), records, teacher_s)
+
+
+def gate_verdict(mb: MicroBatch, ctx: StepContext) -> torch.Tensor | None:
+    """(b,) bool: the responses the method's gate passes (`MethodSpec.gate`), the verdict both the loss
+    (`LossInputs.gate`) and the teacher's rows read; None when the method has no gate or `loss.gate` is off."""
+    if not ctx.method.gated(ctx.cfg.loss):
+        return None
+    return ctx.method.gate(mb.adv, mb.correct, mb.response_mask).bool()  # (b,)
 
 
 def teacher_rows(mb: MicroBatch, ctx: StepContext) -> list[int]:
     """The micro-batch rows the live teacher runs on: every row when the method's loss uses it on every response,
-    the gated and recorded rows when it reaches the loss only through the gate (`teacher_gated`), else the recorded
-    rows (for the views)."""
+    the rows its gate passes (`gate_verdict`, as the loss reads it) and the recorded rows when it reaches the loss
+    only through the gate (`teacher_gated`), else the recorded rows (for the views)."""
     if not needs_live_teacher(ctx.method):
         return list(mb.record_rows)
     if not teacher_gated(ctx.method, ctx.cfg.loss):
         return list(range(mb.response_ids.shape[0]))
-    gated = torch.nonzero(gate_passes(mb.adv, mb.response_mask)).flatten().tolist()
+    gated = torch.nonzero(gate_verdict(mb, ctx)).flatten().tolist()
     return sorted(set(gated) | set(mb.record_rows))
 
 

@@ -39,7 +39,7 @@ from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp, vocab_scan
 from sdpg.guards import check_finite_weights
 from sdpg.losses import NonFiniteError, group_advantages
-from sdpg.methods import get_method
+from sdpg.methods import Input, get_method
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
@@ -246,7 +246,7 @@ class Trainer:
 
     def _context(self) -> StepContext:
         """What every micro-batch of this step shares: config, method, and the step's scheduled beta."""
-        ref_weight = lm_head_weight(self.ref_model) if "ref_distill_kl" in self.method.needs else None
+        ref_weight = lm_head_weight(self.ref_model) if Input.REF_DISTILL_KL in self.method.needs else None
         return step_context(self.cfg, self.method, self.step, ref_weight)
 
     def _update_rows(self, ro: Rollout) -> list[slice]:
@@ -362,12 +362,12 @@ class Trainer:
         and/or on the privileged prompt (a frozen-reference teacher)."""
         out, temp = {}, self.cfg.rollout.temperature
         resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
-        if "ref_logp" in self.method.needs and self.cfg.loss.alpha > 0:
+        if Input.REF_LOGP in self.method.needs and self.cfg.loss.alpha > 0:
             h = self._hidden(self.ref_model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
-            out["ref_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
-        if "ref_teacher_logp" in self.method.needs:
+            out[Input.REF_LOGP.value] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
+        if Input.REF_TEACHER_LOGP in self.method.needs:
             h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
-            out["ref_teacher_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp,
+            out[Input.REF_TEACHER_LOGP.value] = token_logp(h, lm_head_weight(self.ref_model), resp,
                                                  temperature=self.cfg.loss.opsd_teacher_temperature) * rmask
         return out
 

@@ -17,8 +17,8 @@ Design choices:
 - The step is the engine's own (`sdpg.step`): the micro-step (teacher and student forwards, fused KL, the method's
   loss), beta, scoring with the overlong penalty, the metric reduction (`reduce_step`, TRL's all-reduce passed
   in), the non-finite-update rule (`skip_reason`, applied in `_clip_grad_norm`: a skipped update's gradients are
-  dropped), the metrics row (`step_metrics`) and the group records. The teacher is the current model with no gradient on the student text followed by the row's
-  privileged context and the very same response tokens.
+  dropped), the metrics row (`step_metrics`) and the group records. The teacher is the current model with no
+  gradient on the student text followed by the row's privileged context and the very same response tokens.
 - Old log-probs as in the engine: with `rollout.recompute_old_logp`, the first update's own log-probs, and TRL's
   no-grad recomputation before the first update (`old_per_token_logps`, computed by TRL whenever a generation
   feeds several updates) for the later ones; the sampler's log-probs, when it gave them (vLLM, a rollout hook),
@@ -61,7 +61,7 @@ from sdpg.data import PromptRow
 from sdpg.forward import activation_checkpointing, lm_head_weight, response_hidden, token_logp
 from sdpg.rollout import cache_kwarg
 from sdpg.losses import NonFiniteError, group_advantages
-from sdpg.methods import get_method
+from sdpg.methods import Input, get_method
 from sdpg.reward import MathVerifier
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
 from sdpg.step import (MicroBatch, Part, StepContext, lr_warmup, micro_step, reduce_step, rollout_metrics, score,
@@ -412,7 +412,8 @@ class SDPGTrainer(GRPOTrainer):
             inputs["completion_ids"], inputs["completion_mask"], inputs["advantages"],
             torch.tensor([self._current.rollouts.verdicts[i].correct for i in index]),
             old_logp=self._old_logp(inputs, pos),
-            refs={"ref_logp": inputs["ref_per_token_logps"] * mask} if self.method.uses_reference(self.sdpg_cfg.loss) else {},
+            refs={Input.REF_LOGP.value: inputs["ref_per_token_logps"] * mask}
+            if self.method.uses_reference(self.sdpg_cfg.loss) else {},
             record_rows=tuple(j for j, i in enumerate(index) if record and i < recorded * self.num_generations))
 
     def _old_logp(self, inputs: dict, pos: _Position) -> torch.Tensor | None:
