@@ -37,7 +37,7 @@ from sdpg.losses import distill_token_advantage, sdpg_loss
 from sdpg.methods import scheduled_beta
 from sdpg.models import load_model_and_tokenizer
 from sdpg.rollout import HFRolloutEngine
-from sdpg.task import hint_text, parse_hint
+from sdpg.tasks.base import hint_text, parse_hint
 from sdpg.trainer import token_record
 from sdpg.whatif import token_weights
 
@@ -86,7 +86,7 @@ def load_subject(checkpoint: str | Path, *, device: str = "cpu") -> Subject:
 def context_variants(row: PromptRow, free_text: str = "") -> list[Variant]:
     """The teacher contexts to compare for one problem, derived from what the row carries.
 
-    Embedded-task hints (`sdpg.task.hint_text`) split into answer and worked solution; other rows get the paper's templates
+    Embedded-task hints (`sdpg.tasks.base.hint_text`) split into answer and worked solution; other rows get the paper's templates
     with the answer alone, and with the worked solution when the row's context follows `TEACHER_TEMPLATE`.
     A wrong answer needs an integer gold answer. `free_text`, when given, is one more variant.
     """

@@ -73,7 +73,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
 def load_datasets(cfg: TrainConfig) -> tuple[LoadedRows, LoadedRows]:
     """The training and held-out rows with what was skipped and where each kept row is in its file."""
     d = cfg.data
-    task = get_task(d.task, tuple(d.digits) if d.task == "add" else None)
+    task = get_task(d.task, tuple(d.digits))
 
     def rows(spec: str, split: str, n: int) -> LoadedRows:
         if spec == "embedded":

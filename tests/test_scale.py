@@ -34,7 +34,7 @@ from sdpg.scale.config import (ScaleConfig, accelerate_config, batch_layout, grp
 from sdpg.scale.launch import main as launch
 from sdpg.scale.records import RecordStreamCallback
 from sdpg.scale.trainer import SDPGTrainer, rows_to_dataset
-from sdpg.task import make_rows
+from sdpg.tasks.addition import make_rows
 from sdpg.trainer import Scored
 
 # ---------------- parity with the engine ----------------
