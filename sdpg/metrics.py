@@ -1,9 +1,9 @@
 """The metric registry: every key a training step writes, what it means, how its parts combine, and TRL's name.
 
 Design choices:
-- One entry per key, beside the record schema (`sdpg.records`): the rule that combines a key's micro-batch and
-  update values lives with the key, and `sdpg.step.reduce_stats` reads it from here, so both trainers combine the
-  same way. A key the registry does not know is an error there, not a silent mean.
+- One entry per key, beside the record schema (`sdpg.records`): the short label views name it by and the rule that
+  combines a key's micro-batch and update values live with the key; `sdpg.step.reduce_stats` reads the rule from
+  here, so both trainers combine the same way. A key the registry does not know is an error there, not a silent mean.
 - Combine rules (`COMBINE`), for statistics computed per micro-batch and then per update of a training step:
   `loss`: weighted by the micro-batch's share of its update's loss normaliser, then averaged over updates (the mean
   of the losses the optimizer saw); `tokens` / `rows` / `gated tokens`: weighted by the response tokens, responses
@@ -48,7 +48,7 @@ _ENTRIES = (
     Metric("reward/timeouts", "timeouts", "verifier calls that ran out of time (count)", "step"),
     Metric("reward/errors", "verifier errors", "verifier calls that failed (count)", "step"),
     Metric("adv/values", "advantages", "the step's group advantages, one per response (list)", "step"),
-    Metric("adv/zero_var_groups", "zero-var groups",
+    Metric("adv/zero_var_groups", "zero-variance groups",
            "fraction of groups whose rewards are all equal", "step", "frac_reward_zero_std"),
     Metric("adv/resample_rounds", "resample rounds", "dynamic sampling: extra rollout rounds taken", "step"),
     Metric("response/length_mean", "length", "mean response length in tokens", "step", "completions/mean_length"),
