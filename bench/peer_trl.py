@@ -87,7 +87,7 @@ def malloc_trim() -> None:
 
 def _rows(shape: dict, n_steps: int):
     """The training rows in the order our trainer's prompt sampler takes them (seed 0)."""
-    from sdpg.task import make_rows
+    from sdpg.tasks.addition import make_rows
     from sdpg.trainer import PromptSampler
 
     rows = make_rows(2000, digits=(3, 2), seed=0, split="train")

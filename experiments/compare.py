@@ -624,7 +624,7 @@ def base_config(rest: list[str], parser: argparse.ArgumentParser, task: str = "a
             parser.error(f"--{key} is set per run by the experiment; use {flag}")
     cfg = config_from_args(train_args)
     cfg.data.task, cfg.data.context = task, context
-    needs = get_task(task, cfg.data.digits if task == "add" else None)
+    needs = get_task(task, cfg.data.digits)
     if "rollout.max_new_tokens" not in vars(train_args) and cfg.rollout.max_new_tokens < needs.response_tokens:
         cfg.rollout.max_new_tokens = needs.max_new_tokens
     return cfg

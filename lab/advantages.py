@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 
 from lab.curves import series
 from lab.style import COLORS, COUNTS, base_layout, empty_figure
+from sdpg.metrics import label
 
 ADV_KEY = "adv/values"
 
@@ -49,9 +50,9 @@ def advantage_histogram(row: dict | None, *, bins: int = 21) -> go.Figure:
                            hovertemplate="A in [%{customdata[0]:.2f}, %{customdata[1]:.2f})<br>"
                                          "%{y} responses<extra></extra>"))
     parts = [f"{len(values)} responses"]
-    for key, name in (("adv/zero_var_groups", "zero-variance groups"), ("gate/fraction", "gate passes")):
+    for key in ("adv/zero_var_groups", "gate/fraction"):
         if isinstance(row.get(key), (int, float)):
-            parts.append(f"{name} {row[key]:.0%}")
+            parts.append(f"{label(key)} {row[key]:.0%}")
     fig.update_xaxes(title_text="group advantage A", zeroline=True, zerolinecolor="#ced4da")
     fig.update_yaxes(title_text="responses")
     base_layout(fig, title=f"Advantage distribution · step {row.get('step', '?')}", height=340)
@@ -75,9 +76,10 @@ def advantage_evolution(metrics: list[dict], *, bins: int = 31) -> go.Figure:
                                colorbar={"title": {"text": "share"}, "thickness": 12, "x": 1.16},
                                hovertemplate="step %{x}<br>A ≈ %{y:.2f}<br>share %{z:.1%}<extra></extra>"))
     zx, zy = series(metrics, "adv/zero_var_groups")
-    fig.add_trace(go.Scatter(x=zx, y=zy, yaxis="y2", name="zero-variance groups", mode="lines+markers", showlegend=True,
+    name = label("adv/zero_var_groups")
+    fig.add_trace(go.Scatter(x=zx, y=zy, yaxis="y2", name=name, mode="lines+markers", showlegend=True,
                              line={"color": COLORS["zero_var"], "width": 2}, marker={"size": 5},
-                             hovertemplate="step %{x}<br>zero-var groups %{y:.0%}<extra></extra>"))
+                             hovertemplate=f"step %{{x}}<br>{name} %{{y:.0%}}<extra></extra>"))
     fig.update_layout(yaxis={"title": {"text": "group advantage A"}},
                       yaxis2={"title": {"text": "zero-variance share"}, "overlaying": "y", "side": "right",
                               "range": [0, 1], "tickformat": ".0%", "showgrid": False},

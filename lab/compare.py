@@ -15,10 +15,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from lab.style import COLORS, METHOD_COLORS, base_layout
+from sdpg.metrics import label
 
-PANELS = [("evals", "eval/pass@1", "held-out pass@1"), ("evals", "eval/teacher_pass@1", "teacher pass@1 (hinted)"),
-          ("curves", "reward/mean", "training reward"), ("curves", "entropy/mean", "entropy"),
-          ("curves", "kl/distill_mean", "KL(student || teacher)"), ("curves", "response/length_mean", "response length")]
+PANELS = [(table, key, label(key)) for table, key in (
+    ("evals", "eval/pass@1"), ("evals", "eval/teacher_pass@1"), ("curves", "reward/mean"), ("curves", "entropy/mean"),
+    ("curves", "kl/distill_mean"), ("curves", "response/length_mean"))]
+"""(table, metric key, title): titles are the metric registry's labels"""
 
 
 def comparison_figures(data: dict) -> dict[str, go.Figure]:

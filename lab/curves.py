@@ -2,7 +2,8 @@
 
 Design choices:
 - A panel is a title plus the metric keys it draws; the panel list is data (`PANELS`), so adding a
-  curve is one line and the figure code never names a metric.
+  curve is one line and the figure code never names a metric. Series are named by the metric registry's labels
+  (`sdpg.metrics.Metric.label`), not here.
 - Rows may lack any key (evaluation runs every N steps, some keys only for some methods): each series
   keeps only the rows where its value is a finite number, and eval series get markers so sparse
   points stay visible.
@@ -26,18 +27,22 @@ from plotly.subplots import make_subplots
 from lab.style import COLORS, base_layout
 from sdpg.losses import beta_schedule
 from sdpg.methods import METHODS
+from sdpg.metrics import label
 
 
 @dataclass(frozen=True)
 class Series:
     key: str
     """metric key (`eval/pass@k` matches the run's `eval/pass@<k>`)"""
-    label: str
-    """legend / hover name"""
     color: str
     """line colour"""
     dash: str = "solid"
     """plotly dash style"""
+
+    @property
+    def label(self) -> str:
+        """legend / hover name: the metric registry's label of the key"""
+        return label(self.key)
 
 
 @dataclass(frozen=True)
@@ -48,39 +53,39 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("Reward (mean)", (Series("reward/mean", "reward", COLORS["reward"]),)),
-    Panel("Accuracy (train rollouts)", (Series("reward/accuracy", "accuracy", COLORS["accuracy"]),)),
-    Panel("Held-out pass@1", (Series("eval/pass@1", "student pass@1", COLORS["student"]),
-                              Series("eval/pass@k", "student pass@k", COLORS["student"], "dot"),
-                              Series("eval/teacher_pass@1", "teacher pass@1 (hint)", COLORS["teacher"]))),
-    Panel("KL(student ‖ teacher)", (Series("kl/distill_mean", "recorded groups (ungated: all)", COLORS["kl"]),
-                                   Series("kl/distill_gated_mean", "gated (A>0)", COLORS["kl"], "dot"))),
-    Panel("Reference KL", (Series("kl/ref_mean", "KL to reference", COLORS["ref"]),)),
-    Panel("Entropy (student)", (Series("entropy/mean", "entropy", COLORS["entropy"]),)),
-    Panel("Response length (tokens)", (Series("response/length_mean", "length", COLORS["length"]),)),
-    Panel("Clip fractions", (Series("loss/clipfrac_high", "clip high", COLORS["grad"]),
-                             Series("loss/clipfrac_low", "clip low", COLORS["pg"]))),
-    Panel("Losses", (Series("loss/total", "total", COLORS["loss"]), Series("loss/pg", "policy gradient", COLORS["pg"]),
-                     Series("loss/distill", "distill KL", COLORS["kl"]),
-                     Series("loss/ref_kl", "ref anchor", COLORS["ref"]))),
-    Panel("Grad norm", (Series("grad/norm", "grad norm (mean over updates)", COLORS["grad"]),
-                        Series("grad/norm_max", "grad norm (largest update)", COLORS["grad"], "dot"))),
-    Panel("Sampler vs trainer log-prob gap", (Series("rollout/logp_gap_mean", "mean |gap|", COLORS["neutral"]),
-                                              Series("rollout/logp_gap_max", "max |gap|", COLORS["neutral"], "dot"))),
-    Panel("β effective vs planned", (Series("beta/effective", "β effective", COLORS["beta"]),)),
-    Panel("Learning rate", (Series("optim/lr", "lr", COLORS["loss"]),)),
-    Panel("Gate & zero-variance groups", (Series("gate/fraction", "gate passes", COLORS["gate"]),
-                                          Series("adv/zero_var_groups", "zero-var groups", COLORS["zero_var"]))),
-    Panel("Verifier: responses not scored ok", (Series("reward/no_answer", "no answer", COLORS["grad"]),
-                                                Series("reward/timeouts", "timeouts", COLORS["zero_var"]),
-                                                Series("reward/errors", "verifier errors", COLORS["loss"], "dot"))),
-    Panel("Throughput (tokens/s)", (Series("perf/tokens_per_s", "tokens/s", COLORS["perf"]),)),
-    Panel("Time per step (s)", (Series("time/rollout", "time: rollout", COLORS["student"]),
-                                Series("time/reward", "time: verifier", COLORS["reward"]),
-                                Series("time/teacher", "time: teacher", COLORS["teacher"]),
-                                Series("time/reference", "time: reference", COLORS["ref"]),
-                                Series("time/update", "time: update", COLORS["loss"]),
-                                Series("time/step", "time: whole step", COLORS["neutral"], "dot"))),
+    Panel("Reward (mean)", (Series("reward/mean", COLORS["reward"]),)),
+    Panel("Accuracy (train rollouts)", (Series("reward/accuracy", COLORS["accuracy"]),)),
+    Panel("Held-out pass@1", (Series("eval/pass@1", COLORS["student"]),
+                              Series("eval/pass@k", COLORS["student"], "dot"),
+                              Series("eval/teacher_pass@1", COLORS["teacher"]))),
+    Panel("KL(student ‖ teacher)", (Series("kl/distill_mean", COLORS["kl"]),
+                                   Series("kl/distill_gated_mean", COLORS["kl"], "dot"))),
+    Panel("Reference KL", (Series("kl/ref_mean", COLORS["ref"]),)),
+    Panel("Entropy (student)", (Series("entropy/mean", COLORS["entropy"]),)),
+    Panel("Response length (tokens)", (Series("response/length_mean", COLORS["length"]),)),
+    Panel("Clip fractions", (Series("loss/clipfrac_high", COLORS["grad"]),
+                             Series("loss/clipfrac_low", COLORS["pg"]))),
+    Panel("Losses", (Series("loss/total", COLORS["loss"]), Series("loss/pg", COLORS["pg"]),
+                     Series("loss/distill", COLORS["kl"]),
+                     Series("loss/ref_kl", COLORS["ref"]))),
+    Panel("Grad norm", (Series("grad/norm", COLORS["grad"]),
+                        Series("grad/norm_max", COLORS["grad"], "dot"))),
+    Panel("Sampler vs trainer log-prob gap", (Series("rollout/logp_gap_mean", COLORS["neutral"]),
+                                              Series("rollout/logp_gap_max", COLORS["neutral"], "dot"))),
+    Panel("β effective vs planned", (Series("beta/effective", COLORS["beta"]),)),
+    Panel("Learning rate", (Series("optim/lr", COLORS["loss"]),)),
+    Panel("Gate & zero-variance groups", (Series("gate/fraction", COLORS["gate"]),
+                                          Series("adv/zero_var_groups", COLORS["zero_var"]))),
+    Panel("Verifier: responses not scored ok", (Series("reward/no_answer", COLORS["grad"]),
+                                                Series("reward/timeouts", COLORS["zero_var"]),
+                                                Series("reward/errors", COLORS["loss"], "dot"))),
+    Panel("Throughput (tokens/s)", (Series("perf/tokens_per_s", COLORS["perf"]),)),
+    Panel("Time per step (s)", (Series("time/rollout", COLORS["student"]),
+                                Series("time/reward", COLORS["reward"]),
+                                Series("time/teacher", COLORS["teacher"]),
+                                Series("time/reference", COLORS["ref"]),
+                                Series("time/update", COLORS["loss"]),
+                                Series("time/step", COLORS["neutral"], "dot"))),
 )
 BETA_PANEL = "β effective vs planned"
 

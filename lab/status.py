@@ -15,16 +15,17 @@ import html
 import time
 from pathlib import Path
 
-from sdpg.run import TERMINAL
 from sdpg.health import health_events
+from sdpg.records import EVENTS
+from sdpg.run import TERMINAL
 
 STATUS_COLORS = {
     "idle": "#868e96", "created": "#868e96", "loading": "#f08c2e", "running": "#2b8a3e", "paused": "#e67700",
     "stopping": "#e67700", "stopped": "#495057", "finished": "#1864ab", "crashed": "#c92a2a",
     "incomplete": "#e67700",
 }
-LIFECYCLE = {"start": "running", "resume_from": "running", "pause": "paused", "resume": "running",
-             "stopped": "stopped", "stop": "stopped", "finished": "finished", "finish": "finished", "error": "crashed"}
+LIFECYCLE = {name: event.status for name, event in EVENTS.items() if event.status}
+"""event name -> the status it puts a recorded run in, from the engine's event schema"""
 
 
 def replay_status(events: list[dict]) -> tuple[str, str | None]:

@@ -3,14 +3,18 @@
 Design choices:
 - Colours carry meaning and stay fixed across views: the student is blue, the teacher orange,
   rewards green, KL terms purple, the reference anchor grey-brown; each training method has its own
-  colour wherever methods are compared.
+  colour wherever methods are compared, the one its registry entry names (`METHOD_COLORS` reads the registry).
 - Diverging quantities (log-ratios, advantages, token weights) use one diverging scale centred on 0;
   non-negative ones (KL) a sequential scale starting at white, so "no signal" always looks blank.
 - Figures are plain `go.Figure`s with a white template; the dashboard and notebooks add no styling.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import plotly.graph_objects as go
+
+from sdpg.methods import METHODS
 
 FONT = "Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif"
 MONO = "'JetBrains Mono', 'DejaVu Sans Mono', Menlo, Consolas, monospace"
@@ -22,8 +26,23 @@ COLORS = {
     "perf": "#0b7285", "gate": "#1f9d55", "zero_var": "#c92a2a", "neutral": "#868e96",
     "positive": "#2b8a3e", "negative": "#c92a2a", "zero": "#adb5bd",
 }
-METHOD_COLORS = {"grpo": "#495057", "sdpg": "#8e44ad", "rlsd": "#2f6fdf", "opsd": "#f08c2e", "opsd_fork": "#c2410c",
-                 "self_distill": "#0f766e"}
+
+
+class _MethodColors(Mapping):
+    """Method name -> colour, read from the method registry (`MethodSpec.color`) at each lookup, so a method
+    registered at any time is drawn in its own colour."""
+
+    def __getitem__(self, name: str) -> str:
+        return METHODS[name].color
+
+    def __iter__(self):
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+
+METHOD_COLORS = _MethodColors()
 SEQUENTIAL = [[0.0, "#ffffff"], [0.15, "#f3e8fd"], [0.45, "#c59be8"], [0.75, "#8e44ad"], [1.0, "#4a1670"]]
 DIVERGING = [[0.0, "#b2182b"], [0.25, "#ef8a62"], [0.5, "#f7f7f7"], [0.75, "#67a9cf"], [1.0, "#2166ac"]]
 COUNTS = [[0.0, "#ffffff"], [0.2, "#d0ebff"], [0.6, "#4dabf7"], [1.0, "#1864ab"]]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdpg.losses import ADV_SCALES, AGG_MODES, REF_MODES
-from sdpg.tasks import CONTEXTS, TASKS, get_task
+from sdpg.tasks import CONTEXTS, TASKS, get_task, tasks_with_difficulty
 from sdpg.tracking import TRACKERS, missing_package
 
 ROLLOUT_ENGINES = ("hf", "vllm")
@@ -326,8 +326,10 @@ class TrainConfig:
              "must be two digit counts in 1..9"),
             ("data.task", self.data.task in TASKS, f"must be one of {sorted(TASKS)}"),
             ("data.context", self.data.context in CONTEXTS, f"must be one of {sorted(CONTEXTS)}"),
-            ("data.digits", self.data.task == "add" or tuple(self.data.digits) == DataConfig.digits,
-             f"applies to data.task='add' only (task {self.data.task!r} has a fixed difficulty)"),
+            ("data.digits", self.data.task not in TASKS or TASKS[self.data.task].difficulty is not None
+             or tuple(self.data.digits) == DataConfig.digits,
+             f"applies to {' or '.join(f'data.task={t!r}' for t in tasks_with_difficulty())} only "
+             f"(task {self.data.task!r} has a fixed difficulty)"),
             ("rollout.max_new_tokens", not self._embedded() or self.rollout.max_new_tokens >= self._task_tokens(),
              f"is too short for data.task={self.data.task!r}: its answers take up to {self._task_tokens()} tokens"),
         ]
@@ -344,7 +346,7 @@ class TrainConfig:
         """Longest taught response of the embedded task (0 for an unknown task, refused by its own check)."""
         if self.data.task not in TASKS:
             return 0
-        return get_task(self.data.task, self.data.digits if self.data.task == "add" else None).response_tokens
+        return get_task(self.data.task, self.data.digits).response_tokens
 
 
 def _finite(value: Any) -> bool:

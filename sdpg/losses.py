@@ -32,7 +32,7 @@ from sdpg.fused_kl import NonFiniteError, fused_self_distill
 
 __all__ = [
     "ADV_SCALES", "AGG_MODES", "REF_MODES", "NonFiniteError", "aggregate", "beta_schedule", "clipped_pg_loss",
-    "gate_passes",
+    "gate_passes", "ref_anchor_slope",
     "distill_token_advantage", "fused_self_distill", "group_advantages", "masked_mean",
     "ref_kl_penalty", "sdpg_loss", "self_distill_kl",
 ]
@@ -198,6 +198,20 @@ def distill_token_advantage(kl: torch.Tensor, logp: torch.Tensor, teacher_logp: 
     return kl - (logp - teacher_logp)
 
 
+def ref_anchor_slope(log_w: torch.Tensor, mode: str) -> torch.Tensor:
+    """d(token anchor loss)/d(log w) of each reference-KL mode, log w = log p(y) - log p_ref(y): (...) -> (...)."""
+    slopes = {
+        "urkl": lambda x: x,
+        "ufkl": lambda x: 1 - torch.exp(-x),
+        "rkl": lambda x: x + 1,
+        "fkl": lambda x: -torch.exp(-x),
+        "k3": lambda x: 1 - torch.exp(-x),
+    }
+    if mode not in slopes:
+        raise ValueError(f"unknown ref_mode {mode!r}; valid: {sorted(slopes)}")
+    return slopes[mode](log_w)
+
+
 # ----------------------------------------------------------------------------- schedule and total
 
 def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int, decay_steps: int) -> float:
@@ -213,14 +227,15 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
               ref_logp: torch.Tensor | None = None, distill_kl: torch.Tensor | None = None,
               student_logits: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None,
               temperature: float = 1.0, beta: float = 1e-3, alpha: float = 1e-3, ref_mode: str = "urkl",
-              gate: bool = True, clip_low: float = 0.2, clip_high: float = 0.2, clip_c: float | None = None,
+              gate: bool | torch.Tensor = True, clip_low: float = 0.2, clip_high: float = 0.2, clip_c: float | None = None,
               agg: str = "token-mean", kl_clamp: float = 0.0, loss_mask: torch.Tensor | None = None,
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_out + beta * gate * min(KL(p_student || SG[q_teacher]), kl_clamp) + alpha * L_ref, aggregated with `agg`.
 
     `beta` is the effective (already scheduled) weight. The distillation KL comes from `distill_kl`
     (B, T) or from `student_logits` / `teacher_logits` (B, T, V); exactly one source when beta > 0.
-    The gate passes sequences with positive advantage (per-token `adv` is averaged per sequence).
+    `gate` True passes sequences with positive advantage (per-token `adv` is averaged per sequence), False every
+    sequence; a (B,) bool tensor is the gate's verdict itself (a method's own gate, `sdpg.methods.MethodSpec.gate`).
     `kl_clamp` > 0 caps each token's KL in the loss (a clamped token gets no gradient); 0 = no cap.
     `loss_mask` (B, T), a non-empty subset of `mask`, is what the terms average over when not every response
     token (OPSD-fork's gated tokens); the statistics stay over `mask`.
@@ -234,7 +249,12 @@ def sdpg_loss(*, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, 
         raise ValueError("alpha > 0 needs ref_logp (the reference model's log-probs of the sampled tokens)")
     kl = _distill_kl_source(beta, distill_kl, student_logits, teacher_logits, temperature, logp.shape)
     pg_mat, stats = clipped_pg_loss(logp, old_logp, adv, mask, clip_low=clip_low, clip_high=clip_high, clip_c=clip_c)
-    passes = gate_passes(adv, mask) if gate else mask.new_ones(mask.shape[0], dtype=torch.bool)  # (B,)
+    if isinstance(gate, torch.Tensor):
+        if gate.shape != mask.shape[:1]:
+            raise ValueError(f"gate must be a bool or (B,) = {tuple(mask.shape[:1])}, got {tuple(gate.shape)}")
+        passes = gate.bool()  # (B,)
+    else:
+        passes = gate_passes(adv, mask) if gate else mask.new_ones(mask.shape[0], dtype=torch.bool)  # (B,)
     ref_mat = None
     if ref_logp is not None:
         _check_bt(ref_logp=ref_logp, logp=logp)

@@ -6,8 +6,8 @@ Design choices:
 - The trainer computes the per-token quantities a method declares it needs (`MethodSpec.needs`) and calls
   `spec.loss(inputs, cfg, beta_k)`; adding a method is one function and one registry entry, and the CLI,
   the config check (`check_config`) and the dashboard list whatever is registered.
-- `beta_k` is the scheduled distillation weight for this step (`sdpg.losses.beta_schedule`) for methods
-  with `distills=True`, 0 for the others.
+- `beta_k` is the scheduled distillation weight for this step (`scheduled_beta`, the one place it is computed)
+  for methods with `distills=True`, 0 for the others.
 - Every loss goes through `sdpg.losses.sdpg_loss` with the terms it does not use switched off (beta = 0,
   alpha = 0, or an all-zero outcome advantage), so every method returns the same metric names
   (`loss/total`, `loss/pg`, `loss/distill`, `loss/ref_kl`, `gate/fraction`, clip fractions) and the same
@@ -18,20 +18,44 @@ Design choices:
   OPSD's frozen teacher gets its own key, `kl/ref_teacher_mean`.
 - Ablations of SDPG are settings, not methods: `loss.alpha = 0`, `loss.beta = 0`, `loss.gate = False`,
   `loss.beta_warmup = loss.beta_decay = 0` all go through `sdpg`.
-- The per-token weights of RLSD and OPSD live here, once; `sdpg.whatif` imports them.
+- A method's facts are its registry entry: its loss, the inputs it needs (`Input`), its gate (one predicate: the
+  step computes it once, the loss reads it and the teacher runs on the rows it passes), its what-if token weight
+  (`sdpg.whatif` draws every entry that has one) and its colour. Adding a method is one function and one entry.
+- The per-token weights of RLSD and OPSD live here, once, for the losses and the what-if weights alike.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable
 
 import torch
 
 from sdpg.config import LossConfig, TrainConfig
-from sdpg.losses import masked_mean, sdpg_loss
+from sdpg.losses import beta_schedule, distill_token_advantage, gate_passes, masked_mean, ref_anchor_slope, sdpg_loss
 
 OPSD_CLAMP = 20.0
 """upper bound of the OPSD fork's token weight (its code clamps log q - log p_old to [0, 20])"""
+
+
+class Input(str, Enum):
+    """The optional per-token inputs a method may ask the trainer for (`MethodSpec.needs`), each a `LossInputs` field
+    of that name, with what it is and where it comes from. A member equals its name as a string."""
+
+    def __new__(cls, name: str, meaning: str, privileged: bool, reference: bool):
+        member = str.__new__(cls, name)
+        member._value_ = name
+        member.meaning, member.privileged, member.reference = meaning, privileged, reference
+        return member
+
+    REF_LOGP = ("ref_logp", "the frozen reference's log-prob of the sampled tokens on the student prompt (the alpha "
+                "anchor; filled only while loss.alpha > 0)", False, True)
+    TEACHER_LOGP = ("teacher_logp", "the live teacher's log q of the sampled tokens (privileged prompt, no gradient)",
+                    True, False)
+    REF_TEACHER_LOGP = ("ref_teacher_logp", "the frozen reference's log-prob of the sampled tokens on the privileged "
+                        "prompt (at loss.opsd_teacher_temperature)", True, True)
+    REF_DISTILL_KL = ("ref_distill_kl", "KL(student || SG[frozen reference on the privileged prompt]) per token, full "
+                      "vocabulary, with gradient to the student", True, True)
 
 
 @dataclass
@@ -64,6 +88,14 @@ class LossInputs:
     privileged prompt (its own LM head); gradient flows to the student"""
     step: int = 0
     """training steps completed before this one (0 on the first step), for per-step schedules"""
+    gate: torch.Tensor | None = None
+    """(B,) bool: the responses the method's gate passes (`MethodSpec.gate`, computed once by the step and also used
+    to pick the teacher's rows); None when the method has no gate or `loss.gate` is off"""
+
+
+def positive_advantage(adv: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SDPG's gate: the responses with a positive advantage (a per-token advantage averaged over the response). (B,)"""
+    return gate_passes(adv, mask)
 
 
 @dataclass(frozen=True)
@@ -71,23 +103,32 @@ class MethodSpec:
     name: str
     loss: Callable[[LossInputs, LossConfig, float], tuple[torch.Tensor, dict]]
     description: str
-    needs: frozenset[str] = frozenset()
-    """optional LossInputs fields the trainer must fill: "ref_logp", "teacher_logp", "ref_teacher_logp",
-    "ref_distill_kl" """
+    color: str
+    """the method's colour wherever methods are drawn side by side (`lab.style.method_color`)"""
+    needs: frozenset[Input] = frozenset()
+    """optional LossInputs fields the trainer must fill (`Input`)"""
     distills: bool = False
     """whether the method's loss uses the distillation KL (others only monitor it)"""
     outcome: bool = True
     """whether the loss has an outcome (verifier reward) term; without one, beta is its only weight"""
-    gated_teacher: bool = False
-    """whether, with `loss.gate` on, the live teacher reaches the loss only on the responses the positive-advantage
-    gate passes (so the step runs it on those and on the recorded ones only)"""
+    gate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """(adv (B,), correct (B,), mask (B, T)) -> (B,) bool: with `loss.gate` on, the responses the live teacher's KL
+    counts on. The step computes it once (`LossInputs.gate`): the loss reads it, and the teacher runs on those rows
+    (and the recorded ones) only. None: no gate"""
+    whatif: Callable[[dict, dict], torch.Tensor] | None = None
+    """(a recorded response's arrays as (T,) tensors and scalars, the run's loss settings) -> (T,) the weight the
+    method's update puts on each sampled token, to first order (`sdpg.whatif`); None: not drawn"""
     loss_tokens: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """(mask (B, T), adv (B,), correct (B,)) -> the (B, T) tokens the loss averages over, when not every response
     token; the trainer weights each micro-batch by its share of them"""
 
     def uses_reference(self, loss: LossConfig) -> bool:
         """Whether this method under `loss` needs the frozen reference model (the alpha anchor or a reference teacher)."""
-        return (loss.alpha > 0 and "ref_logp" in self.needs) or bool({"ref_teacher_logp", "ref_distill_kl"} & self.needs)
+        return any(need.reference and (need is not Input.REF_LOGP or loss.alpha > 0) for need in self.needs)
+
+    def gated(self, loss: LossConfig) -> bool:
+        """Whether the method's gate applies under `loss`."""
+        return self.gate is not None and loss.gate
 
     def check(self, loss: LossConfig) -> None:
         """Raise ValueError, naming the field, for settings under which this method would train nothing."""
@@ -160,11 +201,11 @@ def _common(inputs: LossInputs, cfg: LossConfig) -> dict:
                 clip_c=cfg.clip_c, agg=cfg.agg, kl_clamp=cfg.kl_clamp)
 
 
-def _need(inputs: LossInputs, field: str, method: str) -> torch.Tensor:
-    value = getattr(inputs, field)
+def _need(inputs: LossInputs, field: Input, method: str) -> torch.Tensor:
+    value = getattr(inputs, field.value)
     if value is None:
-        raise ValueError(f"method {method!r} needs LossInputs.{field}, which the trainer did not fill "
-                         f"(is {field!r} in the method's `needs`?)")
+        raise ValueError(f"method {method!r} needs LossInputs.{field.value}, which the trainer did not fill "
+                         f"(is Input.{field.name} in the method's `needs`?)")
     return value
 
 
@@ -173,9 +214,11 @@ def _detached(kl: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def sdpg(inputs: LossInputs, cfg: LossConfig, beta_k: float):
-    """L_out + beta_k * gate * KL(p || SG[q]) + alpha * L_K (the paper's SDPG)."""
+    """L_out + beta_k * gate * KL(p || SG[q]) + alpha * L_K (the paper's SDPG); the gate is `inputs.gate` (the step's
+    `positive_advantage`), or `loss.gate`'s same rule when called without one."""
     return sdpg_loss(**_common(inputs, cfg), ref_logp=inputs.ref_logp, distill_kl=inputs.distill_kl,
-                     beta=beta_k, alpha=cfg.alpha, ref_mode=cfg.ref_mode, gate=cfg.gate)
+                     beta=beta_k, alpha=cfg.alpha, ref_mode=cfg.ref_mode,
+                     gate=cfg.gate if inputs.gate is None else inputs.gate)
 
 
 def grpo(inputs: LossInputs, cfg: LossConfig, beta_k: float):
@@ -193,7 +236,7 @@ def rlsd(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     and as the beta schedule and the LR warmup count. No KL term and no reference anchor; the distillation KL is
     only monitored.
     """
-    teacher_logp = _need(inputs, "teacher_logp", "rlsd")
+    teacher_logp = _need(inputs, Input.TEACHER_LOGP, "rlsd")
     lam = rlsd_lambda(inputs.step + 1, cfg.rlsd_lambda, cfg.rlsd_lambda_decay_steps)
     adv = rlsd_token_advantage(inputs.adv[:, None], teacher_logp, inputs.old_logp, lam=lam, eps_w=cfg.rlsd_eps_w)  # (B, T)
     loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": adv}), distill_kl=inputs.distill_kl.detach(),
@@ -219,7 +262,7 @@ def opsd_fork(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     The teacher's log-probs carry `loss.opsd_teacher_temperature`. Difference from the fork: its script adds an
     entropy bonus (coefficient 0.02), which this engine has no term for.
     """
-    teacher_logp = _need(inputs, "ref_teacher_logp", "opsd_fork")
+    teacher_logp = _need(inputs, Input.REF_TEACHER_LOGP, "opsd_fork")
     passes = opsd_fork_passes(inputs.adv, inputs.correct)  # (B,)
     weight = opsd_fork_token_weight(teacher_logp, inputs.old_logp, passes[:, None])  # (B, T)
     gated = opsd_fork_loss_tokens(inputs.mask, inputs.adv, inputs.correct)  # (B, T)
@@ -248,7 +291,7 @@ def opsd(inputs: LossInputs, cfg: LossConfig, beta_k: float):
     (mixture weight 1). The paper's loss has no coefficient; beta scales it (with one term and Adam, beta acts
     only through gradient clipping) so that the beta schedule applies as for the other distilling methods.
     """
-    ref_kl = _need(inputs, "ref_distill_kl", "opsd")
+    ref_kl = _need(inputs, Input.REF_DISTILL_KL, "opsd")
     loss, stats = sdpg_loss(**(_common(inputs, cfg) | {"adv": torch.zeros_like(inputs.adv)}), distill_kl=ref_kl,
                             beta=beta_k, alpha=0.0, gate=False)
     with torch.no_grad():
@@ -265,21 +308,70 @@ def self_distill(inputs: LossInputs, cfg: LossConfig, beta_k: float):
                      beta=beta_k, alpha=0.0, gate=False)
 
 
+# ----------------------------------------------------------------------------- what-if token weights
+
+def _gate_verdict(spec_gate, r: dict) -> bool:
+    """A gate's verdict on one recorded response (`r` as `sdpg.whatif.response_tensors` makes it)."""
+    return bool(spec_gate(r["adv"][:1], torch.tensor([r["correct"]]), r["mask"][None])[0])
+
+
+def _distill_weight(r: dict, loss: dict) -> torch.Tensor:
+    """beta * A_dist_t: the distillation term's single-sample policy-gradient weight (Prop. 3.1). (T,)"""
+    return loss.get("beta", 0.0) * distill_token_advantage(r["kl"], r["logp"], r["teacher_logp"])
+
+
+def grpo_weight(r: dict, loss: dict) -> torch.Tensor:
+    """GRPO: w_t = A. (T,)"""
+    return r["adv"]
+
+
+def sdpg_weight(r: dict, loss: dict) -> torch.Tensor:
+    """SDPG: w_t = A + beta * gate * A_dist_t - alpha * dL_K/dlog w (the anchor's slope at the token's log w). (T,)"""
+    gate = not loss.get("gate", True) or _gate_verdict(positive_advantage, r)
+    w = r["adv"] + gate * _distill_weight(r, loss)  # (T,)
+    alpha = loss.get("alpha", 0.0)
+    if alpha and r.get("ref_logp") is not None:
+        w = w - alpha * ref_anchor_slope(r["logp"] - r["ref_logp"], loss.get("ref_mode", "urkl"))  # (T,)
+    return w
+
+
+def rlsd_weight(r: dict, loss: dict) -> torch.Tensor:
+    """RLSD: its token advantage, lam at its configured start (a record does not say how far the decay went). (T,)"""
+    return rlsd_token_advantage(r["adv"], r["teacher_logp"], r["old_logp"], lam=loss.get("rlsd_lambda", 0.5),
+                                eps_w=loss.get("rlsd_eps_w", 0.2))
+
+
+def opsd_fork_weight(r: dict, loss: dict) -> torch.Tensor:
+    """OPSD (fork): its token weight on correct responses with positive advantage, with the record's live teacher
+    standing in for the frozen one (exact while the policy equals the reference). (T,)"""
+    passes = torch.tensor(bool(r["correct"]) and float(r["adv"][0]) > 0)
+    return opsd_fork_token_weight(r["teacher_logp"], r["old_logp"], passes)
+
+
+def distill_weight(r: dict, loss: dict) -> torch.Tensor:
+    """Pure distillation (OPSD paper, self-distillation): w_t = beta * A_dist_t on every response, no outcome term;
+    for OPSD the record's live teacher stands in for the frozen one (exact while the policy equals the reference). (T,)"""
+    return _distill_weight(r, loss)
+
+
 METHODS: dict[str, MethodSpec] = {
     "sdpg": MethodSpec("sdpg", sdpg, "outcome PG + gated full-vocabulary self-distillation KL + reference anchor",
-                       needs=frozenset({"ref_logp"}), distills=True, gated_teacher=True),
-    "grpo": MethodSpec("grpo", grpo, "outcome PG only (DAPO clip), optional reference KL",
-                       needs=frozenset({"ref_logp"})),
+                       "#8e44ad", needs=frozenset({Input.REF_LOGP}), distills=True, gate=positive_advantage,
+                       whatif=sdpg_weight),
+    "grpo": MethodSpec("grpo", grpo, "outcome PG only (DAPO clip), optional reference KL", "#495057",
+                       needs=frozenset({Input.REF_LOGP}), whatif=grpo_weight),
     "rlsd": MethodSpec("rlsd", rlsd, "outcome PG with token credit rescaled by the live teacher's evidence (RLSD)",
-                       needs=frozenset({"teacher_logp"})),
+                       "#2f6fdf", needs=frozenset({Input.TEACHER_LOGP}), whatif=rlsd_weight),
     "opsd_fork": MethodSpec("opsd_fork", opsd_fork,
                             "clipped PG on correct answers, token weight = frozen teacher's log-ratio (OPSD, SDPG fork)",
-                            needs=frozenset({"ref_teacher_logp"}), outcome=False, loss_tokens=opsd_fork_loss_tokens),
+                            "#c2410c", needs=frozenset({Input.REF_TEACHER_LOGP}), outcome=False,
+                            loss_tokens=opsd_fork_loss_tokens, whatif=opsd_fork_weight),
     "opsd": MethodSpec("opsd", opsd, "full-vocabulary KL to the frozen privileged teacher, no reward (OPSD paper)",
-                       needs=frozenset({"ref_distill_kl"}), distills=True, outcome=False),
+                       "#f08c2e", needs=frozenset({Input.REF_DISTILL_KL}), distills=True, outcome=False,
+                       whatif=distill_weight),
     "self_distill": MethodSpec("self_distill", self_distill,
                                "full-vocabulary KL to the live privileged teacher on every response, no reward",
-                               distills=True, outcome=False),
+                               "#0f766e", distills=True, outcome=False, whatif=distill_weight),
 }
 
 
@@ -287,6 +379,15 @@ def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def scheduled_beta(cfg: TrainConfig, step: int) -> float:
+    """The distillation weight of the training step after `step` completed ones (steps count from 1, so the
+    schedule sees step + 1); 0 for methods that do not distil. Both trainers and the playground use this one."""
+    lc = cfg.loss
+    if not get_method(lc.method).distills:
+        return 0.0
+    return beta_schedule(step + 1, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay)
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:

@@ -33,11 +33,11 @@ from sdpg.config import ModelConfig, TrainConfig
 from sdpg.data import TEACHER_TEMPLATE, PromptRow, render_prompts, teacher_context
 from sdpg.forward import lm_head_weight, response_hidden
 from sdpg.fused_kl import fused_self_distill
-from sdpg.losses import beta_schedule, distill_token_advantage, sdpg_loss
-from sdpg.methods import get_method
+from sdpg.losses import distill_token_advantage, sdpg_loss
+from sdpg.methods import scheduled_beta
 from sdpg.models import load_model_and_tokenizer
 from sdpg.rollout import HFRolloutEngine
-from sdpg.task import hint_text, parse_hint
+from sdpg.tasks.base import hint_text, parse_hint
 from sdpg.trainer import token_record
 from sdpg.whatif import token_weights
 
@@ -86,7 +86,7 @@ def load_subject(checkpoint: str | Path, *, device: str = "cpu") -> Subject:
 def context_variants(row: PromptRow, free_text: str = "") -> list[Variant]:
     """The teacher contexts to compare for one problem, derived from what the row carries.
 
-    Embedded-task hints (`sdpg.task.hint_text`) split into answer and worked solution; other rows get the paper's templates
+    Embedded-task hints (`sdpg.tasks.base.hint_text`) split into answer and worked solution; other rows get the paper's templates
     with the answer alone, and with the worked solution when the row's context follows `TEACHER_TEMPLATE`.
     A wrong answer needs an integer gold answer. `free_text`, when given, is one more variant.
     """
@@ -188,7 +188,7 @@ def _variant_record(subject: Subject, variant: Variant, student_h: torch.Tensor,
     record = token_record(subject.tokenizer, weight, cfg.rollout.temperature, student_h, teacher_h, ids, kl=kl,
                           logp=logp, entropy=entropy, old_logp=logp)
     record |= {"advantage": float(advantage), "correct": advantage > 0}
-    beta = effective_beta(cfg, subject.step)
+    beta = scheduled_beta(cfg, subject.step)
     _, stats = sdpg_loss(logp=logp[None], old_logp=logp[None], adv=torch.tensor([float(advantage)]),
                          mask=torch.ones_like(logp)[None], distill_kl=kl[None], beta=beta, alpha=0.0,
                          gate=cfg.loss.gate, clip_low=cfg.loss.clip_low, clip_high=cfg.loss.clip_high,
@@ -199,15 +199,6 @@ def _variant_record(subject: Subject, variant: Variant, student_h: torch.Tensor,
             "weight_sdpg": token_weights(record, {"loss": {**cfg.loss.__dict__, "beta": beta, "alpha": 0.0}})["sdpg"],
             "kl_mean": float(kl.mean()), "kl_sum": float(kl.sum()), "teacher_logq_sum": float(teacher_logp.sum()),
             "beta": beta, "loss": {k: v for k, v in stats.items() if k.startswith("loss/")}}
-
-
-def effective_beta(cfg: TrainConfig, step: int) -> float:
-    """The distillation weight of the training step after `step` completed ones (training steps count from 1, so
-    that is step + 1); 0 for methods that do not distil."""
-    lc = cfg.loss
-    if not get_method(lc.method).distills:
-        return 0.0
-    return beta_schedule(step + 1, cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay)
 
 
 # ----------------------------------------------------------------------------- the student-teacher gap per context

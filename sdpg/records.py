@@ -6,7 +6,8 @@ Design choices:
     `eval/pass@1`, ...) plus `step` and `time` (seconds since the run started). Keys may be absent
     from a row (evaluation runs only every N steps).
   * rollouts — per step, a few whole groups with per-token arrays (see `ROLLOUT_FIELDS`).
-  * events   — lifecycle: start, pause, resume, stop, finish, error, checkpoint, resume_from.
+  * events   — lifecycle, checkpoints, skipped updates, data and health warnings: one of the names of `EVENTS`
+    (the schema: each event's meaning and fields); `emit_event` refuses any other name.
 - Every record is appended to a JSON-lines file in the run directory as it is emitted (line-buffered
   and flushed), so a crashed run keeps everything up to the crash, and kept in a bounded in-memory
   buffer for live views. `RecordStream.open(run_dir)` replays a finished or crashed run from disk;
@@ -29,6 +30,7 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,60 @@ RESPONSE_FIELDS = {
     "student_topk": "per position, [[token, prob], ...] top-k of the student",
     "teacher_topk": "per position, [[token, prob], ...] top-k of the teacher",
 }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kind of event: what it means and the fields it carries (besides `event` and `wall`)."""
+
+    meaning: str
+    fields: dict[str, str]
+    """field name -> meaning"""
+    status: str | None = None
+    """the run status this event puts a recorded run in (read by the views), None if it leaves it as it was"""
+
+
+EVENTS: dict[str, Event] = {
+    "start": Event("training starts (fresh or resumed)", {
+        "run_dir": "the run directory", "resume": "whether it resumes from a checkpoint",
+        "engine": "\"trl\" for the TRL-based trainer (absent: the engine)", "processes": "training processes (TRL)"},
+        status="running"),
+    "resume_from": Event("state restored from a checkpoint", {"step": "training step restored",
+                                                              "checkpoint": "checkpoint folder"}, status="running"),
+    "resume_changes": Event("settings changed on resume", {"step": "training step",
+                                                           "changes": "setting -> [old, new]"}),
+    "pause": Event("paused by the user", {"step": "training steps done"}, status="paused"),
+    "resume": Event("resumed after a pause", {"step": "training steps done"}, status="running"),
+    "checkpoint": Event("a checkpoint was written", {"step": "training step", "path": "checkpoint folder"}),
+    "step_skipped": Event("an optimizer update was not applied (NaN or inf)", {
+        "step": "training step", "reason": "what was non-finite"}),
+    "finished": Event("the run trained all its steps", {"step": "training steps done"}, status="finished"),
+    "stopped": Event("the run was stopped before its last step", {"step": "training steps done"}, status="stopped"),
+    "error": Event("the run crashed", {"step": "training steps done", "message": "the exception's message",
+                                       "traceback": "its traceback"}, status="crashed"),
+    "health": Event("a health check found a problem (`sdpg.health`)", {
+        "step": "training step", "check": "the check's name", "message": "what was seen",
+        "severity": "warning or error"}),
+    "data_rows_skipped": Event("bad data rows were left out", {
+        "split": "train or val", "file": "data file", "count": "rows skipped", "kept": "rows kept",
+        "reasons": "the first problems", "message": "one line for a person"}),
+    "data_no_context": Event("rows without a teacher context for a teacher-using method", {
+        "split": "train or val", "file": "data file", "count": "rows without context", "rows": "rows in all",
+        "message": "one line for a person"}),
+    "warmstart": Event("progress of the embedded model's warm start (or that it came from the cache)", {
+        "step": "warm-start step", "steps": "warm-start steps in all", "loss": "training loss",
+        "target": "student pass@1 that stops it early", "elapsed_s": "seconds so far",
+        "check": "student pass@1 at a skill check", "cached": "true when loaded from the cache",
+        "path": "cache entry", "student_pass@1": "cached student pass@1", "teacher_pass@1": "cached teacher pass@1"}),
+}
+"""every event the engine, the run handle and the TRL callback write"""
+
+
+def check_event(kind: str) -> Event:
+    """The schema of event `kind`; ValueError naming it when it is not one of `EVENTS`."""
+    if kind not in EVENTS:
+        raise ValueError(f"unknown event {kind!r}; known events: {sorted(EVENTS)} (add it to sdpg.records.EVENTS)")
+    return EVENTS[kind]
 
 
 class StorageError(OSError):
@@ -142,6 +198,8 @@ class RecordStream:
             self._append(ROLLOUTS_FILE, self._rollouts, {"step": int(step), **g})
 
     def emit_event(self, kind: str, **info: Any) -> dict:
+        """Write an event of a kind the schema knows (`EVENTS`; ValueError otherwise)."""
+        check_event(kind)
         return self._append(EVENTS_FILE, self._events, {"event": kind, "wall": time.time(), **info})
 
     def write_config(self, config: dict) -> None:

@@ -63,8 +63,6 @@ FIXED_ON_RESUME = {
     "loss.method": "the run's records are of that method",
 }
 """settings a resume cannot change (every `data.*` setting too: the restored sampler walks that data)"""
-TEACHER_NEEDS = frozenset({"teacher_logp", "ref_teacher_logp", "ref_distill_kl"})
-"""method inputs computed from the privileged prompt"""
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -75,7 +73,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
 def load_datasets(cfg: TrainConfig) -> tuple[LoadedRows, LoadedRows]:
     """The training and held-out rows with what was skipped and where each kept row is in its file."""
     d = cfg.data
-    task = get_task(d.task, tuple(d.digits) if d.task == "add" else None)
+    task = get_task(d.task, tuple(d.digits))
 
     def rows(spec: str, split: str, n: int) -> LoadedRows:
         if spec == "embedded":
@@ -140,7 +138,7 @@ def report_data(cfg: TrainConfig, records: RecordStream, loaded: LoadedRows, spe
                            kept=len(loaded.rows), reasons=list(loaded.problems[:5]), message=message)
     spec_method = get_method(cfg.loss.method)
     bare = rows_without_context(loaded.rows)
-    if not bare or not (spec_method.distills or TEACHER_NEEDS & spec_method.needs):
+    if not bare or not (spec_method.distills or any(need.privileged for need in spec_method.needs)):
         return
     first = next(i for i, row in enumerate(loaded.rows) if not row.context.strip())
     where = f"{spec} {loaded.where[first]}" if loaded.where else spec

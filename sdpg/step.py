@@ -10,8 +10,9 @@ Design choices:
   own loop). Models are reached through a `Forwards` object, so the step does not care whether the forward is a
   bare model under autocast or a DDP / DeepSpeed wrapper.
 - The teacher runs only where it is used (`teacher_rows`): on every row for methods whose loss uses it there
-  (`needs_live_teacher`); for SDPG with its gate on, on the gated rows (the KL reaches the loss nowhere else) and
-  the recorded ones; for the others (GRPO, OPSD-fork) on the recorded rows alone, so the views still get
+  (`needs_live_teacher`); for a method with a gate (`MethodSpec.gate`, SDPG's positive advantage) under `loss.gate`,
+  on the rows it passes (the KL reaches the loss nowhere else: the loss reads the same verdict) and the recorded
+  ones; for the others (GRPO, OPSD-fork) on the recorded rows alone, so the views still get
   per-token KL and top-k. A row without the teacher has the student stand in for it: KL 0, no gradient, and
   gated out of the loss anyway.
 - Old log-probs of `None` mean "the current policy's": the first update of a step, whose weights are those the old
@@ -19,33 +20,40 @@ Design choices:
 - `reduce_stats` combines micro-batch statistics by the rule `sdpg.metrics` registers for each key; across
   processes the caller sums the numerators and denominators it returns before dividing.
 - Per-token records are built by the caller from `MicroResult.records` (`sdpg.trainer.token_record`).
+- Around the micro-step, everything else of a step that both trainers do is here too, once: the scheduled beta
+  (`step_context`), the learning-rate warmup, the update and micro-batch plan, scoring with the overlong penalty
+  (`score`), the reduction over micro-batches, updates and processes (`reduce_step`, the all-reduce passed in as a
+  function), the non-finite-update rule (`skip_reason`) and the metrics row (`step_metrics`: one builder, so both
+  paths write the same keys).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
 from sdpg.config import TrainConfig
 from sdpg.forward import logits_self_distill, token_logp
-from sdpg.losses import fused_self_distill, gate_passes
-from sdpg.methods import LossInputs, MethodSpec
+from sdpg.losses import fused_self_distill
+from sdpg.methods import Input, LossInputs, MethodSpec, scheduled_beta
 from sdpg.metrics import LIVE_TEACHER_KEYS, metric
-from sdpg.reward import reward_metrics
+from sdpg.reward import overlong_penalty, reward_metrics
 
 
 def needs_live_teacher(method: MethodSpec) -> bool:
     """Whether the method's loss uses the live teacher (its KL or its log-probs) on every response."""
-    return method.distills or "teacher_logp" in method.needs
+    return method.distills or Input.TEACHER_LOGP in method.needs
 
 
 def teacher_gated(method: MethodSpec, loss) -> bool:
-    """Whether the live teacher reaches `method`'s loss (under `loss`, a LossConfig) only on gated responses."""
-    return method.gated_teacher and loss.gate
+    """Whether the live teacher reaches `method`'s loss (under `loss`, a LossConfig) only on the responses its gate
+    passes (`MethodSpec.gate`)."""
+    return needs_live_teacher(method) and method.gated(loss)
 
 
 class Forwards(Protocol):
@@ -75,6 +83,54 @@ class StepContext:
     """(V, H) the frozen reference's LM head, for methods that need `ref_distill_kl`"""
 
 
+def step_context(cfg: TrainConfig, method: MethodSpec, step: int,
+                 reference_weight: torch.Tensor | None = None) -> StepContext:
+    """The context of the training step after `step` completed ones, with its scheduled beta."""
+    return StepContext(cfg, method, scheduled_beta(cfg, step), step, reference_weight)
+
+
+def lr_warmup(step: int, warmup_steps: int) -> float:
+    """Learning-rate factor after `step` training steps: min(1, step / warmup_steps), verl's constant schedule with
+    warmup (training step k, counted from 1, runs at (k - 1) / warmup_steps: the first at rate 0)."""
+    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
+
+
+def update_plan(n_rows: int, group_size: int, mini_batch_prompts: int, epochs: int) -> list[slice]:
+    """The rows of each optimizer update of a step, in order: whole-group mini-batches of `mini_batch_prompts`
+    groups (0: the whole batch), `epochs` times over."""
+    per = (mini_batch_prompts or n_rows // group_size) * group_size
+    return [slice(lo, min(n_rows, lo + per)) for lo in range(0, n_rows, per)] * epochs
+
+
+def micro_slices(rows: slice, per: int) -> list[slice]:
+    """The rows of each forward/backward pass within `rows`, `per` sequences at most."""
+    return [slice(lo, min(rows.stop, lo + per)) for lo in range(rows.start, rows.stop, per)]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The verifier's verdicts on a batch of responses and their rewards."""
+
+    verdicts: list
+    rewards: torch.Tensor
+    """(B,) verifier reward plus the overlong penalty"""
+    seconds: float
+    """time in the verifier"""
+
+
+def score(verifier, texts: list[str], answers: list[str], lengths: list[int], cfg: TrainConfig) -> Scores:
+    """Verify `texts` against `answers`; rewards add DAPO's overlong penalty for responses of `lengths` tokens."""
+    t0 = time.perf_counter()
+    verdicts = verifier.score(texts, answers)
+    seconds = time.perf_counter() - t0
+    rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float32)  # (B,)
+    rc = cfg.reward
+    if rc.overlong_buffer:
+        rewards += torch.tensor(overlong_penalty(lengths, cfg.rollout.max_new_tokens, rc.overlong_buffer,
+                                                 rc.overlong_penalty))  # (B,)
+    return Scores(verdicts, rewards, seconds)
+
+
 @dataclass(frozen=True)
 class MicroBatch:
     prompt_ids: torch.Tensor
@@ -96,7 +152,8 @@ class MicroBatch:
     old_logp: torch.Tensor | None
     """(b, T) the PPO ratio's old log-probs; None = the current policy's (the step's first update)"""
     refs: dict = field(default_factory=dict)
-    """the frozen reference's LossInputs fields the method needs ("ref_logp", "ref_teacher_logp"), (b, T) each"""
+    """the frozen reference's LossInputs fields the method needs (`Input` names: ref_logp, ref_teacher_logp), (b, T)
+    each"""
     record_rows: tuple[int, ...] = ()
     """rows whose per-token arrays go to the rollout records"""
 
@@ -119,6 +176,7 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
     live, needs, temp = needs_live_teacher(ctx.method), ctx.method.needs, ctx.cfg.rollout.temperature
     resp, mask = mb.response_ids, mb.response_mask.float()  # (b, T)
     sel = mb.response_mask.bool()  # (b, T)
+    gate = gate_verdict(mb, ctx)  # (b,) or None
     rows = teacher_rows(mb, ctx)
     t0 = time.perf_counter()
     teacher_h = _teacher_hidden(fw, mb, rows)  # (r, T, H)
@@ -135,31 +193,40 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
     kl_mat = torch.zeros_like(mask).masked_scatter(sel, kl) if live else None  # (b, T)
     refs = dict(mb.refs)
     t2 = time.perf_counter()
-    if "ref_distill_kl" in needs:
-        refs["ref_distill_kl"] = _ref_distill_kl(fw, mb, student_h, ctx)  # (b, T)
+    if Input.REF_DISTILL_KL in needs:
+        refs[Input.REF_DISTILL_KL.value] = _ref_distill_kl(fw, mb, student_h, ctx)  # (b, T)
     teacher_s = (t1 - t0) + (time.perf_counter() - t2)
     old_logp = logp_mat.detach() if mb.old_logp is None else mb.old_logp  # (b, T)
     inputs = LossInputs(logp=logp_mat, old_logp=old_logp, adv=mb.adv, mask=mask, distill_kl=kl_mat, temperature=temp,
-                        correct=mb.correct, step=ctx.step, **refs,
-                        teacher_logp=token_logp(teacher_h, fw.weight, resp) * mask if "teacher_logp" in needs else None)
+                        correct=mb.correct, step=ctx.step, gate=gate, **refs,
+                        teacher_logp=token_logp(teacher_h, fw.weight, resp) * mask  # (b, T)
+                        if Input.TEACHER_LOGP in needs else None)
     loss, stats = ctx.method.loss(inputs, ctx.cfg.loss, ctx.beta_k)
     stats["entropy/mean"] = float(ent.detach().mean())
     ent_mat = torch.zeros_like(mask).masked_scatter(sel, ent.detach())  # (b, T)
     records = _record_args(mb, ctx, student_h.detach(), teacher_h, rows,
                            {"kl": kl_mat, "logp": logp_mat.detach(), "entropy": ent_mat, "old_logp": old_logp,
-                            "ref_logp": refs.get("ref_logp")}, fw)
+                            "ref_logp": refs.get(Input.REF_LOGP.value)}, fw)
     return MicroResult(loss, stats, logp_mat.detach(), records, teacher_s)
+
+
+def gate_verdict(mb: MicroBatch, ctx: StepContext) -> torch.Tensor | None:
+    """(b,) bool: the responses the method's gate passes (`MethodSpec.gate`), the verdict both the loss
+    (`LossInputs.gate`) and the teacher's rows read; None when the method has no gate or `loss.gate` is off."""
+    if not ctx.method.gated(ctx.cfg.loss):
+        return None
+    return ctx.method.gate(mb.adv, mb.correct, mb.response_mask).bool()  # (b,)
 
 
 def teacher_rows(mb: MicroBatch, ctx: StepContext) -> list[int]:
     """The micro-batch rows the live teacher runs on: every row when the method's loss uses it on every response,
-    the gated and recorded rows when it reaches the loss only through the gate (`teacher_gated`), else the recorded
-    rows (for the views)."""
+    the rows its gate passes (`gate_verdict`, as the loss reads it) and the recorded rows when it reaches the loss
+    only through the gate (`teacher_gated`), else the recorded rows (for the views)."""
     if not needs_live_teacher(ctx.method):
         return list(mb.record_rows)
     if not teacher_gated(ctx.method, ctx.cfg.loss):
         return list(range(mb.response_ids.shape[0]))
-    gated = torch.nonzero(gate_passes(mb.adv, mb.response_mask)).flatten().tolist()
+    gated = torch.nonzero(gate_verdict(mb, ctx)).flatten().tolist()
     return sorted(set(gated) | set(mb.record_rows))
 
 
@@ -256,6 +323,25 @@ def reduce_stats(parts: list[Part]) -> dict[str, float]:
     return finish_reduce(reduce_parts(parts))
 
 
+def reduce_step(parts: list[Part], all_reduce: Callable[[list[float]], list[float]] | None = None) -> dict[str, float]:
+    """The step's statistics from its micro-batches' on every process: `all_reduce` sums a list of floats over
+    the processes (None: one process). Every process must hold the same keys."""
+    sums = reduce_parts(parts)
+    if all_reduce is None:
+        return finish_reduce(sums)
+    keys = sorted(sums)
+    totals = all_reduce([v for k in keys for v in sums[k]])
+    return finish_reduce({k: (totals[2 * i], totals[2 * i + 1]) for i, k in enumerate(keys)})
+
+
+def skip_reason(error: str, grad_norm: float) -> str:
+    """Why an optimizer update must not be applied, or "" to apply it: a micro-step that found NaN or inf
+    (`error`, its message), or a non-finite gradient norm. A skipped update leaves weights and optimizer alone."""
+    if error:
+        return error
+    return "" if math.isfinite(grad_norm) else f"gradient norm is {grad_norm}"
+
+
 def teacher_stats(stats: dict[str, float], method: MethodSpec, loss, groups: list[dict]) -> dict[str, float]:
     """The step's statistics with the live teacher's KL: as the micro-batches measured it where the teacher ran on
     every row; else `kl/distill_mean` over the recorded groups' tokens (`groups`: `group_record` dicts), and, for a
@@ -285,6 +371,31 @@ def rollout_metrics(verdicts: list, rewards: torch.Tensor, adv: torch.Tensor, le
             "adv/zero_var_groups": float(flat.float().mean()) if group_size > 1 else 1.0,
             "response/length_mean": float(lengths.float().mean()),
             "response/truncated": float(truncated.float().mean())}
+
+
+def step_metrics(rollout: dict, stats: dict, *, beta_k: float, grad_norms: list[float], skipped: list[bool],
+                 lr: float, tokens: float, seconds: dict[str, float]) -> dict:
+    """The step's metrics row, the same keys on both trainers: the rollout's (`rollout_metrics` and what the
+    trainer adds to them), the reduced statistics, one gradient norm and skip flag per optimizer update, the
+    learning rate, and the time shares of `seconds` (`time_metrics`)."""
+    return {**rollout, **stats, "grad/norm": sum(grad_norms) / len(grad_norms), "grad/norm_max": max(grad_norms),
+            "optim/lr": lr, "optim/updates": float(len(skipped) - sum(skipped)), "beta/effective": beta_k,
+            "step/skipped": sum(skipped) / len(skipped), "perf/tokens_per_s": tokens / seconds["step"],
+            **time_metrics(seconds)}
+
+
+NESTED_TIMES = {"rollout": ("old_logp",), "update": ("teacher", "reference")}
+"""phases timed inside another one: each is reported on its own and taken out of the enclosing phase's share
+(`reward` stays inside `rollout`, whose meaning includes scoring)"""
+
+
+def time_metrics(seconds: dict[str, float]) -> dict[str, float]:
+    """`time/<phase>` for every timed phase, phases inside another one (`NESTED_TIMES`) taken out of it."""
+    out = {f"time/{name}": value for name, value in seconds.items()}
+    for outer, inner in NESTED_TIMES.items():
+        if outer in seconds:
+            out[f"time/{outer}"] = seconds[outer] - sum(seconds.get(name, 0.0) for name in inner)
+    return out
 
 
 def logp_gap(sampled: torch.Tensor, recomputed: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

@@ -28,7 +28,6 @@ Design choices:
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,13 +38,14 @@ from sdpg.config import TrainConfig, micro_rows
 from sdpg.data import PromptRow, render_prompts
 from sdpg.forward import lm_head_weight, response_hidden, token_logp, vocab_scan
 from sdpg.guards import check_finite_weights
-from sdpg.losses import NonFiniteError, beta_schedule, group_advantages
-from sdpg.methods import get_method
+from sdpg.losses import NonFiniteError, group_advantages
+from sdpg.methods import Input, get_method
 from sdpg.records import RecordStream
-from sdpg.reward import MathVerifier, overlong_penalty
+from sdpg.reward import MathVerifier
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
-from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, micro_step, reduce_stats,
-                       rollout_metrics, teacher_stats)
+from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, lr_warmup, micro_slices,
+                       micro_step, reduce_step, rollout_metrics, score, skip_reason, step_context, step_metrics,
+                       teacher_stats, update_plan)
 from sdpg.vocab import token_strings
 
 TOPK = 5
@@ -169,13 +169,10 @@ class Trainer:
 
     def _score(self, rows: list[PromptRow], rollout: Rollout) -> tuple[list, torch.Tensor]:
         g = rollout.group_size
-        verdicts = self.verifier.score(rollout.texts, [row.answer for row in rows for _ in range(g)])
-        rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float32)  # (B,)
-        rc = self.cfg.reward
-        if rc.overlong_buffer:
-            rewards += torch.tensor(overlong_penalty(rollout.lengths.tolist(), self.cfg.rollout.max_new_tokens,
-                                                     rc.overlong_buffer, rc.overlong_penalty))  # (B,)
-        return verdicts, rewards
+        scores = score(self.verifier, rollout.texts, [row.answer for row in rows for _ in range(g)],
+                       rollout.lengths.tolist(), self.cfg)
+        self.timer.add("reward", scores.seconds)
+        return scores.verdicts, scores.rewards
 
     def sample_rollouts(self) -> Scored:
         """Rollouts for one step; with dynamic sampling, zero-variance groups are replaced (bounded rounds)."""
@@ -239,7 +236,9 @@ class Trainer:
             self.scheduler.step()
             with timer("update"):
                 self.engine.sync_weights(self.model)
-        groups = self._group_records(batch, updates)
+        groups = group_records(batch.rows, batch.rollout.texts, batch.rewards.tolist(), batch.verdicts,
+                               batch.adv.tolist(), {i: rec for u in updates for i, rec in u.records.items()},
+                               batch.rollout.group_size)
         metrics = self._metrics(batch, ctx, updates, lr, groups)
         self.step += 1
         self.records.emit_rollouts(self.step, groups)
@@ -247,16 +246,13 @@ class Trainer:
 
     def _context(self) -> StepContext:
         """What every micro-batch of this step shares: config, method, and the step's scheduled beta."""
-        lc = self.cfg.loss
-        beta_k = beta_schedule(self.step + 1, self.cfg.run.steps, lc.beta, lc.beta_warmup, lc.beta_decay) if self.method.distills else 0.0
-        ref_weight = lm_head_weight(self.ref_model) if "ref_distill_kl" in self.method.needs else None
-        return StepContext(self.cfg, self.method, beta_k, self.step, ref_weight)
+        ref_weight = lm_head_weight(self.ref_model) if Input.REF_DISTILL_KL in self.method.needs else None
+        return step_context(self.cfg, self.method, self.step, ref_weight)
 
     def _update_rows(self, ro: Rollout) -> list[slice]:
-        """The rows of each optimizer update, in order: whole-group mini-batches, `optim.epochs` times over."""
-        g, n = ro.group_size, ro.response_ids.shape[0]
-        per = (self.cfg.optim.mini_batch_prompts or n // g) * g
-        return [slice(lo, min(n, lo + per)) for lo in range(0, n, per)] * self.cfg.optim.epochs
+        """The rows of each optimizer update, in order (`sdpg.step.update_plan`)."""
+        o = self.cfg.optim
+        return update_plan(ro.response_ids.shape[0], ro.group_size, o.mini_batch_prompts, o.epochs)
 
     def _update(self, batch: Batch, ctx: StepContext, rows: slice, epoch: int) -> Update:
         """One optimizer update on the mini-batch `rows`, its gradient accumulated over micro-batches."""
@@ -308,11 +304,11 @@ class Trainer:
             return float(mask[sl].sum() / mask[rows].sum())
         return (sl.stop - sl.start) / (rows.stop - rows.start)
 
-    def _apply(self, skip: str) -> tuple[float, bool]:
-        """Clip and apply the accumulated gradient, unless the update is to be skipped; (grad norm, skipped)."""
+    def _apply(self, error: str) -> tuple[float, bool]:
+        """Clip and apply the accumulated gradient, unless `sdpg.step.skip_reason` skips the update (a micro-step's
+        `error`, or a non-finite norm); (grad norm, skipped)."""
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
-        if not skip and not math.isfinite(grad_norm):
-            skip = f"gradient norm is {grad_norm}"
+        skip = skip_reason(error, grad_norm)
         if skip:
             self.records.emit_event("step_skipped", step=self.step + 1, reason=skip)
         else:
@@ -325,20 +321,14 @@ class Trainer:
         """The step's metrics row: rollout, reduced micro-batch statistics, update and timing values."""
         ro, t = batch.rollout, self.timer.seconds
         mask = ro.response_mask.float()  # (B, T)
-        norms = [u.grad_norm for u in updates]
-        stats = teacher_stats(reduce_stats(self._parts(batch, updates)), self.method, self.cfg.loss, groups)
-        metrics = {
-            **rollout_metrics(batch.verdicts, batch.rewards, batch.adv, ro.lengths, ro.truncated, ro.group_size),
-            **stats, "adv/zero_var_groups": batch.scored.zero_var_groups,
-            "adv/resample_rounds": batch.scored.resample_rounds,
-            "grad/norm": sum(norms) / len(norms), "grad/norm_max": max(norms), "optim/lr": lr,
-            "optim/updates": float(sum(not u.skipped for u in updates)), "beta/effective": ctx.beta_k,
-            "step/skipped": sum(u.skipped for u in updates) / len(updates),
-            "perf/tokens_per_s": float(mask.sum()) / t["step"],
-            "time/rollout": t["rollout"] - batch.old_logp_s, "time/old_logp": batch.old_logp_s,
-            "time/teacher": t["teacher"], "time/reference": t["reference"],
-            "time/update": t["update"] - t["teacher"] - t["reference"], "time/step": t["step"],
-        }
+        rollout = {**rollout_metrics(batch.verdicts, batch.rewards, batch.adv, ro.lengths, ro.truncated, ro.group_size),
+                   "adv/zero_var_groups": batch.scored.zero_var_groups,
+                   "adv/resample_rounds": batch.scored.resample_rounds}
+        stats = teacher_stats(reduce_step(self._parts(batch, updates)), self.method, self.cfg.loss, groups)
+        seconds = {"old_logp": batch.old_logp_s, **{k: t[k] for k in ("rollout", "reward", "teacher", "reference",
+                                                                       "update", "step")}}
+        metrics = step_metrics(rollout, stats, beta_k=ctx.beta_k, grad_norms=[u.grad_norm for u in updates],
+                               skipped=[u.skipped for u in updates], lr=lr, tokens=float(mask.sum()), seconds=seconds)
         if self.cfg.rollout.recompute_old_logp:
             metrics |= logp_gap(ro.old_logp, batch.old_logp, mask)
         return metrics
@@ -359,8 +349,7 @@ class Trainer:
     def _micro_slices(self, rows: slice, response_tokens: int) -> list[slice]:
         """The rows of each forward/backward pass within `rows`: at most `optim.micro_batch` sequences and at
         most `optim.micro_batch_tokens` padded response tokens (at least one sequence)."""
-        per = micro_rows(self.cfg.optim, response_tokens)
-        return [slice(lo, min(rows.stop, lo + per)) for lo in range(rows.start, rows.stop, per)]
+        return micro_slices(rows, micro_rows(self.cfg.optim, response_tokens))
 
     def _hidden(self, model, prompt_ids, prompt_mask, resp, rmask) -> torch.Tensor:
         """`response_hidden` under bfloat16 autocast when `model.autocast` is on: (b, P) + (b, T) -> (b, T, H)."""
@@ -373,22 +362,14 @@ class Trainer:
         and/or on the privileged prompt (a frozen-reference teacher)."""
         out, temp = {}, self.cfg.rollout.temperature
         resp, rmask = ro.response_ids[sl], ro.response_mask[sl]
-        if "ref_logp" in self.method.needs and self.cfg.loss.alpha > 0:
+        if Input.REF_LOGP in self.method.needs and self.cfg.loss.alpha > 0:
             h = self._hidden(self.ref_model, ro.prompt_ids[sl], ro.prompt_mask[sl], resp, rmask)  # (b, T, H)
-            out["ref_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
-        if "ref_teacher_logp" in self.method.needs:
+            out[Input.REF_LOGP.value] = token_logp(h, lm_head_weight(self.ref_model), resp, temperature=temp) * rmask
+        if Input.REF_TEACHER_LOGP in self.method.needs:
             h = self._hidden(self.ref_model, teacher_ids, teacher_mask, resp, rmask)  # (b, T, H)
-            out["ref_teacher_logp"] = token_logp(h, lm_head_weight(self.ref_model), resp,
+            out[Input.REF_TEACHER_LOGP.value] = token_logp(h, lm_head_weight(self.ref_model), resp,
                                                  temperature=self.cfg.loss.opsd_teacher_temperature) * rmask
         return out
-
-    def _group_records(self, batch: Batch, updates: list[Update]) -> list[dict]:
-        g = batch.rollout.group_size
-        token_records = {i: rec for u in updates for i, rec in u.records.items()}
-        return [group_record(gi, batch.rows[gi], batch.rollout.texts[gi * g:(gi + 1) * g],
-                             batch.rewards[gi * g:(gi + 1) * g].tolist(), batch.verdicts[gi * g:(gi + 1) * g],
-                             batch.adv[gi * g:(gi + 1) * g].tolist(), [token_records[i] for i in range(gi * g, (gi + 1) * g)])
-                for gi in range(len(token_records) // g)]
 
     # ---------------- evaluation ----------------
     @torch.no_grad()
@@ -449,12 +430,6 @@ def adamw(model, o) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **kwargs)
 
 
-def lr_warmup(step: int, warmup_steps: int) -> float:
-    """Learning-rate factor after `step` training steps: min(1, step / warmup_steps), verl's constant schedule with
-    warmup (training step k, counted from 1, runs at (k - 1) / warmup_steps: the first at rate 0)."""
-    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
-
-
 @torch.no_grad()
 def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h: torch.Tensor, teacher_h: torch.Tensor,
                  ids: torch.Tensor, *, kl: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor,
@@ -507,6 +482,18 @@ def group_record(index: int, row: PromptRow, texts: list[str], rewards: list[flo
                   "advantage": float(a), "gate": bool(a > 0), **rec}
                  for text, reward, v, a, rec in zip(texts, rewards, verdicts, adv, token_records, strict=True)]
     return {"group": index, "prompt": row.prompt, "context": row.context, "answer": row.answer, "responses": responses}
+
+
+def group_records(rows: list[PromptRow], texts: list[str], rewards: list[float], verdicts: list, adv: list[float],
+                  token_records: dict[int, dict], group_size: int) -> list[dict]:
+    """The step's recorded groups, `group_record` each: the first groups, whose responses all have per-token records
+    (`token_records`: response index -> record). `rows` has one row per group; the other lists one entry per
+    response, group after group. Both trainers assemble their records here."""
+    g = group_size
+    return [group_record(gi, rows[gi], texts[gi * g:(gi + 1) * g],
+                         rewards[gi * g:(gi + 1) * g], verdicts[gi * g:(gi + 1) * g], adv[gi * g:(gi + 1) * g],
+                         [token_records[i] for i in range(gi * g, (gi + 1) * g)])
+            for gi in range(len(token_records) // g)]
 
 
 def _topk_lists(tokenizer, probs: torch.Tensor, ids: torch.Tensor) -> list:

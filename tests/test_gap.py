@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sdpg.gap import context_gap
 from sdpg.reward import MathVerifier
-from sdpg.task import make_rows
+from sdpg.tasks.addition import make_rows
 
 
 @pytest.fixture(scope="module")

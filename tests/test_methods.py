@@ -10,12 +10,14 @@ from conftest import tiny_config
 from sdpg.config import LossConfig, TrainConfig
 from sdpg.forward import lm_head_weight, response_hidden
 from sdpg.fused_kl import fused_self_distill
-from sdpg.losses import beta_schedule, masked_mean, self_distill_kl
-from sdpg.methods import (METHODS, OPSD_CLAMP, LossInputs, check_config, get_method, opsd_fork_token_weight,
-                          rlsd_evidence_weight, rlsd_lambda, rlsd_token_advantage)
+from sdpg.losses import beta_schedule, masked_mean, sdpg_loss, self_distill_kl
+from sdpg.methods import (METHODS, OPSD_CLAMP, Input, LossInputs, MethodSpec, check_config, get_method,
+                          opsd_fork_token_weight, rlsd_evidence_weight, rlsd_lambda,
+                          rlsd_token_advantage)
 from sdpg.records import RecordStream
 from sdpg.reward import Verdict
 from sdpg.run import build_trainer
+from sdpg.step import MicroBatch, gate_verdict, step_context, teacher_rows
 from sdpg.trainer import loss_share
 from sdpg.whatif import token_weights
 
@@ -46,7 +48,7 @@ def test_registry_lists_every_method_with_a_description():
     assert set(METHODS) == {"sdpg", "grpo", "rlsd", "opsd_fork", "opsd", "self_distill"}
     for name, spec in METHODS.items():
         assert spec.name == name and spec.description
-        assert spec.needs <= {"ref_logp", "teacher_logp", "ref_teacher_logp", "ref_distill_kl"}
+        assert spec.needs <= set(Input) and spec.color.startswith("#") and spec.whatif is not None
     with pytest.raises(ValueError, match="unknown method 'ppo'; registered"):
         get_method("ppo")
 
@@ -434,3 +436,80 @@ def test_opsd_teacher_temperature_divides_the_frozen_teachers_logits(method, tin
         want, untempered = weight_mean(tau), weight_mean(1.0)
     assert measured == pytest.approx(want, rel=1e-4, abs=1e-6), key
     assert abs(want - untempered) > 1e-2  # the temperature matters in this case
+
+
+# ----------------------------------------------------------------------------- a new method in one place
+
+def _correct_only(adv: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A gate other than SDPG's: every correct response, whatever its advantage."""
+    return correct.bool()
+
+
+def _toy_loss(inputs: LossInputs, cfg: LossConfig, beta_k: float):
+    """beta_k * KL on the responses the method's gate passed (the step's verdict, `inputs.gate`), no outcome term."""
+    return sdpg_loss(logp=inputs.logp, old_logp=inputs.old_logp, adv=torch.zeros_like(inputs.adv), mask=inputs.mask,
+                     distill_kl=inputs.distill_kl, beta=beta_k, alpha=0.0,
+                     gate=False if inputs.gate is None else inputs.gate)
+
+
+TOY_COLOR = "#123456"
+
+
+@pytest.fixture
+def toy_method(monkeypatch):
+    """The one place a new method is added: its registry entry (loss, gate, what-if weight, colour)."""
+    spec = MethodSpec("toy", _toy_loss, "distillation on correct responses only", TOY_COLOR, distills=True,
+                      outcome=False, gate=_correct_only, whatif=lambda r, loss: 2 * r["adv"])
+    monkeypatch.setitem(METHODS, "toy", spec)
+    return spec
+
+
+def _all_correct(texts, answers):
+    """Every response correct: every advantage is 0, so SDPG's gate would pass none, the toy's passes all."""
+    return [Verdict(correct=True, reward=1.0, status="ok", extracted="x") for _ in texts]
+
+
+def test_a_methods_gate_picks_the_teachers_rows_that_its_loss_reads(toy_method, tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__method="toy", loss__beta=0.5)
+    b = 4
+    mb = MicroBatch(*(torch.ones(b, 3, dtype=torch.long),) * 4, torch.ones(b, 2, dtype=torch.long),
+                    torch.ones(b, 2, dtype=torch.long), torch.zeros(b), torch.tensor([True, False, True, False]),
+                    old_logp=None)
+    ctx = step_context(cfg, toy_method, 0)
+    assert gate_verdict(mb, ctx).tolist() == [True, False, True, False]  # what the loss reads (`LossInputs.gate`)
+    assert teacher_rows(mb, ctx) == [0, 2]  # no advantage is positive: a hard-coded A > 0 would pick none
+    assert teacher_rows(mb, step_context(cfg, METHODS["sdpg"], 0)) == []
+
+
+def test_a_method_added_in_one_place_trains_records_draws_and_compares(toy_method, tiny_model_dir, tmp_path):
+    from experiments.compare import variants
+    from lab import whatif_figure
+    from lab.style import METHOD_COLORS
+
+    cfg = tiny_config(tiny_model_dir, tmp_path, loss__method="toy", loss__beta=0.5, run__record_groups=1)
+    trainer = build_trainer(cfg, RecordStream(tmp_path), progress=False)
+    trainer.verifier.score = _all_correct
+    trainer.records.write_config(cfg.to_dict())  # as a run does before its first step
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    try:
+        metrics = trainer.train_step()
+    finally:
+        trainer.verifier.close()
+    trainer.records.emit_metrics(1, metrics)
+    # trains: the KL reaches the loss on every response its gate passed (all, with every advantage 0)
+    assert metrics["step/skipped"] == 0.0 and metrics["gate/fraction"] == 1.0
+    assert metrics["loss/distill"] > 0 and metrics["loss/pg"] == 0.0
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+    # records
+    stream = RecordStream.open(tmp_path)
+    assert stream.config()["loss"]["method"] == "toy" and [m["step"] for m in stream.metrics()] == [1]
+    response = stream.rollouts(1)[0]["responses"][0]
+    assert len(response["kl"]) > 0 and max(response["kl"]) > 0
+    # draws: its what-if row, in its colour
+    weights = token_weights(response, stream.config())
+    assert weights["toy"] == pytest.approx([0.0] * len(response["tokens"]))
+    fig = whatif_figure(weights, response["tokens"])
+    assert METHOD_COLORS["toy"] == TOY_COLOR and any(TOY_COLOR in label and "TOY" in label
+                                                      for label in fig.layout.yaxis.ticktext)
+    # compares: a variant of the comparison
+    assert variants()["toy"] == {"loss.method": "toy"}

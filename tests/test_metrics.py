@@ -96,3 +96,18 @@ def test_gated_sdpg_runs_its_teacher_on_gated_and_recorded_rows_only_and_trains_
     (group,) = RecordStream.open(tmp_path / "gated").rollouts(step=1)
     recorded = [x for r in group["responses"] for x in r["kl"]]
     assert gated["kl/distill_mean"] == pytest.approx(sum(recorded) / len(recorded))  # over the recorded group
+
+
+def test_every_registered_key_is_written_by_a_real_step(tiny_model_dir, tmp_path):
+    """A key in the registry that no trainer writes would be drawn as an empty curve forever: one engine step (and an
+    evaluation) per method must write every registered key between them."""
+    written = set()
+    for method in sorted(METHODS):
+        cfg = tiny_config(tiny_model_dir, tmp_path / method, loss__method=method, loss__beta=0.5, loss__alpha=0.01,
+                          loss__clip_c=3.0, optim__mini_batch_prompts=1)
+        trainer = build_trainer(cfg, RecordStream(tmp_path / method), progress=False)
+        try:
+            written |= {metric(key).key for key in {**trainer.train_step(), **trainer.evaluate()}}
+        finally:
+            trainer.verifier.close()
+    assert set(METRICS) - written == set()

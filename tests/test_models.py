@@ -7,7 +7,7 @@ from sdpg.data import render_prompts
 from sdpg.embedded.model import TinyModelConfig, build_tiny_model
 from sdpg.embedded.tokenizer import CHARS, EOS, build_char_tokenizer
 from sdpg.models import ModelLoadError, load_model_and_tokenizer, make_reference
-from sdpg.task import make_row, target_text
+from sdpg.tasks.addition import make_row, target_text
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64)
 

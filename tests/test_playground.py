@@ -14,7 +14,7 @@ from sdpg.playground import (SANITY, Subject, context_gap, context_variants, loa
                              response_ids)
 from sdpg.reward import MathVerifier, Verdict
 from sdpg.run import RunHandle
-from sdpg.task import make_row
+from sdpg.tasks.addition import make_row
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,14 @@
+import ast
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from sdpg.records import METRICS_FILE, RecordStream
+from lab.status import LIFECYCLE, replay_status
+from sdpg.records import EVENTS, EVENTS_FILE, METRICS_FILE, RecordStream
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_records_are_written_and_replayed(tmp_path):
@@ -63,3 +68,39 @@ def test_open_rejects_a_directory_without_records(tmp_path):
         RecordStream.open(tmp_path)
     with pytest.raises(FileNotFoundError):
         RecordStream.open(tmp_path / "missing")
+
+
+# ---------------- the event schema ----------------
+def _emitted_event_names() -> set[str]:
+    """Every event name the product passes to `emit_event` as a literal (a variable name, such as the run's final
+    status, is followed to the literals assigned to it nearby: "finished" / "stopped")."""
+    names = set()
+    for path in [*(REPO / "sdpg").rglob("*.py"), REPO / "app.py", *(REPO / "lab").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "emit_event" and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant):
+                    names.add(first.value)
+    return names
+
+
+def test_every_event_the_product_emits_is_in_the_schema():
+    emitted = _emitted_event_names()
+    assert len(emitted) >= 12 and emitted <= set(EVENTS), emitted - set(EVENTS)
+    for name, event in EVENTS.items():
+        assert event.meaning and all(event.fields.values()), name
+
+
+def test_an_unknown_event_is_refused_and_nothing_is_written(tmp_path):
+    stream = RecordStream(tmp_path)
+    with pytest.raises(ValueError, match="unknown event 'finish'; known events: .*'finished'"):
+        stream.emit_event("finish", step=1)
+    events_file = tmp_path / EVENTS_FILE
+    assert stream.events() == [] and (not events_file.exists() or events_file.read_text() == "")
+
+
+def test_the_views_read_a_runs_status_from_the_schema_one_spelling_each():
+    assert set(LIFECYCLE) == {name for name, e in EVENTS.items() if e.status}
+    assert {"stop", "finish"}.isdisjoint(LIFECYCLE)
+    assert replay_status([{"event": "start"}, {"event": "stopped", "step": 2}]) == ("stopped", None)
+    assert replay_status([{"event": "start"}, {"event": "finish", "step": 2}]) == ("incomplete", None)

@@ -221,7 +221,7 @@ def test_memo_evicts_least_recently_used(monkeypatch):
 
 def _fast_path_cases() -> list[tuple[str, str]]:
     """(gold, extracted) pairs from the task's answers and this file's, with integer near misses and variants."""
-    from sdpg.task import make_rows
+    from sdpg.tasks.addition import make_rows
 
     golds = sorted({r.answer for d in ((1, 1), (3, 2), (3, 3)) for r in make_rows(40, digits=d, seed=1, split="train")})
     golds += ["579", "5", "5000", "1/2", "\\frac{1}{2}", "(1,2)", "B", "0", "-12", "123456789012345"]

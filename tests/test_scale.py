@@ -34,7 +34,7 @@ from sdpg.scale.config import (ScaleConfig, accelerate_config, batch_layout, grp
 from sdpg.scale.launch import main as launch
 from sdpg.scale.records import RecordStreamCallback
 from sdpg.scale.trainer import SDPGTrainer, rows_to_dataset
-from sdpg.task import make_rows
+from sdpg.tasks.addition import make_rows
 from sdpg.trainer import Scored
 
 # ---------------- parity with the engine ----------------
@@ -193,6 +193,38 @@ def test_two_trl_steps_match_two_engine_steps_on_the_same_batch(tiny_model_dir, 
     final = trainer.model.state_dict()
     for name, w in engine.model.state_dict().items():  # six updates: one entry in ~80k was seen 8e-4 off
         torch.testing.assert_close(final[name], w, rtol=0, atol=2e-3 if mini_batch_prompts else 5e-4, msg=name)
+
+
+def test_a_non_finite_update_is_skipped_on_the_trl_path_as_in_the_engine(tiny_model_dir, tmp_path):
+    cfg = parity_config(tiny_model_dir, tmp_path / "engine", micro_batch=5)
+    cfg.run.steps, cfg.optim.warmup_steps = 1, 0  # an applied update would move the weights at once
+    engine = build_trainer(cfg, RecordStream(tmp_path / "engine"), progress=False)
+    start = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    batch = fixed_batch(engine, make_rows(3, digits=(1, 1), seed=0))
+    batch.rollout.old_logp[6, 0] = -float("inf")  # the sampler's old log-prob, read by the ratio (no recomputation)
+    engine.sample_rollouts = lambda: batch
+    try:
+        ours = engine.train_step()
+        trl_cfg = TrainConfig.from_dict(cfg.to_dict())
+        trl_cfg.run.run_dir = str(tmp_path / "trl")
+        model, tokenizer = load_model_and_tokenizer(trl_cfg.model)
+        trainer = SDPGTrainer(trl_cfg, model=model, tokenizer=tokenizer, train_rows=batch.rows,
+                              verifier=engine.verifier, rollout_func=replay(batch),
+                              callbacks=[RecordStreamCallback(trl_cfg.run.run_dir, trl_cfg.to_dict())])
+        trainer.shuffle_dataset = False
+        trainer.train()
+    finally:
+        engine.verifier.close()
+    stream = RecordStream.open(trl_cfg.run.run_dir)
+    theirs = stream.metrics()
+    assert [m["step"] for m in theirs] == [1]
+    for row in (ours, theirs[0]):
+        assert (row["step/skipped"], row["optim/updates"]) == (1.0, 0.0), row
+    for name, w in trainer.model.named_parameters():
+        assert torch.equal(w, start[name]) and torch.equal(engine.model.get_parameter(name), start[name]), name
+    for events in (engine.records.events(), stream.events()):
+        skipped = [e for e in events if e["event"] == "step_skipped"]
+        assert len(skipped) == 1 and skipped[0]["step"] == 1 and "old_logp" in skipped[0]["reason"], skipped
 
 
 def test_the_trainer_tokenizes_prompts_as_the_engine_does(tiny_model_dir, tmp_path):

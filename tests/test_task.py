@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from sdpg.task import DATA_SOURCE, make_row, make_rows, split_of, target_text, worked_solution
+from sdpg.tasks.addition import DATA_SOURCE, make_row, make_rows, split_of, target_text, worked_solution
 
 QUESTION = re.compile(r"Q:(\d+)\+(\d+)\n")
 HINT = re.compile(r"Hint: (\d+) \(([0-9+= ]+)\)\n")

@@ -6,8 +6,8 @@ import pytest
 from sdpg.config import TrainConfig
 from sdpg.embedded.tokenizer import CHARS, build_char_tokenizer
 from sdpg.run import load_data
-from sdpg.task import make_rows
-from sdpg.tasks import CONTEXTS, TASKS, get_task
+from sdpg.tasks.addition import make_rows
+from sdpg.tasks import CONTEXTS, TASKS, get_task, tasks_with_difficulty
 from sdpg.tasks.chain import STEPS
 
 STEP = re.compile(r"(\d+)([+-])(\d+)=(\d+)")
@@ -119,3 +119,12 @@ def test_grpo_trains_the_same_whatever_the_teacher_reads(tiny_model_dir, tmp_pat
     assert rewards["full"] == rewards["answer"]
     assert all(torch.equal(a, b) for a, b in zip(weights["full"], weights["answer"], strict=True))
     assert kl["full"] != kl["answer"]  # the recorded teacher did read different contexts
+
+
+def test_each_task_owns_its_difficulty_setting():
+    assert tasks_with_difficulty() == ["add"]
+    easy = get_task("add", (1, 1))
+    assert easy.difficulty is not None and all(len(p.question) == len("Q:1+2\n") for p in easy.problems(5))
+    assert get_task("add", (1, 1)).response_tokens < get_task("add").response_tokens
+    for name in ("sparse", "reasoning"):  # a fixed difficulty: digits leave the task as it is
+        assert TASKS[name].difficulty is None and get_task(name, (1, 1)) is TASKS[name]

@@ -19,7 +19,7 @@ from sdpg.embedded.warmstart import WarmStartConfig, evaluate, warm_start
 from sdpg.models import load_model_and_tokenizer
 from sdpg.records import RecordStream
 from sdpg.run import warmstart_recorder
-from sdpg.task import make_row, target_text
+from sdpg.tasks.addition import make_row, target_text
 from sdpg.tasks import CONTEXTS, TASKS
 
 TINY = WarmStartConfig(

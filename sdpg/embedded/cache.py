@@ -68,7 +68,7 @@ def _report_cached(entry: Path, progress: bool, on_warmstart: Callable[[dict], N
 def embedded_key(warm_cfg: WarmStartConfig) -> str:
     """Hash of everything that shapes the embedded model: warm-start settings (model shape, task, digits
     and seed included), the tokenizer's characters and template, and the task's text format."""
-    task = get_task(warm_cfg.task, warm_cfg.digits if warm_cfg.task == "add" else None)
+    task = get_task(warm_cfg.task, warm_cfg.digits)
     sample = task.problems(1, seed=0, split="val")[0]
     settings = dataclasses.asdict(warm_cfg)
     del settings["task"]

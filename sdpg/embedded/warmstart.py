@@ -116,8 +116,8 @@ def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, progress: bool = Tru
 
 
 def task_of(cfg: WarmStartConfig) -> Task:
-    """The task `cfg` warm-starts on (`digits` counts for the add task only)."""
-    return get_task(cfg.task, cfg.digits if cfg.task == "add" else None)
+    """The task `cfg` warm-starts on, at its `digits` where the task has that setting."""
+    return get_task(cfg.task, cfg.digits)
 
 
 def _check(cfg: WarmStartConfig) -> None:

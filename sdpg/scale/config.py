@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.config import TrainConfig, micro_rows
-from sdpg.methods import check_config, get_method
+from sdpg.methods import Input, check_config, get_method
 
 BACKENDS = ("ddp", "zero2")
-SUPPORTED_NEEDS = frozenset({"ref_logp", "teacher_logp"})
+SUPPORTED_NEEDS = frozenset({Input.REF_LOGP, Input.TEACHER_LOGP})
 """LossInputs fields this trainer fills; methods needing more (a frozen teacher on the privileged prompt) are refused"""
 TRL_DIR = "trl"
 """TRL's checkpoints go to `<run_dir>/trl`, apart from the engine's own `checkpoints/`"""
@@ -99,8 +99,9 @@ def check_supported(cfg: TrainConfig) -> None:
     """Raise ValueError for settings the TRL-based trainer cannot run the way the engine does."""
     needs = get_method(check_config(cfg).loss.method).needs
     if needs - SUPPORTED_NEEDS:
-        raise ValueError(f"loss.method={cfg.loss.method!r} needs {sorted(needs - SUPPORTED_NEEDS)}, which the "
-                         f"TRL-based trainer does not compute (it fills {sorted(SUPPORTED_NEEDS)}); use sdpg.train")
+        raise ValueError(f"loss.method={cfg.loss.method!r} needs {sorted(n.value for n in needs - SUPPORTED_NEEDS)}, "
+                         f"which the TRL-based trainer does not compute (it fills "
+                         f"{sorted(n.value for n in SUPPORTED_NEEDS)}); use sdpg.train")
     if cfg.rollout.group_size < 2:
         raise ValueError(f"rollout.group_size={cfg.rollout.group_size} is invalid here: TRL's GRPO trainer needs >= 2")
     if cfg.run.dynamic_sampling:

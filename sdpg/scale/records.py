@@ -5,12 +5,11 @@ Design choices:
   writes goes through `sdpg.records.RecordStream`, so the files, their schema and `RecordStream.open` are the
   engine's. The stream and `config.json` are created with the callback, so a crash before training starts is
   recorded too.
-- A training step's metrics and rollout groups arrive from `SDPGTrainer` as an `on_sdpg_step` event, before its last
-  optimizer update; TRL's global step counts updates (`updates` per training step). The row is written at the
-  `on_log` of the step's last update; the logs of its updates bring the gradient norms before clipping (`grad/norm`
-  their mean, `grad/norm_max` the largest) and the learning rate the step used (`optim/lr`). The trainer therefore
-  has to log every update (`logging_steps=1`, as `sdpg.scale.config` sets it); anything else is refused at the start
-  of training. Checkpoint events carry the training step.
+- A training step's metrics row (complete: the trainer builds it with the engine's `sdpg.step.step_metrics`) and
+  rollout groups arrive from `SDPGTrainer` as an `on_sdpg_step` event, at the log of its last update, and are
+  written as they come, with a `step_skipped` event per skipped update. The trainer closes a step when it logs, so
+  it has to log every update (`logging_steps=1`, as `sdpg.scale.config` sets it); anything else is refused at the
+  start of training. TRL's global step counts updates: checkpoint events carry the training step.
 - Lifecycle events mirror `sdpg.run`: start, checkpoint (TRL's checkpoint folder), finished or stopped, and error
   (`record_error`, for the launcher's exception handler), so `lab.replay_status` reads a distributed run's state.
 """
@@ -34,8 +33,6 @@ class RecordStreamCallback(TrainerCallback):
         self.records = RecordStream(self.run_dir) if PartialState().is_main_process else None
         if self.records is not None:
             self.records.write_config(config)
-        self._pending: tuple[int, dict, list[dict]] | None = None
-        self._logs: list[dict] = []
         self._updates = 1
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -47,26 +44,17 @@ class RecordStreamCallback(TrainerCallback):
             self.records.emit_event("start", run_dir=str(self.run_dir), resume=False, engine="trl",
                                     processes=args.world_size)
 
-    def on_sdpg_step(self, args, state, control, *, metrics: dict, groups: list[dict], updates: int = 1):
-        """The trainer's metrics and rollout groups of the training step whose last update is about to be applied."""
-        if self.records is not None:
-            self._updates = updates
-            self._pending = (state.global_step // updates + 1, metrics, groups)
-
-    def on_log(self, args, state, control, logs: dict, **kwargs):
+    def on_sdpg_step(self, args, state, control, *, step: int, metrics: dict, groups: list[dict],
+                     skipped: list[str], updates: int):
+        """The trainer's metrics row and rollout groups of training step `step` (`updates` optimizer updates), after
+        its last update, and why any of its updates was skipped."""
         if self.records is None:
             return
-        if "grad_norm" in logs:
-            self._logs.append(logs)
-        if self._pending is None or self._pending[0] * self._updates != state.global_step:
-            return
-        step, metrics, groups = self._pending
-        norms = [log["grad_norm"] for log in self._logs[-self._updates:]]
-        self._pending = None
+        self._updates = updates
+        for reason in skipped:
+            self.records.emit_event("step_skipped", step=step, reason=reason)
         self.records.emit_rollouts(step, groups)
-        self.records.emit_metrics(step, {**metrics, "grad/norm": sum(norms) / len(norms), "grad/norm_max": max(norms),
-                                         "optim/lr": self._logs[-self._updates].get("learning_rate")})
-        self._logs.clear()
+        self.records.emit_metrics(step, metrics)
 
     def on_save(self, args, state, control, **kwargs):
         if self.records is not None:

@@ -14,10 +14,11 @@ Design choices:
   gathered rewards, the teacher prompts, rollout metrics), `_prepare_inputs` (no shuffle), `compute_loss` (our
   method's loss on one micro-batch), `training_step` (closes a step's metrics), `create_scheduler` /
   `get_decay_parameter_names` (the engine's warmup and weight-decay set).
-- The micro-step is the engine's own, `sdpg.step.micro_step` (teacher and student forwards, fused KL, the
-  method's loss), and so are the metric reduction (`sdpg.step.reduce_parts`, by the `sdpg.metrics` rules) and the
-  rollout metrics. The teacher is the current model with no gradient on the student text followed by the row's
-  privileged context and the very same response tokens.
+- The step is the engine's own (`sdpg.step`): the micro-step (teacher and student forwards, fused KL, the method's
+  loss), beta, scoring with the overlong penalty, the metric reduction (`reduce_step`, TRL's all-reduce passed
+  in), the non-finite-update rule (`skip_reason`, applied in `_clip_grad_norm`: a skipped update's gradients are
+  dropped), the metrics row (`step_metrics`) and the group records. The teacher is the current model with no
+  gradient on the student text followed by the row's privileged context and the very same response tokens.
 - Old log-probs as in the engine: with `rollout.recompute_old_logp`, the first update's own log-probs, and TRL's
   no-grad recomputation before the first update (`old_per_token_logps`, computed by TRL whenever a generation
   feeds several updates) for the later ones; the sampler's log-probs, when it gave them (vLLM, a rollout hook),
@@ -27,7 +28,7 @@ Design choices:
   mini-batches are whole groups in order, as the engine's; TRL's global step counts updates, the training step is
   it divided by `updates_per_step`.
 - Relies on TRL 1.16 internals besides the public hooks (`_generate_and_score_completions`, `_tokenize_prompts`,
-  `_step`): the version is pinned in requirements.txt.
+  `_step`, `_clip_grad_norm`): the version is pinned in requirements.txt.
 - Both forwards run through the (possibly DDP- or DeepSpeed-wrapped) model's own forward with the
   `sdpg_backbone` switch (`add_backbone_switch`), so the wrapper's hooks see them. The fused KL runs after the
   forward, outside accelerate's autocast (which wraps the forward only), and computes in float32 itself.
@@ -35,9 +36,9 @@ Design choices:
   `token-mean`, sequences otherwise): summed over micro-batches and averaged over processes by DDP / DeepSpeed, the
   gradient is exactly the mini-batch one, as in the engine.
 - Records: per-step metrics carry the engine's keys, reduced over processes; per-token rollout records come from
-  process 0's first whole groups. They reach callbacks as an `on_sdpg_step(args, state, control, metrics, groups)`
-  event (see `sdpg.scale.records`), before the step's last optimizer update; gradient norms and learning rate come
-  with TRL's logs.
+  process 0's first whole groups. They reach callbacks as an `on_sdpg_step(args, state, control, step, metrics,
+  groups, skipped)` event (see `sdpg.scale.records`) at the log of the step's last optimizer update (`log`), with
+  the updates' gradient norms and learning rate; `skipped` holds the reasons of skipped updates.
 """
 from __future__ import annotations
 
@@ -59,13 +60,13 @@ from sdpg.config import TrainConfig
 from sdpg.data import PromptRow
 from sdpg.forward import activation_checkpointing, lm_head_weight, response_hidden, token_logp
 from sdpg.rollout import cache_kwarg
-from sdpg.losses import beta_schedule, group_advantages
-from sdpg.methods import get_method
-from sdpg.reward import MathVerifier, overlong_penalty
+from sdpg.losses import NonFiniteError, group_advantages
+from sdpg.methods import Input, get_method
+from sdpg.reward import MathVerifier
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
-from sdpg.step import (MicroBatch, Part, StepContext, finish_reduce, micro_step, reduce_parts, rollout_metrics,
-                       teacher_stats)
-from sdpg.trainer import group_record, lr_warmup, token_records
+from sdpg.step import (MicroBatch, Part, StepContext, lr_warmup, micro_step, reduce_step, rollout_metrics, score,
+                       skip_reason, step_context, step_metrics, teacher_stats)
+from sdpg.trainer import group_records, token_records
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
     """Our rows as TRL's prompt dataset: `prompt` (a user message, or plain text for a tokenizer without a chat
@@ -97,8 +98,9 @@ def add_backbone_switch(model) -> None:
 class VerifierReward:
     """TRL reward function: the math verifier's reward, plus the DAPO overlong penalty, per completion.
 
-    Completions are decoded from their token ids as the engine's rollout decodes them. The last call's texts,
-    rewards and verdicts stay readable (the trainer's records and reward metrics use them).
+    Completions are decoded from their token ids as the engine's rollout decodes them and scored by the engine's
+    `sdpg.step.score`. The last call's texts, rewards, verdicts and verifier seconds stay readable (the trainer's
+    records and metrics use them).
     """
 
     def __init__(self, verifier: MathVerifier, tokenizer, cfg: TrainConfig):
@@ -106,16 +108,14 @@ class VerifierReward:
         self.texts: list[str] = []
         self.rewards: list[float] = []
         self.verdicts: list = []
+        self.seconds = 0.0
 
     def __call__(self, *, completion_ids: list[list[int]], answer: list[str], **_) -> list[float]:
         """Rewards of one batch of completions (token ids) against the rows' gold answers; TRL's other keywords
         (prompts, completions, dataset columns, trainer state) are not needed."""
         self.texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        self.verdicts = self.verifier.score(self.texts, list(answer))
-        rc = self.cfg.reward
-        penalty = overlong_penalty([len(ids) for ids in completion_ids], self.cfg.rollout.max_new_tokens,
-                                   rc.overlong_buffer, rc.overlong_penalty)
-        self.rewards = [v.reward + p for v, p in zip(self.verdicts, penalty, strict=True)]
+        scores = score(self.verifier, self.texts, list(answer), [len(ids) for ids in completion_ids], self.cfg)
+        self.verdicts, self.rewards, self.seconds = scores.verdicts, scores.rewards.tolist(), scores.seconds
         return self.rewards
 
 
@@ -187,9 +187,19 @@ class _Step:
     """each mini-batch's loss normaliser over all processes (response tokens, or sequences)"""
     gap: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """|sampler - old| log-probs over response tokens: sum, count, max"""
-    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "teacher": 0.0})
+    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0, "teacher": 0.0})
     tokens: float = 0.0
     token_records: dict[int, dict] = field(default_factory=dict)
+    error: str = ""
+    """the NaN / inf a micro-step of the current update found ("" while none)"""
+    grad_norms: list[float] = field(default_factory=list)
+    """one per optimizer update so far"""
+    skipped: list[str] = field(default_factory=list)
+    """per update so far, why it was skipped ("" where it was applied)"""
+    lr: float = 0.0
+    """the learning rate of the step's updates"""
+    beta_k: float = 0.0
+    """the step's scheduled distillation weight"""
 
 
 @dataclass(frozen=True)
@@ -277,6 +287,7 @@ class SDPGTrainer(GRPOTrainer):
             out["old_per_token_logps"] = self._recompute_old_logp(out)  # (B_local, T)
         step.tokens = float(out["num_items_in_batch"])
         step.times["rollout"] = time.perf_counter() - t0
+        step.times["reward"] = reward.seconds
         return out
 
     def _teacher_prompts(self, inputs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,14 +338,37 @@ class SDPGTrainer(GRPOTrainer):
 
     # ---------------- update ----------------
     def training_step(self, model, inputs, num_items_in_batch):
-        """TRL's micro-step; the first of a training step opens its record, the last closes it."""
+        """TRL's micro-step; the first of a training step opens its record (`log` closes it)."""
         cycle = self.args.steps_per_generation * self.num_iterations
         if self._step % cycle == 0:
             self._current = _Step(started=time.perf_counter())
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._step % cycle == 0:
-            self._close_step()
-        return loss
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _clip_grad_norm(self, model):
+        """TRL's clipping, then the engine's non-finite-update rule (`sdpg.step.skip_reason`): a skipped update's
+        gradients are dropped, so the optimizer leaves weights and moments alone (every process sees the same
+        all-reduced norm, and a micro-step's NaN reaches that norm, so all processes skip together)."""
+        norm = float(super()._clip_grad_norm(model))
+        step = self._current
+        reason = skip_reason(step.error, norm)
+        if reason:
+            for p in model.parameters():
+                p.grad = None
+        if not step.grad_norms:
+            step.lr = self._get_learning_rate()
+        step.grad_norms.append(norm)
+        step.skipped.append(reason)
+        step.error = ""
+        return norm
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log of an update; after a training step's last update, first the step's metrics and records go to
+        the callbacks (`_close_step`)."""
+        step = self._current
+        if step is not None and len(step.grad_norms) == self.updates:
+            self._current = None
+            self._close_step(step)
+        super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Our method's loss on one micro-batch by the shared micro-step, scaled by its share of the mini-batch."""
@@ -342,9 +376,15 @@ class SDPGTrainer(GRPOTrainer):
             raise ValueError("SDPGTrainer.compute_loss returns the loss only (return_outputs=True is not supported)")
         step, pos = self._current, self._position()
         weight = lm_head_weight(self.accelerator.unwrap_model(model))
-        result = micro_step(_Forwards(model, weight), self._micro_batch(inputs, pos), self._context())
         mask = inputs["completion_mask"].float()  # (B, T)
         share = self._share(mask, pos)
+        ctx = self._context()
+        step.beta_k = ctx.beta_k
+        try:
+            result = micro_step(_Forwards(model, weight), self._micro_batch(inputs, pos), ctx)
+        except NonFiniteError as exc:  # the update is skipped (`_clip_grad_norm`): its gradient becomes NaN
+            step.error = str(exc)
+            return float("nan") * sum(p.sum() for p in model.parameters() if p.requires_grad)
         step.parts.append(Part(result.stats, share / self.updates,
                                float(mask.sum()) / (self.num_iterations * step.tokens),
                                mask.shape[0] / (self.num_iterations * self.args.generation_batch_size),
@@ -372,7 +412,8 @@ class SDPGTrainer(GRPOTrainer):
             inputs["completion_ids"], inputs["completion_mask"], inputs["advantages"],
             torch.tensor([self._current.rollouts.verdicts[i].correct for i in index]),
             old_logp=self._old_logp(inputs, pos),
-            refs={"ref_logp": inputs["ref_per_token_logps"] * mask} if self.method.uses_reference(self.sdpg_cfg.loss) else {},
+            refs={Input.REF_LOGP.value: inputs["ref_per_token_logps"] * mask}
+            if self.method.uses_reference(self.sdpg_cfg.loss) else {},
             record_rows=tuple(j for j, i in enumerate(index) if record and i < recorded * self.num_generations))
 
     def _old_logp(self, inputs: dict, pos: _Position) -> torch.Tensor | None:
@@ -404,19 +445,8 @@ class SDPGTrainer(GRPOTrainer):
         acc[0], acc[1], acc[2] = acc[0] + float(gap.sum()), acc[1] + gap.numel(), max(acc[2], float(gap.max()))
 
     def _context(self) -> StepContext:
-        return StepContext(self.sdpg_cfg, self.method, self._beta_k(), self._training_step())
-
-    def _training_step(self) -> int:
-        """Training steps completed before this one (TRL's global step counts optimizer updates)."""
-        return self.state.global_step // self.updates
-
-    def _beta_k(self) -> float:
-        """The scheduled distillation weight at this step (0 for methods that only monitor the KL)."""
-        lc = self.sdpg_cfg.loss
-        if not self.method.distills:
-            return 0.0
-        return beta_schedule(self._training_step() + 1, self.sdpg_cfg.run.steps, lc.beta, lc.beta_warmup,
-                             lc.beta_decay)
+        """The step's shared context; TRL's global step counts optimizer updates."""
+        return step_context(self.sdpg_cfg, self.method, self.state.global_step // self.updates)
 
     def _record_tokens(self, inputs: dict, records: dict[int, dict], weight: torch.Tensor) -> None:
         """Per-token records of the micro-batch's recorded rows (process 0, first epoch)."""
@@ -425,38 +455,32 @@ class SDPGTrainer(GRPOTrainer):
         for j, record in zip(records, built):
             self._current.token_records[index[j]] = record
 
-    def _close_step(self) -> None:
-        """Reduce the step's statistics over micro-batches, updates and processes; hand metrics and groups to the
-        callbacks."""
-        step = self._current
-        sums = reduce_parts(step.parts)
-        keys = sorted(sums)
-        values = torch.tensor([v for k in keys for v in sums[k]] + step.gap[:2], dtype=torch.float64,
-                              device=self.accelerator.device)
-        totals = self.accelerator.reduce(values, reduction="sum").tolist()
-        stats = finish_reduce({k: (totals[2 * i], totals[2 * i + 1]) for i, k in enumerate(keys)})
+    def _close_step(self, step: _Step) -> None:
+        """The step's metrics row (`sdpg.step.step_metrics`, statistics reduced over micro-batches, updates and
+        processes) and recorded groups, handed to the callbacks after the step's last optimizer update."""
+        device = self.accelerator.device
+
+        def all_reduce(values: list[float]) -> list[float]:
+            return self.accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=device), "sum").tolist()
+
+        stats = reduce_step(step.parts, all_reduce)
+        gap_sum, gap_count = all_reduce(step.gap[:2])
+        groups = group_records(step.rollouts.rows[::self.num_generations], step.rollouts.texts, step.rollouts.rewards,
+                               step.rollouts.verdicts, step.rollouts.adv, step.token_records, self.num_generations
+                               ) if self.accelerator.is_main_process else []
         elapsed = time.perf_counter() - step.started
-        groups = self._group_records() if self.accelerator.is_main_process else []
-        metrics = {**step.metrics, **teacher_stats(stats, self.method, self.sdpg_cfg.loss, groups), "beta/effective": self._beta_k(),
-                   "optim/updates": float(self.updates), "step/skipped": 0.0,
-                   "perf/tokens_per_s": step.tokens / elapsed, "time/rollout": step.times["rollout"],
-                   "time/teacher": step.times["teacher"],
-                   "time/update": elapsed - step.times["rollout"] - step.times["teacher"], "time/step": elapsed}
-        if totals[-1]:
-            gap_max = self.accelerator.reduce(torch.tensor(step.gap[2], device=self.accelerator.device), "max")
-            metrics |= {"rollout/logp_gap_mean": totals[-2] / totals[-1], "rollout/logp_gap_max": float(gap_max)}
+        metrics = step_metrics(step.metrics, teacher_stats(stats, self.method, self.sdpg_cfg.loss, groups),
+                               beta_k=step.beta_k, grad_norms=step.grad_norms,
+                               skipped=[bool(r) for r in step.skipped], lr=step.lr, tokens=step.tokens,
+                               seconds={**step.times, "update": elapsed - step.times["rollout"], "step": elapsed})
+        if gap_count:
+            gap_max = self.accelerator.reduce(torch.tensor(step.gap[2], device=device), "max")
+            metrics |= {"rollout/logp_gap_mean": gap_sum / gap_count, "rollout/logp_gap_max": float(gap_max)}
         for callback in self.callback_handler.callbacks:
             handler = getattr(callback, "on_sdpg_step", None)
             if handler is not None:
-                handler(self.args, self.state, self.control, metrics=metrics, groups=groups, updates=self.updates)
-
-    def _group_records(self) -> list[dict]:
-        step, g = self._current, self.num_generations
-        ro, records = step.rollouts, step.token_records
-        return [group_record(gi, ro.rows[gi * g], ro.texts[gi * g:(gi + 1) * g], ro.rewards[gi * g:(gi + 1) * g],
-                             ro.verdicts[gi * g:(gi + 1) * g], ro.adv[gi * g:(gi + 1) * g],
-                             [records[i] for i in range(gi * g, (gi + 1) * g)])
-                for gi in range(len(records) // g)]
+                handler(self.args, self.state, self.control, step=self.state.global_step // self.updates,
+                        metrics=metrics, groups=groups, skipped=[r for r in step.skipped if r], updates=self.updates)
 
 
 def _prompt(text: str, chat: bool):

@@ -12,13 +12,16 @@ from sdpg.tasks.chain import REASONING
 
 TASKS: dict[str, Task] = {"add": add_task(), "sparse": SPARSE, "reasoning": REASONING}
 
-__all__ = ["ADD_DIGITS", "CONTEXTS", "TASKS", "Problem", "Task", "context_fn", "get_task"]
+__all__ = ["ADD_DIGITS", "CONTEXTS", "TASKS", "Problem", "Task", "context_fn", "get_task", "tasks_with_difficulty"]
 
 
 def get_task(name: str, digits: tuple[int, int] | None = None) -> Task:
-    """The task `name`; `digits` sets the difficulty of `add` (the other tasks have a fixed one)."""
+    """The task `name`, at difficulty `digits` (`data.digits`) for a task that has that setting (`Task.at`)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    if name == "add" and digits is not None:
-        return add_task(tuple(digits))
-    return TASKS[name]
+    return TASKS[name].at(digits)
+
+
+def tasks_with_difficulty() -> list[str]:
+    """The tasks whose difficulty `data.digits` sets."""
+    return sorted(name for name, task in TASKS.items() if task.difficulty is not None)

@@ -10,11 +10,12 @@ Design choices:
 - Splits are decided by a hash of a problem's canonical key, never by the seed, so no seed or size can
   move a held-out problem into training.
 - Every task answers in `\\boxed{}` and is scored by the same math-verify reward; only the generator,
-  the taught response and the warm-start settings differ.
+  the taught response, the warm-start settings and the difficulty setting (`Task.difficulty`) differ.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ from sdpg.data import PromptRow
 SPLITS = ("train", "val")
 VAL_BUCKETS = 8
 """one problem in VAL_BUCKETS (by hash of its key) belongs to the val split"""
+HINT_PATTERN = re.compile(r"Hint: (?P<answer>\S+) \((?P<solution>[^()]*)\)\n")
+"""a hint line with both the answer and the worked solution"""
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,24 @@ class Problem:
     """e.g. "embedded/reasoning" """
 
 
+def hint_text(answer: str = "", solution: str = "") -> str:
+    """The teacher's hint line, `Hint: 579 (3+6=9 2+5=7 1+4=5)`; either part may be left out (the context variants)."""
+    parts = [answer] if answer else []
+    if solution:
+        parts.append(f"({solution})")
+    return "Hint: " + " ".join(parts) + "\n"
+
+
+def parse_hint(context: str) -> tuple[str, str] | None:
+    """(answer, worked solution) of a hint line written by `hint_text` with both parts, else None."""
+    match = HINT_PATTERN.fullmatch(context)
+    return (match["answer"], match["solution"]) if match else None
+
+
 CONTEXTS: dict[str, Callable[[Problem], str]] = {
-    "full": lambda p: f"Hint: {p.answer} ({p.solution})\n",
-    "answer": lambda p: f"Hint: {p.answer}\n",
-    "solution": lambda p: f"Hint: ({p.solution})\n",
+    "full": lambda p: hint_text(p.answer, p.solution),
+    "answer": lambda p: hint_text(p.answer),
+    "solution": lambda p: hint_text(solution=p.solution),
     "none": lambda p: "",
 }
 """context variant name -> the privileged context the teacher sees after the student's text"""
@@ -69,6 +86,12 @@ class Task:
     """context variants the warm start shows on its hinted examples, in turn"""
     warm_start: dict[str, Any] = field(default_factory=dict, hash=False)
     """WarmStartConfig fields that put this task's student where it should start"""
+    difficulty: Callable[[tuple[int, int]], "Task"] | None = field(default=None, repr=False)
+    """`data.digits` -> this task at that difficulty; None for a task with a fixed difficulty"""
+
+    def at(self, digits: tuple[int, int] | None) -> "Task":
+        """This task at difficulty `digits` (`data.digits`); a fixed-difficulty task, or None, leaves it as it is."""
+        return self if digits is None or self.difficulty is None else self.difficulty(tuple(digits))
 
     def problems(self, n: int, *, seed: int = 0, split: str = "train") -> list[Problem]:
         if not isinstance(n, int) or n < 0:
