@@ -19,6 +19,8 @@ Design choices:
   refusal says nothing about whether the path exists.
 - SIGTERM is handled like Ctrl-C: the server closes, the live run saves a final checkpoint and records
   `stopped`, then the process exits.
+- Which run button works in which status is the engine's table (`sdpg.run.ACTIONS`); a button press the
+  status does not allow is refused with a message, the same rule that greys the button out.
 - Health events of the shown run appear as a banner under the status card.
 - Gradio 6 takes theme and CSS at launch, so `serve()` is the one launcher for the CLI and tests.
 - Without `--config` the page starts from the demo task `DEMO_TASK`, the embedded task on which the comparison in
@@ -59,7 +61,7 @@ from sdpg.playground import (Subject, context_gap, context_variants, load_subjec
                              recorded_response_ids)
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
-from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
+from sdpg.run import ACTIONS, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
 from sdpg.task import make_row  # noqa: E402
 from sdpg.tasks import TASKS  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
@@ -106,40 +108,48 @@ class Controller(RunView):
     def status_card(self) -> str:
         return super().status_card() + replay_problems(self.replay)
 
-    # ---- controls ----
+    # ---- controls: each allowed only in the statuses `sdpg.run.ACTIONS` names ----
+    def refusal(self, action: str) -> tuple[str, str] | None:
+        """The message refusing `action` in the live run's status, or None when it is allowed."""
+        status = self.live_status()
+        if action in ACTIONS[status]:
+            return None
+        where = f" ({self.handle.run_dir})" if self.handle is not None else ""
+        allowed = ", ".join(ACTIONS[status]) or "nothing until it has stopped"
+        return f"Cannot {action} now: the run{where} is {status} (allowed: {allowed}).", "error"
+
     def start(self, cfg: TrainConfig) -> tuple[str, str]:
         with self._lock:
-            if self.handle is not None and self.handle.status in ACTIVE:
-                return f"A run is already {self.handle.status} ({self.handle.run_dir}); stop it before starting another.", "error"
+            if refused := self.refusal("start"):
+                return refused
             if not cfg.run.run_dir:
                 cfg.run.run_dir = str(fresh_run_dir(self.runs_root, cfg))
             handle = self.run_factory(cfg)
             handle.start()
-            self.handle, self.replay, self.stop_requested = handle, None, False
+            self.handle, self.replay = handle, None
         return f"Started {cfg.loss.method.upper()} for {cfg.run.steps} steps → {handle.run_dir}", "ok"
 
     def pause(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in PAUSABLE:
-            return f"Nothing to pause (run is {self.live_status()}).", "error"
+        if refused := self.refusal("pause"):
+            return refused
         self.handle.pause()
         return "Pause requested: the run pauses after the current step.", "info"
 
     def resume(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ("paused", "running", "loading"):
-            return f"Nothing to resume (run is {self.live_status()}).", "error"
+        if refused := self.refusal("resume"):
+            return refused
         self.handle.resume()
         return "Resumed.", "ok"
 
     def stop(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ACTIVE:
-            return f"Nothing to stop (run is {self.live_status()}).", "error"
-        self.stop_requested = True
+        if refused := self.refusal("stop"):
+            return refused
         self.handle.stop(wait=False)
         return "Stop requested: the run saves a checkpoint after the current step and ends.", "info"
 
     def checkpoint(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ("running", "paused"):
-            return f"No running run to checkpoint (run is {self.live_status()}).", "error"
+        if refused := self.refusal("checkpoint"):
+            return refused
         self.handle.request_checkpoint()
         return "Checkpoint requested: it is saved after the current step.", "info"
 
@@ -302,11 +312,13 @@ def selection_views(stream, step, group, color_by, response, position, wresponse
             topk_figure(g, int(response or 0), int(position or 0)), whatif_view(stream, g, wresponse))
 
 
+RUN_BUTTONS = ("start", "pause", "resume", "stop", "checkpoint")
+"""the run buttons, each named after the action (`sdpg.run.ACTIONS`) it asks for"""
+
+
 def button_states(status: str) -> tuple:
-    active = status in ACTIVE or status == "stopping"
-    return (gr.update(interactive=not active), gr.update(interactive=status in PAUSABLE),
-            gr.update(interactive=status == "paused"), gr.update(interactive=status in ACTIVE),
-            gr.update(interactive=status in ("running", "paused")))
+    """One update per `RUN_BUTTONS` button: usable exactly when the status allows its action."""
+    return tuple(gr.update(interactive=action in ACTIONS[status]) for action in RUN_BUTTONS)
 
 
 # ---------------- the page ----------------
@@ -423,7 +435,7 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
 
 def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
     """The timer refresh; returns the tick with its inputs and outputs so the page load can draw at once too."""
-    buttons = [ui.start, ui.pause, ui.resume, ui.stop, ui.checkpoint]
+    buttons = [getattr(ui, action) for action in RUN_BUTTONS]
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
     sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
     tick_outputs = [seen, ui.status, *buttons, ui.curves, ui.evolution, ui.step, *sel_controls, *sel_views]
@@ -496,7 +508,7 @@ def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> No
     def reply(action):
         return lambda: message_html(*action())
 
-    for name in ("pause", "resume", "stop", "checkpoint"):
+    for name in RUN_BUTTONS[1:]:
         getattr(ui, name).click(reply(getattr(ctl, name)), None, ui.message, api_name=name)
     ui.list_runs.click(lambda: gr.update(choices=list_runs(ctl.runs_root)), None, ui.run_pick, api_visibility="private")
     ui.open.click(lambda d: message_html(*ctl.open_replay(d)), ui.run_pick, ui.message, api_name="open_replay")

@@ -51,7 +51,7 @@ from typing import Any
 
 from experiments.stats import bootstrap_ci, curve_area, paired_difference
 from lab.compare import comparison_figures
-from lab.status import replay_status
+from sdpg.run import replay_status
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.cli import build_parser as train_parser, config_from_args
 from sdpg.config import TrainConfig
