@@ -46,7 +46,6 @@ import gradio as gr  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
-from experiments.compare import find_runs, load_run  # noqa: E402
 from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
@@ -59,9 +58,10 @@ from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
 from sdpg.playground import (Subject, context_gap, context_variants, load_subject, probe_response,  # noqa: E402
                              recorded_response_ids)
-from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
+from sdpg.records import RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
 from sdpg.run import ACTIONS, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
+from sdpg.runs import find_runs, load_run, newest_runs  # noqa: E402
 from sdpg.task import make_row  # noqa: E402
 from sdpg.tasks import TASKS  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
@@ -226,12 +226,8 @@ def fresh_run_dir(runs_root: Path, cfg: TrainConfig) -> Path:
 
 
 def list_runs(runs_root: str | Path) -> list[str]:
-    """Run directories under `runs_root` that hold records, newest first."""
-    root = Path(runs_root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE))]
-    return [str(p) for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
+    """Run directories directly under `runs_root`, newest first (the Replay tab's choices)."""
+    return [str(p) for p in newest_runs(runs_root)]
 
 
 def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, gate, beta_warmup, beta_decay, lr,
