@@ -457,7 +457,8 @@ def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
 
 
 def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
-    """Redraw the selection views when the user picks a step, group, colour, response or token."""
+    """Redraw the selection views when the user picks a step, group, colour, response or token, steps with ◀ / ▶,
+    or turns "follow latest step" back on (which shows the newest step at once)."""
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
     sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
     sel_inputs = [ui.step, ui.group, ui.color_by, ui.resp, ui.pos, ui.wresp]
@@ -474,8 +475,15 @@ def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
             return [gr.update(value=new), *on_step(new, group, color, r, p, wr)]
         return go_to
 
+    def follow_latest(on, step, group, color, r, p, wr):
+        newest = follow_step(browsable_steps(ctl.stream()), step, on)
+        if not on or newest is None or newest == step:
+            return [gr.skip()] * (1 + len(sel_controls) + len(sel_views))
+        return [gr.update(value=newest), *on_step(newest, group, color, r, p, wr)[1:]]
+
     for dropdown in (ui.step, ui.group):
         dropdown.input(on_step, sel_inputs, [ui.follow, *sel_controls, *sel_views], show_progress="hidden")
+    ui.follow.input(follow_latest, [ui.follow, *sel_inputs], [ui.step, *sel_controls, *sel_views], show_progress="hidden")
     for button, delta in ((ui.prev, -1), (ui.next, +1)):
         button.click(step_by(delta), sel_inputs, [ui.step, ui.follow, *sel_controls, *sel_views], show_progress="hidden")
     ui.color_by.input(lambda s, g, c: token_heatmap(pick_group(ctl.stream(), s, g), c),
