@@ -52,7 +52,7 @@ STATUSES = ("idle", "created", "loading", "running", "paused", "stopping", "stop
 """every state a run can show: "idle" before any run, a `RunHandle.status`, or "incomplete" for a recording whose
 events end without saying how the run ended (cut off, or still being written by another process)"""
 ACTIVE = ("created", "loading", "running", "paused")
-"""a run whose thread has not ended: it can be paused, resumed or stopped, and no second run may start"""
+"""a run whose thread has not ended (what may be asked of it is `ACTIONS`); no second run may start meanwhile"""
 TERMINAL = ("stopped", "finished", "crashed")
 """a run whose thread has ended; its records are complete"""
 ACTIONS: dict[str, tuple[str, ...]] = {
