@@ -83,16 +83,22 @@ class Session:
         self.page.get_by_role("tab", name=name, exact=True).click()
 
     def fill(self, elem_id: str, value) -> None:
-        box = self.el(elem_id).locator("input, textarea").first
-        box.fill(str(value))
-        box.dispatch_event("change")
+        self.el(elem_id).locator("input, textarea").first.fill(str(value))
 
     def choose(self, elem_id: str, option) -> None:
         self.el(elem_id).locator("input").first.click()
         self.page.get_by_role("option", name=str(option), exact=True).click()
 
+    def settle(self) -> None:
+        """Wait until every event sent so far has completed and none followed for a moment (a late answer to an
+        earlier event must not land on a control after the next one is operated)."""
+        for _ in range(2):
+            wait_for(lambda: all(c["done"] for c in self.calls), timeout=60, what="pending events to complete")
+            self.page.wait_for_timeout(300)
+
     def tick(self, elem_id: str, on: bool) -> None:
         """Click a checkbox into state `on` (Playwright's check() misreads Gradio's re-rendered box)."""
+        self.settle()
         box = self.el(elem_id).locator("input")
         if box.is_checked() != on:
             box.click()
@@ -100,9 +106,6 @@ class Session:
 
     def value(self, elem_id: str) -> str:
         return self.el(elem_id).locator("input, textarea").first.input_value()
-
-    def text(self, elem_id: str) -> str:
-        return self.el(elem_id).inner_text()
 
     def mark(self) -> int:
         return len(self.calls)
@@ -402,6 +405,7 @@ def test_every_control_works_in_a_real_browser(served_page, tiny_model_dir):
             s = Session(page, ctl, demo, calls, tiny_model_dir)
             for driver in SCRIPT:
                 try:
+                    s.settle()
                     driver(s)
                 finally:
                     errors = [f"{c['name']}: {c['error']}" for c in calls if c["error"]]
