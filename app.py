@@ -19,6 +19,8 @@ Design choices:
   refusal says nothing about whether the path exists.
 - SIGTERM is handled like Ctrl-C: the server closes, the live run saves a final checkpoint and records
   `stopped`, then the process exits.
+- Which run button works in which status is the engine's table (`sdpg.run.ACTIONS`); a button press the
+  status does not allow is refused with a message, the same rule that greys the button out.
 - Health events of the shown run appear as a banner under the status card.
 - Gradio 6 takes theme and CSS at launch, so `serve()` is the one launcher for the CLI and tests.
 - Without `--config` the page starts from the demo task `DEMO_TASK`, the embedded task on which the comparison in
@@ -44,7 +46,6 @@ import gradio as gr  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
-from experiments.compare import find_runs, load_run  # noqa: E402
 from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
@@ -57,9 +58,10 @@ from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
 from sdpg.playground import (Subject, context_gap, context_variants, load_subject, probe_response,  # noqa: E402
                              recorded_response_ids)
-from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
+from sdpg.records import RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
-from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
+from sdpg.run import ACTIONS, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
+from sdpg.runs import find_runs, load_run, newest_runs  # noqa: E402
 from sdpg.tasks.addition import make_row  # noqa: E402
 from sdpg.tasks import TASKS  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
@@ -106,40 +108,48 @@ class Controller(RunView):
     def status_card(self) -> str:
         return super().status_card() + replay_problems(self.replay)
 
-    # ---- controls ----
+    # ---- controls: each allowed only in the statuses `sdpg.run.ACTIONS` names ----
+    def refusal(self, action: str) -> tuple[str, str] | None:
+        """The message refusing `action` in the live run's status, or None when it is allowed."""
+        status = self.live_status()
+        if action in ACTIONS[status]:
+            return None
+        where = f" ({self.handle.run_dir})" if self.handle is not None else ""
+        allowed = ", ".join(ACTIONS[status]) or "nothing until it has stopped"
+        return f"Cannot {action} now: the run{where} is {status} (allowed: {allowed}).", "error"
+
     def start(self, cfg: TrainConfig) -> tuple[str, str]:
         with self._lock:
-            if self.handle is not None and self.handle.status in ACTIVE:
-                return f"A run is already {self.handle.status} ({self.handle.run_dir}); stop it before starting another.", "error"
+            if refused := self.refusal("start"):
+                return refused
             if not cfg.run.run_dir:
                 cfg.run.run_dir = str(fresh_run_dir(self.runs_root, cfg))
             handle = self.run_factory(cfg)
             handle.start()
-            self.handle, self.replay, self.stop_requested = handle, None, False
+            self.handle, self.replay = handle, None
         return f"Started {cfg.loss.method.upper()} for {cfg.run.steps} steps → {handle.run_dir}", "ok"
 
     def pause(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in PAUSABLE:
-            return f"Nothing to pause (run is {self.live_status()}).", "error"
+        if refused := self.refusal("pause"):
+            return refused
         self.handle.pause()
         return "Pause requested: the run pauses after the current step.", "info"
 
     def resume(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ("paused", "running", "loading"):
-            return f"Nothing to resume (run is {self.live_status()}).", "error"
+        if refused := self.refusal("resume"):
+            return refused
         self.handle.resume()
         return "Resumed.", "ok"
 
     def stop(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ACTIVE:
-            return f"Nothing to stop (run is {self.live_status()}).", "error"
-        self.stop_requested = True
+        if refused := self.refusal("stop"):
+            return refused
         self.handle.stop(wait=False)
         return "Stop requested: the run saves a checkpoint after the current step and ends.", "info"
 
     def checkpoint(self) -> tuple[str, str]:
-        if self.handle is None or self.handle.status not in ("running", "paused"):
-            return f"No running run to checkpoint (run is {self.live_status()}).", "error"
+        if refused := self.refusal("checkpoint"):
+            return refused
         self.handle.request_checkpoint()
         return "Checkpoint requested: it is saved after the current step.", "info"
 
@@ -216,12 +226,8 @@ def fresh_run_dir(runs_root: Path, cfg: TrainConfig) -> Path:
 
 
 def list_runs(runs_root: str | Path) -> list[str]:
-    """Run directories under `runs_root` that hold records, newest first."""
-    root = Path(runs_root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE))]
-    return [str(p) for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
+    """Run directories directly under `runs_root`, newest first (the Replay tab's choices)."""
+    return [str(p) for p in newest_runs(runs_root)]
 
 
 def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, gate, beta_warmup, beta_decay, lr,
@@ -302,11 +308,13 @@ def selection_views(stream, step, group, color_by, response, position, wresponse
             topk_figure(g, int(response or 0), int(position or 0)), whatif_view(stream, g, wresponse))
 
 
+RUN_BUTTONS = ("start", "pause", "resume", "stop", "checkpoint")
+"""the run buttons, each named after the action (`sdpg.run.ACTIONS`) it asks for"""
+
+
 def button_states(status: str) -> tuple:
-    active = status in ACTIVE or status == "stopping"
-    return (gr.update(interactive=not active), gr.update(interactive=status in PAUSABLE),
-            gr.update(interactive=status == "paused"), gr.update(interactive=status in ACTIVE),
-            gr.update(interactive=status in ("running", "paused")))
+    """One update per `RUN_BUTTONS` button: usable exactly when the status allows its action."""
+    return tuple(gr.update(interactive=action in ACTIONS[status]) for action in RUN_BUTTONS)
 
 
 # ---------------- the page ----------------
@@ -331,35 +339,44 @@ def settings_panel(base: TrainConfig) -> SimpleNamespace:
     """The left column: run settings seeded from `base`, the run buttons and the message line."""
     ui = SimpleNamespace()
     gr.Markdown("### Run settings")
-    ui.method = gr.Dropdown(list(METHODS), value=base.loss.method, label="Method", info=METHODS[base.loss.method].description)
+    ui.method = gr.Dropdown(list(METHODS), value=base.loss.method, label="Method", info=METHODS[base.loss.method].description,
+                            elem_id="sdpg-method")
     with gr.Row():
-        ui.beta = gr.Number(base.loss.beta, label="β (distill KL)", min_width=120)
-        ui.alpha = gr.Number(base.loss.alpha, label="α (ref anchor)", min_width=120)
+        ui.beta = gr.Number(base.loss.beta, label="β (distill KL)", min_width=120, elem_id="sdpg-beta")
+        ui.alpha = gr.Number(base.loss.alpha, label="α (ref anchor)", min_width=120, elem_id="sdpg-alpha")
     with gr.Row():
-        ui.ref_mode = gr.Dropdown(list(REF_MODES), value=base.loss.ref_mode, label="Ref-KL mode", min_width=120)
-        ui.gate = gr.Checkbox(base.loss.gate, label="Gate distillation on A > 0", min_width=120)
+        ui.ref_mode = gr.Dropdown(list(REF_MODES), value=base.loss.ref_mode, label="Ref-KL mode", min_width=120,
+                                  elem_id="sdpg-ref-mode")
+        ui.gate = gr.Checkbox(base.loss.gate, label="Gate distillation on A > 0", min_width=120, elem_id="sdpg-gate")
     with gr.Row():
-        ui.beta_warmup = gr.Number(base.loss.beta_warmup, label="β warmup steps", precision=0, min_width=120)
-        ui.beta_decay = gr.Number(base.loss.beta_decay, label="β decay steps", precision=0, min_width=120)
+        ui.beta_warmup = gr.Number(base.loss.beta_warmup, label="β warmup steps", precision=0, min_width=120,
+                                   elem_id="sdpg-beta-warmup")
+        ui.beta_decay = gr.Number(base.loss.beta_decay, label="β decay steps", precision=0, min_width=120,
+                                  elem_id="sdpg-beta-decay")
     with gr.Row():
-        ui.lr = gr.Number(base.optim.lr, label="Learning rate", min_width=120)
-        ui.temperature = gr.Number(base.rollout.temperature, label="Temperature", min_width=120)
+        ui.lr = gr.Number(base.optim.lr, label="Learning rate", min_width=120, elem_id="sdpg-lr")
+        ui.temperature = gr.Number(base.rollout.temperature, label="Temperature", min_width=120, elem_id="sdpg-temperature")
     with gr.Row():
-        ui.group_size = gr.Number(base.rollout.group_size, label="Group size G", precision=0, min_width=120)
-        ui.steps = gr.Number(base.run.steps, label="Steps", precision=0, min_width=120)
+        ui.group_size = gr.Number(base.rollout.group_size, label="Group size G", precision=0, min_width=120,
+                                  elem_id="sdpg-group-size")
+        ui.steps = gr.Number(base.run.steps, label="Steps", precision=0, min_width=120, elem_id="sdpg-steps")
     with gr.Accordion("Model & data", open=False):
-        ui.model = gr.Textbox(base.model.name, label="Model", info="'embedded', an HF id, or a local folder")
-        ui.data = gr.Textbox(base.data.train, label="Training data", info="'embedded' or a .parquet/.jsonl file")
-        ui.val = gr.Textbox(base.data.val, label="Held-out data", info="'embedded' or a file in the same layout")
+        ui.model = gr.Textbox(base.model.name, label="Model", info="'embedded', an HF id, or a local folder",
+                              elem_id="sdpg-model")
+        ui.data = gr.Textbox(base.data.train, label="Training data", info="'embedded' or a .parquet/.jsonl file",
+                             elem_id="sdpg-data")
+        ui.val = gr.Textbox(base.data.val, label="Held-out data", info="'embedded' or a file in the same layout",
+                            elem_id="sdpg-val")
         ui.task = gr.Dropdown(sorted(TASKS), value=base.data.task, label="Embedded task",
-                              info=f"for 'embedded' data (docs/tasks.md); the demo task is {DEMO_TASK}: {DEMO_WHY}")
-    ui.start = gr.Button("▶ Start", variant="primary")
+                              info=f"for 'embedded' data (docs/tasks.md); the demo task is {DEMO_TASK}: {DEMO_WHY}",
+                              elem_id="sdpg-task")
+    ui.start = gr.Button("▶ Start", variant="primary", elem_id="sdpg-start")
     with gr.Row():
-        ui.pause = gr.Button("❚❚ Pause", size="sm")
-        ui.resume = gr.Button("▶ Resume", size="sm")
+        ui.pause = gr.Button("❚❚ Pause", size="sm", elem_id="sdpg-pause")
+        ui.resume = gr.Button("▶ Resume", size="sm", elem_id="sdpg-resume")
     with gr.Row():
-        ui.stop = gr.Button("■ Stop", variant="stop", size="sm")
-        ui.checkpoint = gr.Button("Save checkpoint", size="sm")
+        ui.stop = gr.Button("■ Stop", variant="stop", size="sm", elem_id="sdpg-stop")
+        ui.checkpoint = gr.Button("Save checkpoint", size="sm", elem_id="sdpg-checkpoint")
     ui.message = gr.HTML(elem_id="sdpg-message")
     return ui
 
@@ -369,16 +386,17 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
     ui = SimpleNamespace()
     ui.status = gr.HTML(ctl.status_card(), elem_id="sdpg-status")
     with gr.Row(equal_height=True):
-        ui.prev = gr.Button("◀", size="sm", min_width=40, scale=0)
-        ui.step = gr.Dropdown([], label="Rollout step", scale=2)
-        ui.next = gr.Button("▶", size="sm", min_width=40, scale=0)
-        ui.group = gr.Dropdown([], label="Group", scale=1)
-        ui.follow = gr.Checkbox(True, label="Follow latest step", scale=1)
+        ui.prev = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="sdpg-step-prev")
+        ui.step = gr.Dropdown([], label="Rollout step", scale=2, elem_id="sdpg-step")
+        ui.next = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="sdpg-step-next")
+        ui.group = gr.Dropdown([], label="Group", scale=1, elem_id="sdpg-group")
+        ui.follow = gr.Checkbox(True, label="Follow latest step", scale=1, elem_id="sdpg-follow")
     with gr.Tabs():
         with gr.Tab("Training curves"):
             ui.curves = gr.Plot(show_label=False, elem_id="sdpg-curves")
         with gr.Tab("Token KL"):
-            ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by")
+            ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by",
+                                   elem_id="sdpg-color-by")
             ui.heatmap = gr.Plot(show_label=False, elem_id="sdpg-heatmap")
         with gr.Tab("Advantages"):
             with gr.Row():
@@ -387,22 +405,23 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
         with gr.Tab("Rollouts"):
             ui.rollout = gr.HTML(elem_id="sdpg-rollout")
             with gr.Row():
-                ui.resp = gr.Number(0, precision=0, minimum=0, label="Response #", info="0 … 0")
-                ui.pos = gr.Number(0, precision=0, minimum=0, label="Token position", info="0 … 0")
+                ui.resp = gr.Number(0, precision=0, minimum=0, label="Response #", info="0 … 0", elem_id="sdpg-resp")
+                ui.pos = gr.Number(0, precision=0, minimum=0, label="Token position", info="0 … 0", elem_id="sdpg-pos")
             ui.topk = gr.Plot(show_label=False, elem_id="sdpg-topk")
         with gr.Tab("What-if weights"):
             gr.Markdown("Per-token weight each method would put on the sampled tokens of the shown "
                         "response (its update is, to first order, `weight × ∇ log p(token)`).")
-            ui.wresp = gr.Number(0, precision=0, minimum=0, label="Response #", info="0 … 0")
+            ui.wresp = gr.Number(0, precision=0, minimum=0, label="Response #", info="0 … 0", elem_id="sdpg-wresp")
             ui.whatif = gr.Plot(show_label=False, elem_id="sdpg-whatif")
         with gr.Tab("Replay"):
             gr.Markdown("Open a finished, stopped or crashed run to browse all views. The live run keeps training meanwhile.")
             with gr.Row():
-                ui.run_pick = gr.Dropdown(list_runs(ctl.runs_root), label="Run directory", allow_custom_value=True, scale=4)
-                ui.list_runs = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
+                ui.run_pick = gr.Dropdown(list_runs(ctl.runs_root), label="Run directory", allow_custom_value=True, scale=4,
+                                          elem_id="sdpg-run-pick")
+                ui.list_runs = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120, elem_id="sdpg-list-runs")
             with gr.Row():
-                ui.open = gr.Button("Open run", variant="primary", size="sm")
-                ui.show_live = gr.Button("Show live run", size="sm")
+                ui.open = gr.Button("Open run", variant="primary", size="sm", elem_id="sdpg-open")
+                ui.show_live = gr.Button("Show live run", size="sm", elem_id="sdpg-show-live")
         with gr.Tab("Playground"):
             ui.pg = playground_tab()
         with gr.Tab("Compare runs"):
@@ -412,7 +431,7 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
 
 def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
     """The timer refresh; returns the tick with its inputs and outputs so the page load can draw at once too."""
-    buttons = [ui.start, ui.pause, ui.resume, ui.stop, ui.checkpoint]
+    buttons = [getattr(ui, action) for action in RUN_BUTTONS]
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
     sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
     tick_outputs = [seen, ui.status, *buttons, ui.curves, ui.evolution, ui.step, *sel_controls, *sel_views]
@@ -438,7 +457,8 @@ def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
 
 
 def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
-    """Redraw the selection views when the user picks a step, group, colour, response or token."""
+    """Redraw the selection views when the user picks a step, group, colour, response or token, steps with ◀ / ▶,
+    or turns "follow latest step" back on (which shows the newest step at once)."""
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
     sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
     sel_inputs = [ui.step, ui.group, ui.color_by, ui.resp, ui.pos, ui.wresp]
@@ -447,7 +467,7 @@ def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
         stream = ctl.stream()
         return [False, *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
 
-    def shift_step(delta):
+    def step_by(delta):
         def go_to(step, group, color, r, p, wr):
             new = shift_step(browsable_steps(ctl.stream()), step, delta)
             if new is None:
@@ -455,10 +475,17 @@ def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
             return [gr.update(value=new), *on_step(new, group, color, r, p, wr)]
         return go_to
 
+    def follow_latest(on, step, group, color, r, p, wr):
+        newest = follow_step(browsable_steps(ctl.stream()), step, on)
+        if not on or newest is None or newest == step:
+            return [gr.skip()] * (1 + len(sel_controls) + len(sel_views))
+        return [gr.update(value=newest), *on_step(newest, group, color, r, p, wr)[1:]]
+
     for dropdown in (ui.step, ui.group):
         dropdown.input(on_step, sel_inputs, [ui.follow, *sel_controls, *sel_views], show_progress="hidden")
+    ui.follow.input(follow_latest, [ui.follow, *sel_inputs], [ui.step, *sel_controls, *sel_views], show_progress="hidden")
     for button, delta in ((ui.prev, -1), (ui.next, +1)):
-        button.click(shift_step(delta), sel_inputs, [ui.step, ui.follow, *sel_controls, *sel_views], show_progress="hidden")
+        button.click(step_by(delta), sel_inputs, [ui.step, ui.follow, *sel_controls, *sel_views], show_progress="hidden")
     ui.color_by.input(lambda s, g, c: token_heatmap(pick_group(ctl.stream(), s, g), c),
                       [ui.step, ui.group, ui.color_by], ui.heatmap, show_progress="hidden")
     for index in (ui.resp, ui.pos):
@@ -485,7 +512,7 @@ def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> No
     def reply(action):
         return lambda: message_html(*action())
 
-    for name in ("pause", "resume", "stop", "checkpoint"):
+    for name in RUN_BUTTONS[1:]:
         getattr(ui, name).click(reply(getattr(ctl, name)), None, ui.message, api_name=name)
     ui.list_runs.click(lambda: gr.update(choices=list_runs(ctl.runs_root)), None, ui.run_pick, api_visibility="private")
     ui.open.click(lambda d: message_html(*ctl.open_replay(d)), ui.run_pick, ui.message, api_name="open_replay")
@@ -559,32 +586,36 @@ def playground_tab() -> SimpleNamespace:
                 "steps, or on the latest checkpoint of the run opened in Replay.")
     with gr.Row():
         ui.source = gr.Radio([("recorded response", "recorded"), ("typed", "typed")], value="recorded",
-                             label="Response", scale=2)
-        ui.step = gr.Number(None, precision=0, label="Recorded step", info="follows the step chosen above", scale=1)
-        ui.group = gr.Number(None, precision=0, label="Group", scale=1)
-        ui.resp = gr.Number(0, precision=0, minimum=0, label="Response #", scale=1)
-        ui.advantage = gr.Number(1.0, label="Advantage A (typed)", scale=1)
+                             label="Response", scale=2, elem_id="sdpg-pg-source")
+        ui.step = gr.Number(None, precision=0, label="Recorded step", info="follows the step chosen above", scale=1,
+                            elem_id="sdpg-pg-step")
+        ui.group = gr.Number(None, precision=0, label="Group", scale=1, elem_id="sdpg-pg-group")
+        ui.resp = gr.Number(0, precision=0, minimum=0, label="Response #", scale=1, elem_id="sdpg-pg-resp")
+        ui.advantage = gr.Number(1.0, label="Advantage A (typed)", scale=1, elem_id="sdpg-pg-advantage")
     with gr.Row():
-        ui.prompt = gr.Textbox(EXAMPLE.prompt, label="Student prompt (typed)", lines=2)
-        ui.hint = gr.Textbox(EXAMPLE.context, label="Real hint (typed)", lines=2)
-        ui.answer = gr.Textbox(EXAMPLE.answer, label="Gold answer (typed)")
-        ui.response = gr.Textbox("\\boxed{" + EXAMPLE.answer + "}", label="Response (typed)", lines=2)
-    ui.free = gr.Textbox("", label="Free-text context (optional; appended to the student prompt for the teacher)")
-    ui.probe = gr.Button("Probe this response", variant="primary")
+        ui.prompt = gr.Textbox(EXAMPLE.prompt, label="Student prompt (typed)", lines=2, elem_id="sdpg-pg-prompt")
+        ui.hint = gr.Textbox(EXAMPLE.context, label="Real hint (typed)", lines=2, elem_id="sdpg-pg-hint")
+        ui.answer = gr.Textbox(EXAMPLE.answer, label="Gold answer (typed)", elem_id="sdpg-pg-answer")
+        ui.response = gr.Textbox("\\boxed{" + EXAMPLE.answer + "}", label="Response (typed)", lines=2,
+                                 elem_id="sdpg-pg-response")
+    ui.free = gr.Textbox("", label="Free-text context (optional; appended to the student prompt for the teacher)",
+                         elem_id="sdpg-pg-free")
+    ui.probe = gr.Button("Probe this response", variant="primary", elem_id="sdpg-pg-probe")
     ui.where = gr.Markdown()
-    ui.field = gr.Radio([(label, key) for key, label in PROBE_FIELDS.items()], value="kl", label="Colour cells by")
+    ui.field = gr.Radio([(label, key) for key, label in PROBE_FIELDS.items()], value="kl", label="Colour cells by",
+                        elem_id="sdpg-pg-field")
     ui.heatmap = gr.Plot(show_label=False, elem_id="sdpg-pg-heatmap")
     ui.summary = gr.HTML(elem_id="sdpg-pg-summary")
     ui.logq = gr.Plot(show_label=False, elem_id="sdpg-pg-logq")
-    ui.position = gr.Number(0, precision=0, minimum=0, label="Top-5 at token position")
+    ui.position = gr.Number(0, precision=0, minimum=0, label="Top-5 at token position", elem_id="sdpg-pg-position")
     ui.topk = gr.HTML(elem_id="sdpg-pg-topk")
     gr.Markdown("#### Student–self-teacher gap per context\nTeacher pass@1 with each context minus the student's, on "
                 "held-out problems, and the mean KL on the student's own responses. Choose privileged information "
                 "before spending a training run on it.")
     with gr.Row():
-        ui.problems = gr.Number(8, precision=0, minimum=1, label="Problems")
-        ui.samples = gr.Number(4, precision=0, minimum=1, label="Samples per problem (k)")
-        ui.measure = gr.Button("Measure gap", variant="primary")
+        ui.problems = gr.Number(8, precision=0, minimum=1, label="Problems", elem_id="sdpg-pg-problems")
+        ui.samples = gr.Number(4, precision=0, minimum=1, label="Samples per problem (k)", elem_id="sdpg-pg-samples")
+        ui.measure = gr.Button("Measure gap", variant="primary", elem_id="sdpg-pg-measure")
     ui.gap = gr.HTML(elem_id="sdpg-pg-gap")
     ui.probe_state = gr.State(None)
     return ui
@@ -664,9 +695,9 @@ def compare_tab(ctl: Controller) -> SimpleNamespace:
                 "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
     with gr.Row():
         ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), multiselect=True, allow_custom_value=True,
-                              label="Runs to compare", scale=5)
-        ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
-        ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120)
+                              label="Runs to compare", scale=5, elem_id="sdpg-cmp-pick")
+        ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120, elem_id="sdpg-cmp-refresh")
+        ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120, elem_id="sdpg-cmp-go")
     ui.message = gr.Markdown()
     ui.curves = gr.Plot(show_label=False, elem_id="sdpg-cmp-curves")
     ui.summary = gr.HTML(elem_id="sdpg-cmp-summary")

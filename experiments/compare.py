@@ -52,12 +52,12 @@ from typing import Any
 
 from experiments.stats import bootstrap_ci, curve_area, paired_difference
 from lab.compare import comparison_figures
-from lab.status import replay_status
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.cli import build_parser as train_parser, config_from_args
 from sdpg.config import TrainConfig
 from sdpg.methods import METHODS, check_config
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, ROLLOUTS_FILE, RecordStream, json_safe
+from sdpg.runs import TAIL_FRACTION, run_summary as summarise_run
 from sdpg.tasks import CONTEXTS, TASKS, get_task
 
 SECTION = "Method comparison"
@@ -87,8 +87,6 @@ RUN_FILES = (METRICS_FILE, ROLLOUTS_FILE, EVENTS_FILE, CONFIG_FILE, PLAN_FILE, L
 """the files a run directory holds besides checkpoints/"""
 CI_KEYS = ("final_pass@1", "best_pass@1", "auc_pass@1")
 """summary keys reported with a bootstrap interval and a paired difference to the baseline"""
-TAIL_FRACTION = 0.25
-"""entropy, response length and distillation KL are averaged over this last fraction of training steps"""
 
 # Measured on the 2-core development machine with the embedded model's shape (4 layers x 128) and the default
 # rollout settings (16 prompts x 8 samples x up to 24 tokens; 256 held-out prompts x 4 samples, student and
@@ -359,31 +357,12 @@ def _steps_done(plan: RunPlan, state: str) -> int:
 # ----------------------------------------------------------------------------- summarising
 
 def run_summary(metrics: list[dict], steps: int) -> dict[str, float]:
-    """Final and best held-out pass@1, the area under the pass@1 curve, final teacher pass@1, and late-training
-    means of entropy, length and KL.
-
-    "Final" is the evaluation at the last step; "best" the highest after step 0; the area is the mean height
-    of the pass@1 curve from step 0 to the last step (NaN unless the run reached it). Missing values are NaN.
-    """
+    """The run's own summary (`sdpg.runs.run_summary`) plus `auc_pass@1`, the area under its held-out pass@1 curve:
+    the mean height of the curve from step 0 to the last step, NaN unless the run reached it."""
     evals = [m for m in metrics if "eval/pass@1" in m]
-    trained = [m for m in evals if m["step"] > 0]
-    final = next((m for m in reversed(evals) if m["step"] == steps), {})
-    tail_from = steps - max(1, math.ceil(TAIL_FRACTION * steps))
-    tail = [m for m in metrics if m["step"] > tail_from and "reward/mean" in m]
-
-    def tail_mean(key):
-        values = [m[key] for m in tail if isinstance(m.get(key), (int, float))]
-        return statistics.fmean(values) if values else math.nan
-
-    return {
-        "final_pass@1": final.get("eval/pass@1", math.nan),
-        "best_pass@1": max((m["eval/pass@1"] for m in trained), default=math.nan),
-        "auc_pass@1": curve_area([m["step"] for m in evals], [m["eval/pass@1"] for m in evals]) if final else math.nan,
-        "teacher_pass@1": final.get("eval/teacher_pass@1", math.nan),
-        "entropy": tail_mean("entropy/mean"),
-        "response_length": tail_mean("response/length_mean"),
-        "distill_kl": tail_mean("kl/distill_mean"),
-    }
+    finished = any(m["step"] == steps for m in evals)
+    auc = curve_area([m["step"] for m in evals], [m["eval/pass@1"] for m in evals]) if finished else math.nan
+    return {**summarise_run(metrics, steps), "auc_pass@1": auc}
 
 
 def seed_stats(values: list[float]) -> dict[str, float]:
@@ -707,35 +686,3 @@ def shared_settings(cfg: TrainConfig) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# ----------------------------------------------------------------------------- any runs, side by side
-
-def find_runs(root: str | Path, depth: int = 2) -> list[Path]:
-    """Run directories (holding records) under `root`, down to `depth` levels (the comparison's `<out>/<variant>-s<seed>`)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in sorted(root.iterdir()):
-        if not path.is_dir() or path.name == "checkpoints":
-            continue
-        if any((path / f).exists() for f in (METRICS_FILE, EVENTS_FILE, CONFIG_FILE)):
-            found.append(path)
-        elif depth > 1:
-            found += find_runs(path, depth - 1)
-    return found
-
-
-def load_run(run_dir: str | Path) -> dict:
-    """One run for comparison views: name, method, seed, status, wall time, config, metrics rows and summary."""
-    stream = RecordStream.open(run_dir)
-    config, metrics, events = stream.config(), stream.metrics(), stream.events()
-    walls = [e["wall"] for e in events if isinstance(e.get("wall"), (int, float))]
-    steps = config.get("run", {}).get("steps") or max((m["step"] for m in metrics), default=0)
-    status, error = replay_status(events)
-    return {"name": Path(run_dir).name, "run_dir": str(run_dir), "method": config.get("loss", {}).get("method", "?"),
-            "seed": config.get("run", {}).get("seed"), "status": status, "error": error, "config": config,
-            "metrics": metrics, "wall_s": walls[-1] - walls[0] if len(walls) > 1 else math.nan,
-            "summary": run_summary(metrics, steps)}
-

@@ -23,8 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from experiments.compare import find_runs
 from sdpg.records import RecordStream, json_safe
+from sdpg.runs import find_runs
 
 CLASSES = ("gated", "blocked correct", "wrong")
 """response classes: gate open (a correct response in a group with mixed outcomes); correct but gate closed

@@ -15,9 +15,10 @@ from lab.curves import PANELS, curves_figure, planned_beta
 from lab.heatmap import COLOR_MODES, token_heatmap
 from lab.inspector import rollout_html, topk_figure
 from lab.playground import PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html, variant_heatmap
-from lab.status import message_html, replay_status, status_html
+from lab.status import message_html, status_html
 from lab.style import empty_figure
 from lab.whatif import whatif_figure
+from sdpg.run import replay_status  # a recording's status is the engine's reading; views and tests reach it here too
 
 __all__ = [
     "COLOR_MODES", "PANELS", "advantage_evolution", "advantage_histogram", "comparison_figures", "curves_figure", "empty_figure",

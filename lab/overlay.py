@@ -1,7 +1,7 @@
 """Several runs side by side: overlaid curves, a summary table and the plain config diff.
 
 Design choices:
-- Input is one dict per run (`experiments.compare.load_run`: name, method, seed, status, wall time,
+- Input is one dict per run (`sdpg.runs.load_run`: name, method, seed, status, wall time,
   config, metrics rows, summary); the views only draw.
 - Curves share the comparison figure's panels (`lab.compare.PANELS`) so both pages read alike; colour is
   the method's (`lab.style.METHOD_COLORS`), dash the seed, so "same method, other seed" is one colour.

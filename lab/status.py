@@ -3,8 +3,8 @@
 Design choices:
 - The dashboard passes plain values (status string, step counts, events, error text); this module
   decides only how they look, so the same card serves a live run and a replay.
-- A replay has no live handle: `replay_status` reads its state from the last lifecycle event, so a
-  crashed run reads "crashed" with its message even after the process that ran it is gone.
+- Statuses are the engine's (`sdpg.run.STATUSES`, one spelling each); a replay's comes from
+  `sdpg.run.replay_status`, so a crashed run reads "crashed" with its message after its process is gone.
 - A crash shows the message first and the traceback tail in a scrollable box under it.
 - Health events (`sdpg.health`) get their own banner, one line per finding, red for errors and amber for
   warnings, so a run that "finished" without learning does not look like a success.
@@ -16,32 +16,14 @@ import time
 from pathlib import Path
 
 from sdpg.health import health_events
-from sdpg.records import EVENTS
-from sdpg.run import TERMINAL
+from sdpg.run import STATUSES
 
 STATUS_COLORS = {
     "idle": "#868e96", "created": "#868e96", "loading": "#f08c2e", "running": "#2b8a3e", "paused": "#e67700",
     "stopping": "#e67700", "stopped": "#495057", "finished": "#1864ab", "crashed": "#c92a2a",
     "incomplete": "#e67700",
 }
-LIFECYCLE = {name: event.status for name, event in EVENTS.items() if event.status}
-"""event name -> the status it puts a recorded run in, from the engine's event schema"""
-
-
-def replay_status(events: list[dict]) -> tuple[str, str | None]:
-    """(status, error message) of a recorded run, from its last lifecycle event.
-
-    A run whose last event says it is still going was either cut off or is still being written by
-    another process: "incomplete".
-    """
-    status, error = "incomplete", None
-    for e in events:
-        status = LIFECYCLE.get(e.get("event"), status)
-        if e.get("event") == "error":
-            error = e.get("message") or "error"
-            if e.get("traceback"):
-                error += "\n\n" + "".join(e["traceback"].splitlines(True)[-12:])
-    return (status if status in TERMINAL else "incomplete"), error
+"""one colour per status of `sdpg.run.STATUSES`, and no other spelling"""
 
 
 def _event_text(e: dict) -> str:
@@ -57,7 +39,9 @@ def _event_text(e: dict) -> str:
 def status_html(status: str, *, step: int = 0, total: int | None = None, source: str = "", run_dir: str = "",
                 error: str | None = None, events: list[dict] | None = None, note: str = "") -> str:
     """A status card: coloured state badge, step progress bar, where the records come from, recent events."""
-    color = STATUS_COLORS.get(status, "#868e96")
+    if status not in STATUS_COLORS:
+        raise ValueError(f"status {status!r} is not a run status (one of {', '.join(STATUSES)})")
+    color = STATUS_COLORS[status]
     share = min(1.0, step / total) if total else 0.0
     progress = (f"<div style='flex:1;min-width:160px;height:8px;background:#e9ecef;border-radius:4px;overflow:hidden'>"
                 f"<div style='width:{share:.1%};height:100%;background:{color}'></div></div>"

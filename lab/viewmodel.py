@@ -6,15 +6,15 @@ Design choices:
   steps, the step to show and the picked group all come from here, so the two faces cannot drift apart.
 - `version()` changes whenever anything a view draws could have changed; a face redraws only when it does.
 - A step is browsable when it has rollout records or recorded advantages (the advantage views need only those).
-- A recording's state comes from its last lifecycle event, a live run's from its handle; a requested stop
-  shows as "stopping" until the thread ends.
+- A recording's state comes from its last lifecycle event, a live run's from its handle (which says
+  "stopping" from a stop request until its thread ends); what each state allows is `sdpg.run.ACTIONS`.
 """
 from __future__ import annotations
 
-from lab.status import health_banner, replay_status, status_html
+from lab.status import health_banner, status_html
 from lab.warmstart import warmstart_html
 from sdpg.records import RecordStream
-from sdpg.run import ACTIVE
+from sdpg.run import ACTIONS, replay_status
 
 LOADING_NOTE = ("Loading model and data, then a first held-out evaluation. The embedded model is warm-started "
                 "once per settings (a few minutes on a CPU) and loaded from the cache afterwards.")
@@ -67,7 +67,6 @@ class RunView:
     def __init__(self, handle=None, replay: RecordStream | None = None):
         self.handle = handle
         self.replay = replay
-        self.stop_requested = False
 
     @classmethod
     def of(cls, source) -> "RunView":
@@ -84,10 +83,12 @@ class RunView:
         return self.handle.records if self.handle is not None else None
 
     def live_status(self) -> str:
-        if self.handle is None:
-            return "idle"
-        status = self.handle.status
-        return "stopping" if self.stop_requested and status in ACTIVE else status
+        """The live run's status ("idle" without one), whatever recording is shown."""
+        return "idle" if self.handle is None else self.handle.status
+
+    def allowed_actions(self) -> tuple[str, ...]:
+        """What the controls may ask of the live run now (`sdpg.run.ACTIONS`)."""
+        return ACTIONS[self.live_status()]
 
     def version(self) -> tuple:
         """Changes whenever anything a view draws could have changed."""

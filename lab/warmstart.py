@@ -7,10 +7,13 @@ Design choices:
   status card needs no extra plot component.
 - The ETA assumes the remaining steps run at the average pace so far; the warm start may stop earlier,
   when the skill check reaches its target, so it is an upper bound (the card says so).
+- Once the warm start is over (its last event is its last step, or a skill check that reached the target), the
+  card collapses into one "done" line: the run trains by then, and a stale bar with an ETA would say otherwise.
 """
 from __future__ import annotations
 
 import html
+import math
 
 from lab.style import COLORS
 
@@ -18,7 +21,7 @@ WIDTH, HEIGHT = 360, 90
 
 
 def warmstart_html(events: list[dict]) -> str:
-    """"" when the run had no embedded warm start; else the one-line cached note or the live progress card."""
+    """"" when the run had no embedded warm start; else a one-line note (cached, or done) or the live progress card."""
     ws = [e for e in events if e.get("event") == "warmstart"]
     if not ws:
         return ""
@@ -27,6 +30,8 @@ def warmstart_html(events: list[dict]) -> str:
         return (f"<div class='sdpg-warmstart' style='color:#495057;font-size:12px;margin-top:4px'>Embedded model: cached "
                 f"warm start ({last.get('steps')} steps, student pass@1 {_num(last.get('student_pass@1'))}, teacher "
                 f"{_num(last.get('teacher_pass@1'))}) — no warm-up needed.</div>")
+    if finished(last):
+        return _done_line(last)
     step, steps, elapsed = last["step"], last["steps"], last.get("elapsed_s", 0.0)
     eta = elapsed / step * (steps - step) if step else 0.0
     checks = [e for e in ws if "check" in e]
@@ -37,6 +42,20 @@ def warmstart_html(events: list[dict]) -> str:
             f"border-radius:8px;background:#fff9f2;font-size:13px'><b>Warm start of the embedded model</b> (runs once, "
             f"then cached): step {step} / {steps} · loss {last['loss']:.3f}{check} · {elapsed:.0f} s elapsed · "
             f"ETA ≤ {_duration(eta)} (it stops early at the target){bar}{_svg(ws, steps)}</div>")
+
+
+def finished(event: dict) -> bool:
+    """Whether a warm-start progress event is its last: the last planned step, or a skill check at the target."""
+    return event["step"] >= event["steps"] or event.get("check", -1.0) >= event.get("target", math.inf)
+
+
+def _done_line(last: dict) -> str:
+    """"Warm start done: 480 of 600 steps (skill check 0.91 reached its target 0.90) in 3.2 min · loss 0.041"."""
+    steps = (f"{last['step']} of {last['steps']} steps (skill check {last['check']:.2f} reached its target "
+             f"{last['target']:.2f})" if last["step"] < last["steps"] else f"{last['steps']} steps")
+    return (f"<div class='sdpg-warmstart sdpg-warmstart-done' style='color:#495057;font-size:12px;margin-top:4px'>"
+            f"Embedded model: warm start done — {steps} in {_duration(last.get('elapsed_s', 0.0))} · loss "
+            f"{last['loss']:.3f}; cached for later runs.</div>")
 
 
 def _svg(ws: list[dict], steps: int) -> str:

@@ -8,6 +8,8 @@ Design choices:
 - `call_between_steps(fn)` runs `fn(trainer)` on the training thread between two steps (or while paused),
   so a tool reading the weights (the playground) never sees half an update; once no thread trains, it runs
   in the caller's thread.
+- The statuses a run can show, what may be asked of it in each (`ACTIONS`) and how a recording's events
+  spell them (`LIFECYCLE`) are defined here once; the page, the notebook widget and the views read them.
 - A crash is caught in the thread: status becomes "crashed", the message and traceback tail land in
   `handle.error` and in an `error` event, and the records and last checkpoint stay on disk.
 - Health checks (`sdpg.health`) read every metrics row the run emits; what they find becomes a
@@ -39,20 +41,36 @@ from sdpg.health import HealthEvent, HealthMonitor, health_events
 from sdpg.methods import check_config, get_method
 from sdpg.memory import ModelShape, check_memory, host_memory_bytes, model_config
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
-from sdpg.records import CONFIG_FILE, RecordStream, StorageError
+from sdpg.records import CONFIG_FILE, EVENTS, RecordStream, StorageError
 from sdpg.reward import MathVerifier
 from sdpg.tasks import get_task
 from sdpg.tracking import Tracker
 from sdpg.trainer import Trainer
 
-STATUSES = ("created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed")
-"""every state a run can show: `RunHandle.status`, and "stopping" while a requested stop is under way"""
+STATUSES = ("idle", "created", "loading", "running", "paused", "stopping", "stopped", "finished", "crashed",
+            "incomplete")
+"""every state a run can show: "idle" before any run, a `RunHandle.status`, or "incomplete" for a recording whose
+events end without saying how the run ended (cut off, or still being written by another process)"""
 ACTIVE = ("created", "loading", "running", "paused")
-"""a run whose thread has not ended: it can be paused, resumed or stopped, and no second run may start"""
-PAUSABLE = ("loading", "running")
-"""a pause request is honoured between steps from these states"""
+"""a run whose thread has not ended (what may be asked of it is `ACTIONS`); no second run may start meanwhile"""
 TERMINAL = ("stopped", "finished", "crashed")
 """a run whose thread has ended; its records are complete"""
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "idle": ("start",),
+    "created": ("stop",),
+    "loading": ("pause", "stop"),
+    "running": ("pause", "stop", "checkpoint"),
+    "paused": ("resume", "stop", "checkpoint"),
+    "stopping": (),
+    "stopped": ("start",),
+    "finished": ("start",),
+    "crashed": ("start",),
+    "incomplete": ("start",),
+}
+"""status -> what may be asked of the run in it ("start" = start another run); pause, stop and checkpoint are
+honoured between steps, and a stop already under way allows nothing more"""
+LIFECYCLE = {name: event.status for name, event in EVENTS.items() if event.status}
+"""event -> the status a recorded run has after it (from the event schema, `sdpg.records.EVENTS`)"""
 FIXED_ON_RESUME = {
     "optim.lr": "the restored optimizer keeps its learning rate",
     "optim.betas": "the restored optimizer keeps its betas",
@@ -63,6 +81,19 @@ FIXED_ON_RESUME = {
     "loss.method": "the run's records are of that method",
 }
 """settings a resume cannot change (every `data.*` setting too: the restored sampler walks that data)"""
+
+
+def replay_status(events: list[dict]) -> tuple[str, str | None]:
+    """(status, error message) of a recorded run, from its last lifecycle event; "incomplete" when that event
+    says the run was still going."""
+    status, error = "incomplete", None
+    for e in events:
+        status = LIFECYCLE.get(e.get("event"), status)
+        if e.get("event") == "error":
+            error = e.get("message") or "error"
+            if e.get("traceback"):
+                error += "\n\n" + "".join(e["traceback"].splitlines(True)[-12:])
+    return (status if status in TERMINAL else "incomplete"), error
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -211,7 +242,7 @@ class RunHandle:
         self.resumed = resume
         self.progress = progress
         self.records = RecordStream(self.run_dir)
-        self.status = "created"
+        self._status = "created"
         self.error: str | None = None
         self.step = 0
         self.total_steps = cfg.run.steps
@@ -224,6 +255,17 @@ class RunHandle:
         self._thread: threading.Thread | None = None
         self._calls: queue.Queue[tuple[object, Future]] = queue.Queue()
 
+    @property
+    def status(self) -> str:
+        """One of `STATUSES`: the thread's phase, or "stopping" from a stop request until the thread ends."""
+        if self._stop.is_set() and self._status in ACTIVE and self.alive:
+            return "stopping"
+        return self._status
+
+    def allowed_actions(self) -> tuple[str, ...]:
+        """What may be asked of this run now (`ACTIONS` of its status)."""
+        return ACTIONS[self.status]
+
     # ---- control ----
     def start(self) -> "RunHandle":
         if self._thread is not None:
@@ -233,7 +275,7 @@ class RunHandle:
         return self
 
     def pause(self) -> None:
-        if self.status in PAUSABLE:
+        if "pause" in self.allowed_actions():
             self._pause.set()
 
     def resume(self) -> None:
@@ -286,7 +328,7 @@ class RunHandle:
     # ---- the training thread ----
     def _main(self) -> None:
         try:
-            self.status = "loading"
+            self._status = "loading"
             self.records.emit_event("start", run_dir=str(self.run_dir), resume=self.resumed)
             self.records.write_config(self.cfg.to_dict())
             if self.cfg.run.report_to:
@@ -323,7 +365,7 @@ class RunHandle:
     def _loop(self) -> None:
         run = self.cfg.run
         trainer = self.trainer
-        self.status = "running"
+        self._status = "running"
         while trainer.step < run.steps and not self._stop.is_set():
             self._serve_calls()
             if self._pause.is_set():
@@ -338,14 +380,14 @@ class RunHandle:
                 self._checkpoint()
         self._checkpoint()
         self._report(self.health.finish())
-        self.status = "finished" if trainer.step >= run.steps else "stopped"
-        self.records.emit_event(self.status, step=trainer.step)
+        self._status = "finished" if trainer.step >= run.steps else "stopped"
+        self.records.emit_event(self._status, step=trainer.step)
 
     def _crashed(self, exc: Exception) -> None:
         """Record a crash; a storage failure is explained in one line, without a traceback."""
         tail = "" if isinstance(exc, StorageError) else "\n\n" + "".join(traceback.format_exc().splitlines(True)[-12:])
         self.error = f"{type(exc).__name__}: {exc}{tail}"
-        self.status = "crashed"
+        self._status = "crashed"
         try:
             self.records.emit_event("error", step=self.step, message=str(exc), traceback=traceback.format_exc())
         except StorageError:  # the disk that failed the run cannot take its error record either
@@ -360,14 +402,14 @@ class RunHandle:
         return health_events(self.records.events())
 
     def _wait_while_paused(self) -> None:
-        self.status = "paused"
+        self._status = "paused"
         self.records.emit_event("pause", step=self.step)
         while self._pause.is_set() and not self._stop.is_set():
             if self._save.is_set():
                 self._checkpoint()
             self._serve_calls()
             time.sleep(0.05)
-        self.status = "running"
+        self._status = "running"
         self.records.emit_event("resume", step=self.step)
 
     def _checkpoint(self) -> None:

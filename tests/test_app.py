@@ -71,7 +71,7 @@ def test_start_pause_resume_stop_with_real_records(served, tiny_model_dir):
     assert str(handle.run_dir).startswith(str(ctl.runs_root))
     wait_for_step(handle, 1)
     assert client.predict(api_name="/status") == "running"
-    assert "already running" in client.predict(*controls(base), api_name="/start")
+    assert "Cannot start now" in client.predict(*controls(base), api_name="/start")
 
     rows = [r for r in handle.records.metrics() if r["step"] >= 1]
     assert rows and all(math.isfinite(r["reward/mean"]) and 0 <= r["reward/mean"] <= 1 for r in rows)

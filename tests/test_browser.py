@@ -16,6 +16,7 @@ import app as dashboard
 from conftest import tiny_config
 from fixtures.waiting import free_port
 from lab.heatmap import show_token
+from lab.viewmodel import browsable_steps
 from sdpg.config import DataConfig, RolloutConfig
 from sdpg.run import RunHandle
 
@@ -145,3 +146,30 @@ def test_playground_and_compare_tabs_draw_their_views(two_runs_page):
     assert labels["own prompt (sanity)"].endswith("(KL 0.000)")
     assert gap_rows == 1 + 7  # header + six contexts and the free text
     assert "loss.method" in diff and "run.seed" in diff and "sdpg-s0" in summary and "grpo-s1" in summary
+
+
+def test_step_buttons_move_the_shown_step(finished_run_page):
+    url, ctl = finished_run_page
+    assert browsable_steps(ctl.handle.records) == [1, 2, 3]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(url)
+            shown = []
+            wait_for_step_shown(page, "3")  # following the newest step
+            for button, expected in (("prev", "2"), ("prev", "1"), ("prev", "1"), ("next", "2"), ("next", "3"),
+                                     ("next", "3")):
+                page.locator(f"#sdpg-step-{button}").click()
+                wait_for_step_shown(page, expected)
+                shown.append(page.locator("#sdpg-step input").input_value())
+            follow = page.locator("#sdpg-follow input").is_checked()
+        finally:
+            browser.close()
+    assert shown == ["2", "1", "1", "2", "3", "3"]
+    assert not follow  # a step chosen by hand stops following the newest
+
+
+def wait_for_step_shown(page, step: str) -> None:
+    """Wait until the step dropdown shows `step` (its refresh runs server-side first)."""
+    page.wait_for_function("s => document.querySelector('#sdpg-step input')?.value === s", arg=step, timeout=30_000)

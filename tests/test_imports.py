@@ -124,3 +124,11 @@ def test_the_walker_sees_function_local_and_relative_imports(tmp_path):
     assert graph == {"pkg": set(), "pkg.sub": set(), "pkg.a": {"pkg", "pkg.b"}, "pkg.b": {"pkg.sub", "pkg.sub.c"},
                      "pkg.sub.c": {"pkg", "pkg.a"}, "pkg.d": {"pkg.a"}}
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]]
+
+
+def test_the_engine_the_views_and_the_page_never_import_the_experiments():
+    files = {"app": ROOT / "app.py", **module_files(ROOT / "lab"), **module_files(ROOT / "sdpg")}
+    offenders = sorted(f"{module} imports {name}" for module, path in files.items()
+                       for name in imported_names(module, path) if name.split(".")[0] == "experiments")
+    assert not offenders, ("the batch experiments are a layer above; runs are found and loaded by sdpg.runs:\n"
+                           + "\n".join(offenders))

@@ -2,6 +2,7 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import sdpg.embedded.cache as cache
 import sdpg.embedded.warmstart as warmstart
 from sdpg.config import DataConfig, ModelConfig
+from lab.viewmodel import RunView
 from lab.warmstart import warmstart_html
 from sdpg.data import render_prompts
 from sdpg.embedded.cache import embedded_entry, embedded_key, embedded_settings, read_warmstart_report
@@ -228,8 +230,10 @@ def test_warm_start_streams_its_progress_into_the_record_stream_and_a_cached_sta
     assert [("check" in e) for e in events] == [False, True, True, False]
     assert all(0 <= e["check"] <= 1 and e["target"] == 0.99 for e in events if "check" in e)
     assert all(math.isfinite(e["loss"]) for e in events) and events[-1]["elapsed_s"] >= events[0]["elapsed_s"]
-    live = warmstart_html(events)
-    assert "step 25 / 25" in live and "ETA" in live and "<svg" in live and "skill check" in live
+    live = warmstart_html(events[:-1])
+    assert "step 20 / 25" in live and "ETA" in live and "<svg" in live and "skill check" in live
+    done = warmstart_html(events)  # the last step: the run trains now, the card is one line
+    assert "warm start done — 25 steps in" in done and "ETA" not in done and "<svg" not in done
 
     again = RecordStream(tmp_path / "again")
     load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path / "cache", warm_cfg=cfg, progress=True,
@@ -238,3 +242,18 @@ def test_warm_start_streams_its_progress_into_the_record_stream_and_a_cached_sta
     assert cached["cached"] and cached["steps"] == 25
     assert capsys.readouterr().out.count("embedded model: cached warm start (25 steps") == 1
     assert "cached warm start (25 steps" in warmstart_html([cached])
+
+
+def test_the_warmstart_card_collapses_into_one_done_line_once_the_skill_check_stops_it(tmp_path):
+    records = RecordStream(tmp_path / "run")
+    warm_start(replace(TINY, steps=6, check_every=2, stop_at=0.0), progress=False, on_step=warmstart_recorder(records))
+    events = records.events()
+    assert [(e["step"], "check" in e) for e in events] == [(1, False), (2, True)]  # stopped at the first check
+    assert "step 1 / 6" in warmstart_html(events[:1]) and "ETA" in warmstart_html(events[:1])
+    done = warmstart_html(events)
+    assert "warm start done — 2 of 6 steps (skill check" in done and "reached its target 0.00" in done
+    assert "ETA" not in done and "<svg" not in done and done.count("<div") == 1
+    handle = SimpleNamespace(records=records, status="running", step=1, total_steps=3, run_dir=tmp_path / "run",
+                             error=None)
+    card = RunView(handle=handle).status_card()  # what the page and the notebook show while the run trains
+    assert "RUNNING" in card and "warm start done" in card and "ETA" not in card
