@@ -14,9 +14,9 @@ Design choices:
   routes records to views. It holds no math.
 - Bad settings are refused before anything starts: `check_config` plus a check that named
   data files and local model folders exist; the message shows on the page.
-- Paths typed into the page (replay and run directories, data files, model folders) must lie under the
-  runs root or a folder given with `--allow-root`; the check runs before the path is touched, so a
-  refusal says nothing about whether the path exists.
+- Paths typed into the page (replay, compare and run directories, data files, model folders) must lie under
+  the runs root or a folder given with `--allow-root`; every one goes through `Controller.confine`, which runs
+  before the path is touched, so a refusal says nothing about whether the path exists.
 - SIGTERM is handled like Ctrl-C: the server closes, the live run saves a final checkpoint and records
   `stopped`, then the process exits.
 - Health events of the shown run appear as a banner under the status card.
@@ -143,12 +143,16 @@ class Controller(RunView):
         self.handle.request_checkpoint()
         return "Checkpoint requested: it is saved after the current step.", "info"
 
+    def confine(self, text: str, what: str) -> Path:
+        """The one gate for every path the page is given (replay, compare, data, model): see `confine`."""
+        return confine(text, self.allowed_roots, what)
+
     def open_replay(self, run_dir: str) -> tuple[str, str]:
         text = (run_dir or "").strip()
         if not text or text == ".":
             return "Choose or type a run directory first.", "error"
         try:
-            path = confine(text, self.allowed_roots, "run directory")
+            path = self.confine(text, "run directory")
             self.replay = RecordStream.open(path)
         except (OSError, ValueError) as err:
             return str(err), "error"
@@ -185,17 +189,18 @@ def check_path_text(text: str, what: str) -> None:
         raise ValueError(f"{what}: a folder or file name in the path is longer than {NAME_MAX_BYTES} bytes")
 
 
-def confine_settings(cfg: TrainConfig, roots: list[Path]) -> None:
-    """Refuse data files and local model folders outside `roots` (before anything checks that they exist)."""
+def confine_settings(cfg: TrainConfig, confine_path) -> None:
+    """Refuse data files and local model folders that `confine_path` (`Controller.confine`) refuses, before
+    anything checks that they exist."""
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if spec != "embedded":
-            confine(spec, roots, f"config {name}")
+            confine_path(spec, f"config {name}")
     name = cfg.model.name
     if name == "embedded":
         return
     check_path_text(name, "config model.name")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or Path(name).is_dir():
-        confine(name, roots, "config model.name")  # a path, not a hub id: it would be read from disk
+        confine_path(name, "config model.name")  # a path, not a hub id: it would be read from disk
 
 
 def replay_problems(replay: RecordStream | None) -> str:
@@ -226,10 +231,10 @@ def list_runs(runs_root: str | Path) -> list[str]:
 
 def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, gate, beta_warmup, beta_decay, lr,
                          group_size, temperature, steps, model, data, val, task=None,
-                         roots: list[Path] | None = None) -> TrainConfig:
+                         confine_path=None) -> TrainConfig:
     """A validated copy of `base` with the page's settings; ValueError names the first bad one.
 
-    With `roots`, data files and model folders must lie under one of them (see `confine`)."""
+    With `confine_path` (`Controller.confine`), data files and model folders must pass it."""
     numbers = {"β": beta, "α": alpha, "β warmup": beta_warmup, "β decay": beta_decay, "learning rate": lr,
                "group size": group_size, "temperature": temperature, "steps": steps}
     empty = [name for name, v in numbers.items() if v is None]
@@ -249,8 +254,8 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
         cfg.data.task = task
         if cfg.data.train == "embedded" and task in TASKS and cfg.rollout.max_new_tokens < TASKS[task].response_tokens:
             cfg.rollout.max_new_tokens = TASKS[task].max_new_tokens
-    if roots is not None:
-        confine_settings(cfg, roots)
+    if confine_path is not None:
+        confine_settings(cfg, confine_path)
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if spec != "embedded" and not Path(spec).expanduser().is_file():
             raise ValueError(f"config {name}={spec!r} is invalid: no such file (use 'embedded' or a .parquet/.jsonl path)")
@@ -472,7 +477,7 @@ def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> No
     """Run buttons, replay buttons and the `/status` API, each answering on the message line."""
     def on_start(*values):
         try:
-            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), roots=ctl.allowed_roots)
+            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), confine_path=ctl.confine)
             return message_html(*ctl.start(cfg))
         except (ValueError, OSError) as err:  # OSError: a missing file, a run directory we cannot write
             return message_html(f"Not started: {err}", "error")
@@ -648,13 +653,22 @@ COMPARE_JSON = Path("docs") / "compare.json"
 """the comparison experiment's results; the run directories it names are offered when they exist"""
 
 
-def comparable_runs(runs_root: str | Path) -> list[str]:
-    """Run directories under `runs_root` (two levels deep), then those the comparison results name."""
-    found = [str(p) for p in find_runs(runs_root)]
+def comparable_runs(ctl: Controller) -> list[str]:
+    """Run directories under the runs root (two levels deep), then those the comparison results name that the
+    page may open."""
+    found = [str(p) for p in find_runs(ctl.runs_root)]
     if COMPARE_JSON.is_file():
         named = [r["run_dir"] for r in json.loads(COMPARE_JSON.read_text()).get("runs", [])]
-        found += [d for d in named if d not in found and Path(d).is_dir()]
+        found += [d for d in named if d not in found and _allowed(ctl, d) and Path(d).is_dir()]
     return found
+
+
+def _allowed(ctl: Controller, text: str) -> bool:
+    try:
+        ctl.confine(text, "run directory")
+    except ValueError:
+        return False
+    return True
 
 
 def compare_tab(ctl: Controller) -> SimpleNamespace:
@@ -663,7 +677,7 @@ def compare_tab(ctl: Controller) -> SimpleNamespace:
     gr.Markdown("Choose several runs (under the runs root, or the comparison experiment's directories): curves "
                 "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
     with gr.Row():
-        ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), multiselect=True, allow_custom_value=True,
+        ui.pick = gr.Dropdown(comparable_runs(ctl), multiselect=True, allow_custom_value=True,
                               label="Runs to compare", scale=5)
         ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
         ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120)
@@ -680,13 +694,13 @@ def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
         runs, problems = [], []
         for d in run_dirs or []:
             try:
-                runs.append(load_run(d))
+                runs.append(load_run(ctl.confine(str(d).strip(), "run directory")))
             except (FileNotFoundError, ValueError) as err:
                 problems.append(str(err))
         note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))
         return note, overlay_figure(runs), summary_table_html(runs), config_diff_html(runs)
 
-    ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl.runs_root)), None, ui.pick, api_visibility="private")
+    ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl)), None, ui.pick, api_visibility="private")
     ui.go.click(compare, ui.pick, [ui.message, ui.curves, ui.summary, ui.diff], api_name="compare")
 
 
