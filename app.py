@@ -55,11 +55,12 @@ from sdpg.config import TrainConfig  # noqa: E402
 from sdpg.data import PromptRow  # noqa: E402
 from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
-from sdpg.playground import (Subject, context_gap, context_variants, load_subject, probe_response,  # noqa: E402
-                             recorded_response_ids)
+from sdpg.playground import (Subject, check_gap_request, context_gap, context_variants, load_subject,  # noqa: E402
+                             probe_response, recorded_response_ids)
 from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
 from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
+from sdpg.stopping import Stopped, stop_scope  # noqa: E402
 from sdpg.task import make_row  # noqa: E402
 from sdpg.tasks import TASKS  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
@@ -102,6 +103,8 @@ class Controller(RunView):
         """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
         self._lock = threading.Lock()
+        self.closing = threading.Event()
+        """set when the server shuts down: playground questions on a replay's checkpoint stop"""
 
     def status_card(self) -> str:
         return super().status_card() + replay_problems(self.replay)
@@ -135,7 +138,8 @@ class Controller(RunView):
             return f"Nothing to stop (run is {self.live_status()}).", "error"
         self.stop_requested = True
         self.handle.stop(wait=False)
-        return "Stop requested: the run saves a checkpoint after the current step and ends.", "info"
+        return ("Stop requested: the run ends within seconds (a step cut short is discarded) and saves a checkpoint of "
+                "its last completed step."), "info"
 
     def checkpoint(self) -> tuple[str, str]:
         if self.handle is None or self.handle.status not in ("running", "paused"):
@@ -523,8 +527,9 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
 
 # ---------------- the privileged-context playground ----------------
 class PlaygroundSource:
-    """Where playground questions go: the live run between two of its optimizer steps, or the latest
-    checkpoint of the replay being browsed (loaded once per checkpoint)."""
+    """Where playground questions go: the live run between two of its optimizer steps (its Stop ends a question
+    within seconds), or the latest checkpoint of the replay being browsed (loaded once per checkpoint; the
+    server's shutdown ends a question)."""
 
     def __init__(self, ctl: Controller):
         self.ctl = ctl
@@ -546,7 +551,7 @@ class PlaygroundSource:
         if ckpt not in self._loaded:
             self._loaded = {ckpt: load_subject(ckpt)}
         subject = self._loaded[ckpt]
-        with MathVerifier(timeout_s=subject.cfg.reward.timeout_s) as verifier:
+        with MathVerifier(timeout_s=subject.cfg.reward.timeout_s) as verifier, stop_scope(ctl.closing):
             return fn(subject, load_data(subject.cfg)[1], verifier), f"checkpoint {ckpt}"
 
 
@@ -595,6 +600,18 @@ def playground_tab() -> SimpleNamespace:
     return ui
 
 
+MAX_TYPED_CHARS = 100_000
+"""longest text a playground field takes (the token bounds of `sdpg.playground` then apply)"""
+
+
+def check_typed_lengths(**fields) -> None:
+    """ValueError naming the first playground field longer than MAX_TYPED_CHARS, before anything tokenizes it."""
+    for name, text in fields.items():
+        if len(text or "") > MAX_TYPED_CHARS:
+            raise ValueError(f"the {name} field is {len(text):,} characters; the playground takes at most "
+                             f"{MAX_TYPED_CHARS:,}")
+
+
 def playground_question(ctl: Controller, source, step, group, resp, prompt, hint, answer, response, advantage):
     """The (row, response ids or text, advantage) a probe asks about, or a ValueError saying what is missing."""
     if source == "typed":
@@ -615,6 +632,7 @@ def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> 
     the recorded step / group following the page's selection dropdowns `step`, `group`."""
     def probe(source, step_v, group_v, resp, prompt, hint, answer, response, advantage, free, field, position):
         try:
+            check_typed_lengths(prompt=prompt, hint=hint, answer=answer, response=response, free=free)
             row, picked, adv = playground_question(src.ctl, source, step_v, group_v, resp, prompt, hint, answer,
                                                    response, advantage)
 
@@ -622,18 +640,20 @@ def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> 
                 ids = recorded_response_ids(subject.tokenizer, picked) if isinstance(picked, dict) else picked
                 return probe_response(subject, row.prompt, ids, context_variants(row, free or ""), advantage=adv)
             result, where = src.ask(run)
-        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:
+        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, Stopped) as err:
             return None, f"**Not probed:** {err}", variant_heatmap(None), probe_summary_html(None), logq_figure(None), ""
         return (result, f"Asked the {where}.", variant_heatmap(result, field), probe_summary_html(result),
                 logq_figure(result), topk_html(result, int(position or 0)))
 
     def gap(problems, samples, free):
         def run(subject, rows, verifier):
-            return context_gap(subject, rows[:max(1, int(problems or 1))], verifier, samples=max(1, int(samples or 1)),
-                               free_text=free or "")
+            n, k = _whole("problems", problems or 1), _whole("samples", samples or 1)
+            check_gap_request(subject, n, k, len(rows))
+            return context_gap(subject, rows[:n], verifier, samples=k, free_text=free or "")
         try:
+            check_typed_lengths(free=free)
             table, where = src.ask(run)
-        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:
+        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, Stopped) as err:
             return f"<p><b>Not measured:</b> {err}</p>"
         return gap_table_html(table) + f"<p style='font-size:12px;color:#495057'>Asked the {where}.</p>"
 
@@ -743,6 +763,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def shut_down(ctl: Controller) -> None:
     """After the server has closed: stop a live run with a final checkpoint and a `stopped` event."""
+    ctl.closing.set()
     if ctl.handle is not None and ctl.handle.alive:
         print("stopping the run: saving a checkpoint...", file=sys.stderr)
         ctl.handle.stop(wait=True)
