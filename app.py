@@ -9,7 +9,10 @@ Design choices:
   card, browsable steps, picked group) is `lab.viewmodel`'s, shared with the notebook widget.
 - Training runs in the handle's background thread. A `gr.Timer` polls the record stream every
   1.5 s; each session remembers the version of the records it last drew (`gr.State`), and a tick with
-  nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing.
+  nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing. What a new
+  version shows is built once and shared by every viewer (`SharedViews`), so a classroom costs one build
+  per change, not one per viewer; curves carry at most `lab.curves.MAX_POINTS` steps, and replayed record
+  files are limited to `MAX_RECORD_BYTES`.
 - Pictures come from `lab/`; this file builds a config from the controls, calls the handle, and
   routes records to views. It holds no math.
 - Bad settings are refused before anything starts: `check_config` plus a check that named
@@ -34,6 +37,8 @@ import re
 import signal
 import sys
 import threading
+import traceback
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +46,8 @@ from types import SimpleNamespace
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from gradio.components.plot import PlotData  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
@@ -157,6 +164,7 @@ class Controller(RunView):
             return "Choose or type a run directory first.", "error"
         try:
             path = self.confine(text, "run directory")
+            check_record_sizes(path)
             self.replay = RecordStream.open(path)
         except (OSError, ValueError) as err:
             return str(err), "error"
@@ -205,6 +213,21 @@ def confine_settings(cfg: TrainConfig, confine_path) -> None:
     check_path_text(name, "config model.name")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or Path(name).is_dir():
         confine_path(name, "config model.name")  # a path, not a hub id: it would be read from disk
+
+
+MAX_RECORD_BYTES = 64 * 2**20
+"""largest metrics or events file the page replays or compares (a 10,000-step run writes about 30 MB of metrics);
+its rows are parsed into memory and drawn on every change"""
+
+
+def check_record_sizes(run_dir: Path) -> None:
+    """ValueError naming the file when a run's metrics or events file is larger than the page reads."""
+    for name in (METRICS_FILE, EVENTS_FILE):
+        path = run_dir / name
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is {size / 2**20:.0f} MiB; the page replays and compares record files of at "
+                             f"most {MAX_RECORD_BYTES // 2**20} MiB (open it in a notebook with RecordStream.open)")
 
 
 def replay_problems(replay: RecordStream | None) -> str:
@@ -419,26 +442,88 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
     return ui
 
 
+class SharedViews:
+    """What a tick sends, computed once per change of the records and shared by every viewer.
+
+    Each session still asks for the version (a cheap tail of the record files); the figures, the status card and
+    the step list of a version are built by the first session that asks, serialised once (`PlotData`), and
+    handed to the rest, which wait on the lock instead of building them again. Selection views are kept per
+    (version, selection) for the last few selections: viewers that follow the latest step share them too.
+    A view that cannot be drawn from the records shows its error on the status card instead of failing the tick.
+    """
+
+    def __init__(self, ctl: Controller, keep: int = 16):
+        self.ctl = ctl
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._common: tuple | None = None
+        self._selections: OrderedDict[tuple, list] = OrderedDict()
+
+    def common(self, version) -> tuple[list, list[int]]:
+        """(status card, button states, curves, advantage evolution) and the browsable steps of `version`."""
+        with self._lock:
+            if self._common is None or self._common[0] != version:
+                self._common = (version, *self._build_common())
+            return _copies(self._common[1]), self._common[2]
+
+    def _build_common(self) -> tuple[list, list[int]]:
+        ctl = self.ctl
+        stream = ctl.stream()
+        try:
+            metrics = stream.metrics() if stream is not None else []
+            config = stream.config() if stream is not None else {}
+            figures = [plot_data(curves_figure(metrics, config)), plot_data(advantage_evolution(metrics))]
+            card, choices = ctl.status_card(), browsable_steps(stream)
+        except Exception as err:  # noqa: BLE001 - say it on the page once per version, not an error per viewer
+            traceback.print_exc()
+            figures, choices = [gr.skip(), gr.skip()], []
+            card = message_html(f"The records of this run could not be drawn: {type(err).__name__}: {err}", "error")
+        return [card, *button_states(ctl.live_status()), *figures], choices
+
+    def selection(self, version, stream, step, group, color, r, p, wr) -> list:
+        """Selection controls and views of one selection at `version`."""
+        key = (version, step, group, color, r, p, wr)
+        with self._lock:
+            if key not in self._selections:
+                try:
+                    views = list(selection_views(stream, step, group, color, r, p, wr))
+                    views = [plot_data(v) if isinstance(v, go.Figure) else v for v in views]
+                    self._selections[key] = [*selection_controls(stream, step, group), *views]
+                except Exception:  # noqa: BLE001 - the status card of this version already names what is wrong
+                    traceback.print_exc()
+                    self._selections[key] = [gr.skip()] * 9
+                while len(self._selections) > self.keep:
+                    self._selections.popitem(last=False)
+            self._selections.move_to_end(key)
+            return _copies(self._selections[key])
+
+
+def _copies(values: list) -> list:
+    """Fresh update dicts for one viewer (Gradio may change an update dict while sending it)."""
+    return [dict(v) if isinstance(v, dict) else v for v in values]
+
+
+def plot_data(fig: go.Figure) -> PlotData:
+    """A figure serialised once, so every viewer it is sent to gets the same JSON without redoing it."""
+    return PlotData(type="plotly", plot=fig.to_json())
+
+
 def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
     """The timer refresh; returns the tick with its inputs and outputs so the page load can draw at once too."""
     buttons = [ui.start, ui.pause, ui.resume, ui.stop, ui.checkpoint]
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
     sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
     tick_outputs = [seen, ui.status, *buttons, ui.curves, ui.evolution, ui.step, *sel_controls, *sel_views]
+    shared = SharedViews(ctl)
 
     def tick(last, step, group, follow_on, color, r, p, wr):
         version = ctl.version()
         if version == last:
             return [gr.skip()] * len(tick_outputs)
-        stream = ctl.stream()
-        metrics = stream.metrics() if stream is not None else []
-        config = stream.config() if stream is not None else {}
-        choices = browsable_steps(stream)
+        common, choices = shared.common(version)
         step = follow_step(choices, step, follow_on)
-        return [version, ctl.status_card(), *button_states(ctl.live_status()),
-                curves_figure(metrics, config), advantage_evolution(metrics),
-                gr.update(choices=choices, value=step),
-                *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
+        return [version, *common, gr.update(choices=choices, value=step),
+                *shared.selection(version, ctl.stream(), step, group, color, r, p, wr)]
 
     tick_inputs = [seen, ui.step, ui.group, ui.follow, ui.color_by, ui.resp, ui.pos, ui.wresp]
     gr.Timer(REFRESH_S).tick(tick, tick_inputs, tick_outputs, show_progress="hidden", concurrency_limit=None,
@@ -714,7 +799,9 @@ def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
         runs, problems = [], []
         for d in run_dirs or []:
             try:
-                runs.append(load_run(ctl.confine(str(d).strip(), "run directory")))
+                path = ctl.confine(str(d).strip(), "run directory")
+                check_record_sizes(path)
+                runs.append(load_run(path))
             except (FileNotFoundError, ValueError) as err:
                 problems.append(str(err))
         note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))

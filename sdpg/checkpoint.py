@@ -152,12 +152,22 @@ def resume_checkpoint(trainer, run_dir: str | Path) -> tuple[Path, int, list[tup
         why = verify_checkpoint(ckpt)
         if why is None:
             try:
-                return ckpt, load_checkpoint(trainer, ckpt), skipped
+                step = load_checkpoint(trainer, ckpt)
+                return _promote(ckpt, step), step, skipped
             except (OSError, ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
                 why = str(err)
         skipped.append((ckpt, why))
     reasons = "; ".join(f"{path.name}: {why}" for path, why in skipped) or "there is none"
     raise ValueError(f"cannot resume {run_dir}: no checkpoint verifies ({reasons})")
+
+
+def _promote(ckpt: Path, step: int) -> Path:
+    """A complete copy a crash left under a temporary name becomes the checkpoint of its step."""
+    final = ckpt.with_name(f"step_{step:06d}")
+    if ckpt.name.startswith("step_") or final.exists():
+        return ckpt
+    ckpt.rename(final)
+    return final
 
 
 def load_checkpoint(trainer, ckpt: str | Path) -> int:

@@ -103,6 +103,7 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
                                                 on_warmstart=warmstart_recorder(records))
     train, val = (check_prompt_lengths(cfg, tokenizer, loaded, spec) for loaded, spec in
                   ((train, cfg.data.train), (val, cfg.data.val)))
+    check_positions(cfg, model, tokenizer, [*train.rows, *val.rows])
     for loaded, spec, split in ((train, cfg.data.train, "train"), (val, cfg.data.val, "val")):
         report_data(cfg, records, loaded, spec, split)
     train_rows, val_rows = train.rows, val.rows
@@ -132,6 +133,29 @@ def check_prompt_lengths(cfg: TrainConfig, tokenizer, loaded: LoadedRows, spec: 
     keep = sorted(set(range(len(loaded.rows))) - set(too_long))
     return LoadedRows([loaded.rows[i] for i in keep], skipped=loaded.skipped + len(too_long),
                       problems=loaded.problems + problems, where=tuple(loaded.where[i] for i in keep))
+
+
+POSITION_CHECK_ROWS = 256
+"""rows (the longest by characters) whose token count decides the longest prompt in `check_positions`"""
+
+
+def check_positions(cfg: TrainConfig, model, tokenizer, rows: list[PromptRow]) -> None:
+    """ValueError naming both numbers when the longest prompt (with its teacher context) plus
+    rollout.max_new_tokens exceeds the model's `max_position_embeddings` (positions past it are not trained).
+
+    The longest prompt is measured among the POSITION_CHECK_ROWS rows with the most characters (tokenizing every
+    row of a large file at each start would cost seconds)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit or not rows:
+        return
+    longest_texts = sorted((row.teacher_prompt for row in rows), key=len)[-POSITION_CHECK_ROWS:]
+    texts = render_prompts(tokenizer, longest_texts, enable_thinking=cfg.model.enable_thinking)
+    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids)
+    if longest + cfg.rollout.max_new_tokens > limit:
+        raise ValueError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} after the longest prompt ({longest} "
+                         f"tokens with its teacher context) needs {longest + cfg.rollout.max_new_tokens} positions; "
+                         f"the model has max_position_embeddings={limit}. Lower --rollout.max_new_tokens to at most "
+                         f"{max(limit - longest, 0)} (or shorten the prompts)")
 
 
 def report_data(cfg: TrainConfig, records: RecordStream, loaded: LoadedRows, spec: str, split: str) -> None:
