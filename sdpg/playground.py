@@ -166,7 +166,7 @@ def probe_response(subject: Subject, prompt: str, response: str | list[int], var
     ids = response if isinstance(response, list) else response_ids(subject.tokenizer, response)
     if not ids:
         raise ValueError("probe_response: the response is empty")
-    check_probe_length(subject, [prompt + v.context for v in variants], len(ids))
+    check_probe_length(subject, {v.name: prompt + v.context for v in variants}, len(ids))
     model = subject.model
     device = next(model.parameters()).device
     resp = torch.tensor([ids], device=device)  # (1, T)
@@ -186,20 +186,23 @@ def probe_response(subject: Subject, prompt: str, response: str | list[int], var
     return base | {key: first[key] for key in ("tokens", "student_logp", "entropy", "student_topk")}
 
 
-def check_probe_length(subject: Subject, prompts: list[str], n_tokens: int) -> None:
-    """ValueError naming the numbers when a response of `n_tokens` after the longest of `prompts` does not fit the
-    model's positions (`max_position_embeddings`) or `MAX_PROBE_TOKENS`, or a prompt exceeds rollout.max_prompt_tokens."""
-    rendered = render_prompts(subject.tokenizer, prompts, enable_thinking=subject.cfg.model.enable_thinking)
-    longest = max(len(ids) for ids in subject.tokenizer(rendered, add_special_tokens=False).input_ids)
+def check_probe_length(subject: Subject, prompts: dict[str, str], n_tokens: int) -> None:
+    """ValueError naming the numbers when a response of `n_tokens` after the longest of `prompts` (by variant name)
+    does not fit the model's positions (`max_position_embeddings`) or `MAX_PROBE_TOKENS`, or a prompt exceeds
+    rollout.max_prompt_tokens."""
+    rendered = render_prompts(subject.tokenizer, list(prompts.values()), enable_thinking=subject.cfg.model.enable_thinking)
+    lengths = [len(ids) for ids in subject.tokenizer(rendered, add_special_tokens=False).input_ids]
+    longest = max(lengths)
+    name = list(prompts)[lengths.index(longest)]
     if longest > subject.cfg.rollout.max_prompt_tokens:
-        raise ValueError(f"the prompt with its context is {longest} tokens, more than rollout.max_prompt_tokens="
+        raise ValueError(f"the prompt with the {name!r} context is {longest} tokens, more than rollout.max_prompt_tokens="
                          f"{subject.cfg.rollout.max_prompt_tokens}: shorten the prompt, hint or free text")
     positions = getattr(subject.model.config, "max_position_embeddings", None) or longest + MAX_PROBE_TOKENS
     room = min(MAX_PROBE_TOKENS, positions - longest)
     if n_tokens > room:
-        raise ValueError(f"the response is {n_tokens} tokens; after its longest prompt ({longest} tokens) the model "
-                         f"reads at most {positions} positions (max_position_embeddings), so a probe takes at most "
-                         f"{max(room, 0)} response tokens: shorten the response")
+        raise ValueError(f"the response is {n_tokens} tokens; after its longest prompt ({longest} tokens, the "
+                         f"{name!r} context) the model reads at most {positions} positions (max_position_embeddings), "
+                         f"so a probe takes at most {max(room, 0)} response tokens: shorten the response or the context")
 
 
 def check_gap_request(subject: Subject, problems: int, samples: int, available: int) -> None:

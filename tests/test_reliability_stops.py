@@ -118,7 +118,8 @@ def live(tiny_model_dir, tmp_path_factory):
 
 
 def probe_typed(client, response: str):
-    return client.predict("typed", None, None, 0, "Q:3+4\n", "Hint: 7\n", "7", response, 1.0, "", "kl", 0,
+    row = dashboard.EXAMPLE  # an embedded-task row: its contexts fit the tiny model's 256 positions
+    return client.predict("typed", None, None, 0, row.prompt, row.context, row.answer, response, 1.0, "", "kl", 0,
                           api_name="/probe")
 
 
@@ -126,12 +127,12 @@ def test_a_huge_typed_response_is_refused_at_once_and_the_run_goes_on(live):
     ctl, client = live
     step = ctl.handle.step
     t0 = time.monotonic()
-    where = probe_typed(client, "1" * 1_000_000)[1]
+    where = probe_typed(client, "1" * 1_000_000)[0]
     assert time.monotonic() - t0 < 10
     assert "Not probed" in where and "1,000,000 characters" in where and "at most 100,000" in where
-    where = probe_typed(client, "1" * 5000)[1]
+    where = probe_typed(client, "1" * 5000)[0]
     assert "Not probed" in where and "the response is 5001 tokens" in where and "max_position_embeddings" in where
-    assert "Asked the live run" in probe_typed(client, "\\boxed{7}")[1]
+    assert "Asked the live run" in probe_typed(client, "\\boxed{405}")[0]
     wait_for(lambda: ctl.handle.step > step, timeout=120, what="the run to keep training")
 
 
