@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python bench/refresh_clients.py [--clients 20] [--seconds 40] [--steps 300]
 
-The page replays a run that already has `--steps` steps and gains one step every 1.5 s (what a live run of the
+The page runs in a process of its own (as it does for a classroom: the viewers' work is not the server's) and
+replays a run that already has `--steps` steps and gains one step every 1.5 s (what a live run of the
 embedded model writes), so every tick has something new to draw. Each client polls like the page's timer (one
 /refresh, then a 1.5 s wait) for `--seconds`; the script prints one markdown table row: calls, mean / median /
 95th percentile / max latency, the bytes of one answer and the load average at the start. Loopback only, a
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,8 +42,16 @@ def emit_step(writer: RecordStream, step: int) -> None:
     writer.emit_metrics(step, make_metrics_row(step, groups))
 
 
-def measure(tmp: Path, clients: int, seconds: float, steps: int) -> str:
+def serve(run_dir: Path, port: int) -> None:
+    """The page replaying `run_dir`, in this process until it is killed (the measuring process is the clients')."""
     import app as dashboard
+
+    ctl = dashboard.Controller(run_dir.parent)
+    ctl.open_replay(str(run_dir))
+    dashboard.serve(dashboard.build_app(ctl), port=port, block=True)
+
+
+def measure(tmp: Path, clients: int, seconds: float, steps: int) -> str:
     from gradio_client import Client
 
     run_dir, stop = tmp / "runs" / "live", threading.Event()
@@ -48,13 +59,30 @@ def measure(tmp: Path, clients: int, seconds: float, steps: int) -> str:
     writer.emit_event("start")
     for step in range(1, steps + 1):
         emit_step(writer, step)
-    ctl = dashboard.Controller(tmp / "runs")
-    ctl.open_replay(str(run_dir))
-    demo = dashboard.build_app(ctl)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _, url, _ = dashboard.serve(demo, port=port, block=False)
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(run_dir), str(port)], env=os.environ,
+                              stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                Client(url, verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError((tmp / "server.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        return _poll(url, writer, steps, stop, clients, seconds)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _poll(url: str, writer: RecordStream, steps: int, stop: threading.Event, clients: int, seconds: float) -> str:
+    from gradio_client import Client
 
     def grow():
         step = steps
@@ -84,7 +112,6 @@ def measure(tmp: Path, clients: int, seconds: float, steps: int) -> str:
         list(pool.map(poll, range(clients)))
     stop.set()
     grower.join()
-    demo.close()
     lat = sorted(latencies)
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
     return (f"| {clients} clients, {seconds:g} s, run of {steps}+ steps growing 1 step / {TICK_S} s | {len(lat)} calls, "
@@ -97,7 +124,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=40.0)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--serve", nargs=2, metavar=("RUN_DIR", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return serve(Path(args.serve[0]), int(args.serve[1]))
     with tempfile.TemporaryDirectory() as tmp:
         print(measure(Path(tmp), args.clients, args.seconds, args.steps), flush=True)
 
