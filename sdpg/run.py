@@ -320,10 +320,11 @@ class RunHandle:
     # ---- the training thread ----
     def _main(self) -> None:
         try:
-            with stop_scope(self._stop):  # every long phase below honours Stop / SIGTERM within seconds
-                self._run()
-        except Stopped as stop:  # before the first step: the warm start, loading or the first evaluation
-            self._stopped(str(stop))
+            try:
+                with stop_scope(self._stop):  # every long phase below honours Stop / SIGTERM within seconds
+                    self._run()
+            except Stopped as stop:  # before the first step: the warm start, loading or the first evaluation
+                self._end(str(stop))
         except Exception as exc:  # the thread must report, never die silently
             self._crashed(exc)
         finally:
@@ -380,20 +381,20 @@ class RunHandle:
                 metrics = trainer.train_step()
             except Stopped as stop:  # cut short before its update: as if the step had not begun
                 restore_sampling_state(trainer, before)
-                return self._stopped(str(stop))
+                return self._end(str(stop))
             self.step = trainer.step
             if trainer.step == run.steps or (run.eval_every and trainer.step % run.eval_every == 0):
                 try:
                     metrics.update(trainer.evaluate())
                 except Stopped as stop:  # the step's own records stay; only its evaluation is missing
                     self._emit_metrics(trainer.step, metrics)
-                    return self._stopped(str(stop))
+                    return self._end(str(stop))
             self._emit_metrics(trainer.step, metrics)
             if self._save.is_set() or (run.save_every and trainer.step % run.save_every == 0):
                 self._checkpoint()
-        self._stopped("" if self._stop.is_set() else None)
+        self._end("" if self._stop.is_set() else None)
 
-    def _stopped(self, during: str | None) -> None:
+    def _end(self, during: str | None) -> None:
         """End the run: a final checkpoint (once) and a `finished` or `stopped` event (`during`: what a stop cut
         short, "" when it came between steps; None when the run finished)."""
         self._save.clear()
