@@ -9,14 +9,17 @@ Design choices:
   card, browsable steps, picked group) is `lab.viewmodel`'s, shared with the notebook widget.
 - Training runs in the handle's background thread. A `gr.Timer` polls the record stream every
   1.5 s; each session remembers the version of the records it last drew (`gr.State`), and a tick with
-  nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing.
+  nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing. What a new
+  version shows is built once and shared by every viewer (`SharedViews`), so a classroom costs one build
+  per change, not one per viewer; curves carry at most `lab.curves.MAX_POINTS` steps, and replayed record
+  files are limited to `MAX_RECORD_BYTES`.
 - Pictures come from `lab/`; this file builds a config from the controls, calls the handle, and
   routes records to views. It holds no math.
 - Bad settings are refused before anything starts: `check_config` plus a check that named
   data files and local model folders exist; the message shows on the page.
-- Paths typed into the page (replay and run directories, data files, model folders) must lie under the
-  runs root or a folder given with `--allow-root`; the check runs before the path is touched, so a
-  refusal says nothing about whether the path exists.
+- Paths typed into the page (replay, compare and run directories, data files, model folders) must lie under
+  the runs root or a folder given with `--allow-root`; every one goes through `Controller.confine`, which runs
+  before the path is touched, so a refusal says nothing about whether the path exists.
 - SIGTERM is handled like Ctrl-C: the server closes, the live run saves a final checkpoint and records
   `stopped`, then the process exits.
 - Which run button works in which status is the engine's table (`sdpg.run.ACTIONS`); a button press the
@@ -36,6 +39,8 @@ import re
 import signal
 import sys
 import threading
+import traceback
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +48,8 @@ from types import SimpleNamespace
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from gradio.components.plot import PlotData  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
@@ -56,12 +63,13 @@ from sdpg.config import TrainConfig  # noqa: E402
 from sdpg.data import PromptRow  # noqa: E402
 from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
-from sdpg.playground import (Subject, context_gap, context_variants, load_subject, probe_response,  # noqa: E402
-                             recorded_response_ids)
-from sdpg.records import RecordStream  # noqa: E402
+from sdpg.playground import (Subject, check_gap_request, context_gap, context_variants, load_subject,  # noqa: E402
+                             probe_response, recorded_response_ids)
+from sdpg.records import EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
 from sdpg.run import ACTIONS, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
 from sdpg.runs import find_runs, load_run, newest_runs  # noqa: E402
+from sdpg.stopping import Stopped, stop_scope  # noqa: E402
 from sdpg.tasks.addition import make_row  # noqa: E402
 from sdpg.tasks import TASKS  # noqa: E402
 from sdpg.whatif import token_weights  # noqa: E402
@@ -104,6 +112,8 @@ class Controller(RunView):
         """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
         self._lock = threading.Lock()
+        self.closing = threading.Event()
+        """set when the server shuts down: playground questions on a replay's checkpoint stop"""
 
     def status_card(self) -> str:
         return super().status_card() + replay_problems(self.replay)
@@ -145,7 +155,8 @@ class Controller(RunView):
         if refused := self.refusal("stop"):
             return refused
         self.handle.stop(wait=False)
-        return "Stop requested: the run saves a checkpoint after the current step and ends.", "info"
+        return ("Stop requested: the run ends within seconds (a step cut short is discarded) and saves a checkpoint of "
+                "its last completed step."), "info"
 
     def checkpoint(self) -> tuple[str, str]:
         if refused := self.refusal("checkpoint"):
@@ -153,12 +164,17 @@ class Controller(RunView):
         self.handle.request_checkpoint()
         return "Checkpoint requested: it is saved after the current step.", "info"
 
+    def confine(self, text: str, what: str) -> Path:
+        """The one gate for every path the page is given (replay, compare, data, model): see `confine`."""
+        return confine(text, self.allowed_roots, what)
+
     def open_replay(self, run_dir: str) -> tuple[str, str]:
         text = (run_dir or "").strip()
         if not text or text == ".":
             return "Choose or type a run directory first.", "error"
         try:
-            path = confine(text, self.allowed_roots, "run directory")
+            path = self.confine(text, "run directory")
+            check_record_sizes(path)
             self.replay = RecordStream.open(path)
         except (OSError, ValueError) as err:
             return str(err), "error"
@@ -195,17 +211,33 @@ def check_path_text(text: str, what: str) -> None:
         raise ValueError(f"{what}: a folder or file name in the path is longer than {NAME_MAX_BYTES} bytes")
 
 
-def confine_settings(cfg: TrainConfig, roots: list[Path]) -> None:
-    """Refuse data files and local model folders outside `roots` (before anything checks that they exist)."""
+def confine_settings(cfg: TrainConfig, confine_path) -> None:
+    """Refuse data files and local model folders that `confine_path` (`Controller.confine`) refuses, before
+    anything checks that they exist."""
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if spec != "embedded":
-            confine(spec, roots, f"config {name}")
+            confine_path(spec, f"config {name}")
     name = cfg.model.name
     if name == "embedded":
         return
     check_path_text(name, "config model.name")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or Path(name).is_dir():
-        confine(name, roots, "config model.name")  # a path, not a hub id: it would be read from disk
+        confine_path(name, "config model.name")  # a path, not a hub id: it would be read from disk
+
+
+MAX_RECORD_BYTES = 64 * 2**20
+"""largest metrics or events file the page replays or compares (a 10,000-step run writes about 30 MB of metrics);
+its rows are parsed into memory and drawn on every change"""
+
+
+def check_record_sizes(run_dir: Path) -> None:
+    """ValueError naming the file when a run's metrics or events file is larger than the page reads."""
+    for name in (METRICS_FILE, EVENTS_FILE):
+        path = run_dir / name
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(f"{path} is {size / 2**20:.0f} MiB; the page replays and compares record files of at "
+                             f"most {MAX_RECORD_BYTES // 2**20} MiB (open it in a notebook with RecordStream.open)")
 
 
 def replay_problems(replay: RecordStream | None) -> str:
@@ -232,10 +264,10 @@ def list_runs(runs_root: str | Path) -> list[str]:
 
 def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, gate, beta_warmup, beta_decay, lr,
                          group_size, temperature, steps, model, data, val, task=None,
-                         roots: list[Path] | None = None) -> TrainConfig:
+                         confine_path=None) -> TrainConfig:
     """A validated copy of `base` with the page's settings; ValueError names the first bad one.
 
-    With `roots`, data files and model folders must lie under one of them (see `confine`)."""
+    With `confine_path` (`Controller.confine`), data files and model folders must pass it."""
     numbers = {"β": beta, "α": alpha, "β warmup": beta_warmup, "β decay": beta_decay, "learning rate": lr,
                "group size": group_size, "temperature": temperature, "steps": steps}
     empty = [name for name, v in numbers.items() if v is None]
@@ -255,8 +287,8 @@ def config_from_controls(base: TrainConfig, *, method, beta, alpha, ref_mode, ga
         cfg.data.task = task
         if cfg.data.train == "embedded" and task in TASKS and cfg.rollout.max_new_tokens < TASKS[task].response_tokens:
             cfg.rollout.max_new_tokens = TASKS[task].max_new_tokens
-    if roots is not None:
-        confine_settings(cfg, roots)
+    if confine_path is not None:
+        confine_settings(cfg, confine_path)
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if spec != "embedded" and not Path(spec).expanduser().is_file():
             raise ValueError(f"config {name}={spec!r} is invalid: no such file (use 'embedded' or a .parquet/.jsonl path)")
@@ -429,26 +461,88 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
     return ui
 
 
+class SharedViews:
+    """What a tick sends, computed once per change of the records and shared by every viewer.
+
+    Each session still asks for the version (a cheap tail of the record files); the figures, the status card and
+    the step list of a version are built by the first session that asks, serialised once (`PlotData`), and
+    handed to the rest, which wait on the lock instead of building them again. Selection views are kept per
+    (version, selection) for the last few selections: viewers that follow the latest step share them too.
+    A view that cannot be drawn from the records shows its error on the status card instead of failing the tick.
+    """
+
+    def __init__(self, ctl: Controller, keep: int = 16):
+        self.ctl = ctl
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._common: tuple | None = None
+        self._selections: OrderedDict[tuple, list] = OrderedDict()
+
+    def common(self, version) -> tuple[list, list[int]]:
+        """(status card, button states, curves, advantage evolution) and the browsable steps of `version`."""
+        with self._lock:
+            if self._common is None or self._common[0] != version:
+                self._common = (version, *self._build_common())
+            return _copies(self._common[1]), self._common[2]
+
+    def _build_common(self) -> tuple[list, list[int]]:
+        ctl = self.ctl
+        stream = ctl.stream()
+        try:
+            metrics = stream.metrics() if stream is not None else []
+            config = stream.config() if stream is not None else {}
+            figures = [plot_data(curves_figure(metrics, config)), plot_data(advantage_evolution(metrics))]
+            card, choices = ctl.status_card(), browsable_steps(stream)
+        except Exception as err:  # noqa: BLE001 - say it on the page once per version, not an error per viewer
+            traceback.print_exc()
+            figures, choices = [gr.skip(), gr.skip()], []
+            card = message_html(f"The records of this run could not be drawn: {type(err).__name__}: {err}", "error")
+        return [card, *button_states(ctl.live_status()), *figures], choices
+
+    def selection(self, version, stream, step, group, color, r, p, wr) -> list:
+        """Selection controls and views of one selection at `version`."""
+        key = (version, step, group, color, r, p, wr)
+        with self._lock:
+            if key not in self._selections:
+                try:
+                    views = list(selection_views(stream, step, group, color, r, p, wr))
+                    views = [plot_data(v) if isinstance(v, go.Figure) else v for v in views]
+                    self._selections[key] = [*selection_controls(stream, step, group), *views]
+                except Exception:  # noqa: BLE001 - the status card of this version already names what is wrong
+                    traceback.print_exc()
+                    self._selections[key] = [gr.skip()] * 9
+                while len(self._selections) > self.keep:
+                    self._selections.popitem(last=False)
+            self._selections.move_to_end(key)
+            return _copies(self._selections[key])
+
+
+def _copies(values: list) -> list:
+    """Fresh update dicts for one viewer (Gradio may change an update dict while sending it)."""
+    return [dict(v) if isinstance(v, dict) else v for v in values]
+
+
+def plot_data(fig: go.Figure) -> PlotData:
+    """A figure serialised once, so every viewer it is sent to gets the same JSON without redoing it."""
+    return PlotData(type="plotly", plot=fig.to_json())
+
+
 def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
     """The timer refresh; returns the tick with its inputs and outputs so the page load can draw at once too."""
     buttons = [getattr(ui, action) for action in RUN_BUTTONS]
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
     sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
     tick_outputs = [seen, ui.status, *buttons, ui.curves, ui.evolution, ui.step, *sel_controls, *sel_views]
+    shared = SharedViews(ctl)
 
     def tick(last, step, group, follow_on, color, r, p, wr):
         version = ctl.version()
         if version == last:
             return [gr.skip()] * len(tick_outputs)
-        stream = ctl.stream()
-        metrics = stream.metrics() if stream is not None else []
-        config = stream.config() if stream is not None else {}
-        choices = browsable_steps(stream)
+        common, choices = shared.common(version)
         step = follow_step(choices, step, follow_on)
-        return [version, ctl.status_card(), *button_states(ctl.live_status()),
-                curves_figure(metrics, config), advantage_evolution(metrics),
-                gr.update(choices=choices, value=step),
-                *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
+        return [version, *common, gr.update(choices=choices, value=step),
+                *shared.selection(version, ctl.stream(), step, group, color, r, p, wr)]
 
     tick_inputs = [seen, ui.step, ui.group, ui.follow, ui.color_by, ui.resp, ui.pos, ui.wresp]
     gr.Timer(REFRESH_S).tick(tick, tick_inputs, tick_outputs, show_progress="hidden", concurrency_limit=None,
@@ -499,7 +593,7 @@ def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> No
     """Run buttons, replay buttons and the `/status` API, each answering on the message line."""
     def on_start(*values):
         try:
-            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), roots=ctl.allowed_roots)
+            cfg = config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), confine_path=ctl.confine)
             return message_html(*ctl.start(cfg))
         except (ValueError, OSError) as err:  # OSError: a missing file, a run directory we cannot write
             return message_html(f"Not started: {err}", "error")
@@ -545,8 +639,9 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
 
 # ---------------- the privileged-context playground ----------------
 class PlaygroundSource:
-    """Where playground questions go: the live run between two of its optimizer steps, or the latest
-    checkpoint of the replay being browsed (loaded once per checkpoint)."""
+    """Where playground questions go: the live run between two of its optimizer steps (its Stop ends a question
+    within seconds), or the latest checkpoint of the replay being browsed (loaded once per checkpoint; the
+    server's shutdown ends a question)."""
 
     def __init__(self, ctl: Controller):
         self.ctl = ctl
@@ -568,7 +663,7 @@ class PlaygroundSource:
         if ckpt not in self._loaded:
             self._loaded = {ckpt: load_subject(ckpt)}
         subject = self._loaded[ckpt]
-        with MathVerifier(timeout_s=subject.cfg.reward.timeout_s) as verifier:
+        with MathVerifier(timeout_s=subject.cfg.reward.timeout_s) as verifier, stop_scope(ctl.closing):
             return fn(subject, load_data(subject.cfg)[1], verifier), f"checkpoint {ckpt}"
 
 
@@ -621,6 +716,18 @@ def playground_tab() -> SimpleNamespace:
     return ui
 
 
+MAX_TYPED_CHARS = 100_000
+"""longest text a playground field takes (the token bounds of `sdpg.playground` then apply)"""
+
+
+def check_typed_lengths(**fields) -> None:
+    """ValueError naming the first playground field longer than MAX_TYPED_CHARS, before anything tokenizes it."""
+    for name, text in fields.items():
+        if len(text or "") > MAX_TYPED_CHARS:
+            raise ValueError(f"the {name} field is {len(text):,} characters; the playground takes at most "
+                             f"{MAX_TYPED_CHARS:,}")
+
+
 def playground_question(ctl: Controller, source, step, group, resp, prompt, hint, answer, response, advantage):
     """The (row, response ids or text, advantage) a probe asks about, or a ValueError saying what is missing."""
     if source == "typed":
@@ -641,6 +748,7 @@ def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> 
     the recorded step / group following the page's selection dropdowns `step`, `group`."""
     def probe(source, step_v, group_v, resp, prompt, hint, answer, response, advantage, free, field, position):
         try:
+            check_typed_lengths(prompt=prompt, hint=hint, answer=answer, response=response, free=free)
             row, picked, adv = playground_question(src.ctl, source, step_v, group_v, resp, prompt, hint, answer,
                                                    response, advantage)
 
@@ -648,18 +756,20 @@ def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> 
                 ids = recorded_response_ids(subject.tokenizer, picked) if isinstance(picked, dict) else picked
                 return probe_response(subject, row.prompt, ids, context_variants(row, free or ""), advantage=adv)
             result, where = src.ask(run)
-        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:
+        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, Stopped) as err:
             return None, f"**Not probed:** {err}", variant_heatmap(None), probe_summary_html(None), logq_figure(None), ""
         return (result, f"Asked the {where}.", variant_heatmap(result, field), probe_summary_html(result),
                 logq_figure(result), topk_html(result, int(position or 0)))
 
     def gap(problems, samples, free):
         def run(subject, rows, verifier):
-            return context_gap(subject, rows[:max(1, int(problems or 1))], verifier, samples=max(1, int(samples or 1)),
-                               free_text=free or "")
+            n, k = _whole("problems", problems or 1), _whole("samples", samples or 1)
+            check_gap_request(subject, n, k, len(rows))
+            return context_gap(subject, rows[:n], verifier, samples=k, free_text=free or "")
         try:
+            check_typed_lengths(free=free)
             table, where = src.ask(run)
-        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError) as err:
+        except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, Stopped) as err:
             return f"<p><b>Not measured:</b> {err}</p>"
         return gap_table_html(table) + f"<p style='font-size:12px;color:#495057'>Asked the {where}.</p>"
 
@@ -679,13 +789,22 @@ COMPARE_JSON = Path("docs") / "compare.json"
 """the comparison experiment's results; the run directories it names are offered when they exist"""
 
 
-def comparable_runs(runs_root: str | Path) -> list[str]:
-    """Run directories under `runs_root` (two levels deep), then those the comparison results name."""
-    found = [str(p) for p in find_runs(runs_root)]
+def comparable_runs(ctl: Controller) -> list[str]:
+    """Run directories under the runs root (two levels deep), then those the comparison results name that the
+    page may open."""
+    found = [str(p) for p in find_runs(ctl.runs_root)]
     if COMPARE_JSON.is_file():
         named = [r["run_dir"] for r in json.loads(COMPARE_JSON.read_text()).get("runs", [])]
-        found += [d for d in named if d not in found and Path(d).is_dir()]
+        found += [d for d in named if d not in found and _allowed(ctl, d) and Path(d).is_dir()]
     return found
+
+
+def _allowed(ctl: Controller, text: str) -> bool:
+    try:
+        ctl.confine(text, "run directory")
+    except ValueError:
+        return False
+    return True
 
 
 def compare_tab(ctl: Controller) -> SimpleNamespace:
@@ -694,7 +813,7 @@ def compare_tab(ctl: Controller) -> SimpleNamespace:
     gr.Markdown("Choose several runs (under the runs root, or the comparison experiment's directories): curves "
                 "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
     with gr.Row():
-        ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), multiselect=True, allow_custom_value=True,
+        ui.pick = gr.Dropdown(comparable_runs(ctl), multiselect=True, allow_custom_value=True,
                               label="Runs to compare", scale=5, elem_id="sdpg-cmp-pick")
         ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120, elem_id="sdpg-cmp-refresh")
         ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120, elem_id="sdpg-cmp-go")
@@ -711,13 +830,15 @@ def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
         runs, problems = [], []
         for d in run_dirs or []:
             try:
-                runs.append(load_run(d))
+                path = ctl.confine(str(d).strip(), "run directory")
+                check_record_sizes(path)
+                runs.append(load_run(path))
             except (FileNotFoundError, ValueError) as err:
                 problems.append(str(err))
         note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))
         return note, overlay_figure(runs), summary_table_html(runs), config_diff_html(runs)
 
-    ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl.runs_root)), None, ui.pick, api_visibility="private")
+    ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl)), None, ui.pick, api_visibility="private")
     ui.go.click(compare, ui.pick, [ui.message, ui.curves, ui.summary, ui.diff], api_name="compare")
 
 
@@ -760,6 +881,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def shut_down(ctl: Controller) -> None:
     """After the server has closed: stop a live run with a final checkpoint and a `stopped` event."""
+    ctl.closing.set()
     if ctl.handle is not None and ctl.handle.alive:
         print("stopping the run: saving a checkpoint...", file=sys.stderr)
         ctl.handle.stop(wait=True)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from lab.curves import series
+from lab.curves import series, thin_rows
 from lab.style import COLORS, COUNTS, base_layout, empty_figure
 from sdpg.metrics import label
 
@@ -62,7 +62,7 @@ def advantage_histogram(row: dict | None, *, bins: int = 21) -> go.Figure:
 
 def advantage_evolution(metrics: list[dict], *, bins: int = 31) -> go.Figure:
     """Heatmap over steps x advantage bins of each step's share of responses, plus the zero-var share."""
-    rows = [r for r in metrics if _finite(r.get(ADV_KEY))]
+    rows = thin_rows([r for r in metrics if _finite(r.get(ADV_KEY))])
     if not rows:
         return empty_figure("no advantages recorded yet", title="Advantage distribution over steps")
     edges = advantage_edges([v for r in rows for v in _finite(r[ADV_KEY])], bins)
@@ -75,7 +75,7 @@ def advantage_evolution(metrics: list[dict], *, bins: int = 31) -> go.Figure:
     fig = go.Figure(go.Heatmap(x=steps, y=centres, z=np.array(shares).T.tolist(), colorscale=COUNTS, zmin=0,
                                colorbar={"title": {"text": "share"}, "thickness": 12, "x": 1.16},
                                hovertemplate="step %{x}<br>A ≈ %{y:.2f}<br>share %{z:.1%}<extra></extra>"))
-    zx, zy = series(metrics, "adv/zero_var_groups")
+    zx, zy = series(thin_rows(metrics), "adv/zero_var_groups")
     name = label("adv/zero_var_groups")
     fig.add_trace(go.Scatter(x=zx, y=zy, yaxis="y2", name=name, mode="lines+markers", showlegend=True,
                              line={"color": COLORS["zero_var"], "width": 2}, marker={"size": 5},

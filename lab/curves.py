@@ -11,6 +11,9 @@ Design choices:
   matches whichever `pass@<number>` other than `pass@1` the rows carry.
 - Each panel title carries the latest value of its first series; a constant series gets a y range
   scaled to its value, so a flat learning rate of 1e-4 does not read as 0.
+- A client is sent at most `MAX_POINTS` steps per curve (`thin_rows`: evenly spaced rows, every evaluation row
+  thinned the same way, and always the last row), so a run of millions of steps costs a refresh what a run of
+  thousands does; the planned beta is sampled the same way plus the schedule's corners.
 - The effective beta is drawn over the planned schedule for the whole run (from the engine's own
   `beta_schedule`), so the plan is visible ahead of the measured curve; methods the registry marks as
   not distilling get no plan.
@@ -28,6 +31,21 @@ from lab.style import COLORS, base_layout
 from sdpg.losses import beta_schedule
 from sdpg.methods import METHODS
 from sdpg.metrics import label
+
+
+MAX_POINTS = 2000
+"""most steps one curve sends to the browser"""
+
+
+def thin_rows(rows: list[dict], budget: int = MAX_POINTS) -> list[dict]:
+    """At most about `budget` evenly spaced rows (and as many evaluation rows), always with the last one."""
+    def picks(idx: list[int]) -> set[int]:
+        stride = math.ceil(len(idx) / budget) if idx else 1
+        return set(idx[::stride]) | set(idx[-1:])
+    if len(rows) <= budget:
+        return rows
+    keep = picks(list(range(len(rows)))) | picks([i for i, r in enumerate(rows) if "eval/pass@1" in r])
+    return [rows[i] for i in sorted(keep)]
 
 
 @dataclass(frozen=True)
@@ -125,8 +143,13 @@ def planned_beta(config: dict) -> tuple[list[int], list[float]]:
     method = METHODS.get((loss or {}).get("method"))
     if not loss or not run or (method is not None and not method.distills):
         return [], []
-    total = int(run["steps"])
-    steps = list(range(1, total + 1))
+    if not isinstance(run.get("steps"), int) or any(not isinstance(loss.get(k), (int, float))
+                                                    for k in ("beta", "beta_warmup", "beta_decay")):
+        return [], []  # a damaged config (the replay says which field): no plan to draw
+    total = run["steps"]
+    corners = {1, loss["beta_warmup"], loss["beta_warmup"] + 1, total - loss["beta_decay"],
+               total - loss["beta_decay"] + 1, total}
+    steps = sorted({s for s in range(1, total + 1, math.ceil(total / MAX_POINTS))} | {s for s in corners if 1 <= s <= total})
     return steps, [float(beta_schedule(s, total, loss["beta"], loss["beta_warmup"], loss["beta_decay"]))
                    for s in steps]
 
@@ -140,6 +163,7 @@ def flat_range(value: float) -> list[float]:
 def curves_figure(metrics: list[dict], config: dict | None = None, *, panels: tuple[Panel, ...] = PANELS,
                   cols: int = 4) -> go.Figure:
     """Small-multiple line charts of the metrics rows, one panel per entry of `panels`."""
+    metrics = thin_rows(metrics)
     rows = math.ceil(len(panels) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels],
                         horizontal_spacing=0.06, vertical_spacing=0.32 / rows)

@@ -35,6 +35,9 @@ MAX_STEPS = 10_000_000
 MAX_ROWS = 10_000_000
 MAX_RECORD_GROUPS = 1024
 MAX_TEMPERATURE = 100.0
+MIN_TEMPERATURE = 1e-3
+"""lowest temperature: logits / T must stay finite (at 1e-40 they overflow to inf and sampling fails); at 1e-3
+sampling is already greedy in effect"""
 
 
 @dataclass
@@ -275,8 +278,8 @@ class TrainConfig:
             _span("loss.rlsd_eps_w", self.loss.rlsd_eps_w, 0, 1, hi_open=True),
             ("loss.kl_clamp", _finite(self.loss.kl_clamp) and self.loss.kl_clamp >= 0,
              "must be >= 0 (--loss.kl_clamp 0 turns the clamp off)"),
-            _span("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature, 0, MAX_TEMPERATURE,
-                  lo_open=True),
+            _span("loss.opsd_teacher_temperature", self.loss.opsd_teacher_temperature, MIN_TEMPERATURE,
+                  MAX_TEMPERATURE),
             ("model.dtype", self.model.dtype in DTYPES, f"must be one of {DTYPES}"),
             ("model.device", self.model.device in ("auto", "cpu", "cuda") or
              re.fullmatch(r"cuda:\d+", self.model.device) is not None, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
@@ -287,7 +290,7 @@ class TrainConfig:
                   lo_open=True, hi_open=True),
             _span("rollout.group_size", self.rollout.group_size, 1, MAX_GROUP_SIZE),
             _span("rollout.prompts_per_step", self.rollout.prompts_per_step, 1, MAX_PROMPTS_PER_STEP),
-            _span("rollout.temperature", self.rollout.temperature, 0, MAX_TEMPERATURE, lo_open=True),
+            _span("rollout.temperature", self.rollout.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE),
             _span("rollout.top_p", self.rollout.top_p, 0, 1, lo_open=True),
             _span("rollout.max_new_tokens", self.rollout.max_new_tokens, 1, MAX_TOKENS),
             _span("rollout.max_prompt_tokens", self.rollout.max_prompt_tokens, 1, MAX_TOKENS),
@@ -394,3 +397,33 @@ def preset(name: str) -> TrainConfig:
         cfg.run = RunConfig(steps=400, eval_every=25, eval_samples=32, save_every=50)
         return cfg
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")
+
+
+def config_file_problems(data) -> tuple[dict, list[str]]:
+    """A config read back from a run's file, as (the sections and fields a view can use, what was left out).
+
+    A field whose value is not of its `TrainConfig` default's kind (number, text, flag, list) is left out;
+    fields `TrainConfig` does not know are kept as they are (older or newer runs)."""
+    if not isinstance(data, dict):
+        return {}, [f"not a config (expected a JSON object of sections, got {type(data).__name__})"]
+    defaults, kept, problems = TrainConfig().to_dict(), {}, []
+    for section, fields in data.items():
+        if not isinstance(fields, dict):
+            problems.append(f"section {section!r} is {type(fields).__name__}, not an object of settings")
+            continue
+        kept[section] = {}
+        for name, value in fields.items():
+            want = defaults.get(section, {}).get(name)
+            if want is not None and _kind(value) != _kind(want) and not (value is None and _kind(want) == "number"):
+                problems.append(f"{section}.{name} is {str(value)[:40]!r}, not a {_kind(want)}")
+                continue
+            kept[section][name] = value
+    return kept, problems
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "flag (true/false)"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "text", list: "list", tuple: "list", dict: "object"}.get(type(value), type(value).__name__)

@@ -215,7 +215,7 @@ def _convert(path: Path, build: Callable[[Any], PromptRow], skip_bad_rows: bool)
     rows, problems, kept = [], [], []
     for where, record in _read_records(path):
         try:
-            rows.append(build(record))
+            rows.append(_check_unicode(build(record)))
             kept.append(where)
         except _BadRow as e:
             message = f"{path} {where}: {e}"
@@ -225,6 +225,18 @@ def _convert(path: Path, build: Callable[[Any], PromptRow], skip_bad_rows: bool)
     if not rows:
         raise DataError(f"{path}: no usable rows ({len(problems)} bad; first: {problems[0]})")
     return LoadedRows(rows=rows, skipped=len(problems), problems=tuple(problems), where=tuple(kept))
+
+
+def _check_unicode(row: PromptRow) -> PromptRow:
+    """`row`, or a bad row when a text holds a lone surrogate (JSON's "\\ud800"), which no tokenizer can encode."""
+    for field in ("prompt", "context", "answer"):
+        text = getattr(row, field)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _BadRow(f"{field} holds {text[e.start]!r} at character {e.start}, a lone surrogate that is not "
+                          f"valid Unicode (fix the escape in the file)") from None
+    return row
 
 
 def rows_without_context(rows: list[PromptRow]) -> int:
@@ -263,14 +275,17 @@ def _read_json_records(path: Path) -> list[tuple[str, Any]]:
         text = path.read_text(encoding="utf-8-sig")  # editors on Windows start files with a byte-order mark
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
-    if text.lstrip().startswith("["):
+    if text.lstrip().startswith("["):  # one JSON array of rows; a .jsonl file may also just start with a bad line
         try:
             array = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from None
+            if path.suffix == ".json" or "\n" not in text.strip():
+                raise DataError(f"{path}: not valid JSON ({e})") from None
+            array = None
         except RecursionError:
             raise DataError(f"{path}: not usable JSON (nested too deeply)") from None
-        return [(f"row {i}", r) for i, r in enumerate(array)]
+        if array is not None:
+            return [(f"row {i}", r) for i, r in enumerate(array)]
     records = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -138,3 +138,33 @@ def metric(key: str) -> Metric:
         if pattern.match(key):
             return entry
     raise KeyError(f"metric {key!r} is not registered in sdpg.metrics.METRICS (add its meaning and combine rule)")
+
+
+LIST_KEYS = frozenset({"adv/values"})
+"""keys whose value is a list of numbers; every other key holds a number (or null: NaN/inf are written as null)"""
+
+
+def metrics_row_problem(row: dict) -> str | None:
+    """Why a metrics row read back from a file cannot be drawn (naming the key), or None when it can. Only registered
+    keys (and `time`) are checked: the views draw nothing else."""
+    for key, value in row.items():
+        if key != "time" and not _registered(key):
+            continue
+        if key in LIST_KEYS:
+            if not isinstance(value, list) or not all(v is None or _is_number(v) for v in value):
+                return f"{key} is not a list of numbers"
+        elif value is not None and not _is_number(value):
+            return f"{key} is {type(value).__name__} {str(value)[:40]!r}, not a number"
+    return None
+
+
+def _registered(key: str) -> bool:
+    try:
+        metric(key)
+    except KeyError:
+        return False
+    return True
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -19,6 +19,10 @@ Design choices:
   (`RunHandle.call_between_steps`), on a paused run, or on a checkpoint (`load_subject`). Sampling for the
   gap table runs in a forked RNG, so a live run's random stream is untouched.
 - Results are plain dicts (JSON-able, like records), so lab views draw them and notebooks print them.
+- Every question is bounded before any forward runs (response tokens within the model's positions, at most
+  `MAX_GAP_PROBLEMS` x `MAX_GAP_SAMPLES` sampled sequences whose cache fits in memory), and every variant and
+  every generated token checks the run's stop flag (`sdpg.stopping`), so Stop and SIGTERM end a question within
+  seconds.
 """
 from __future__ import annotations
 
@@ -34,15 +38,25 @@ from sdpg.data import TEACHER_TEMPLATE, PromptRow, render_prompts, teacher_conte
 from sdpg.forward import lm_head_weight, response_hidden
 from sdpg.fused_kl import fused_self_distill
 from sdpg.losses import distill_token_advantage, sdpg_loss
+from sdpg.memory import host_memory_bytes
 from sdpg.methods import scheduled_beta
 from sdpg.models import load_model_and_tokenizer
 from sdpg.rollout import HFRolloutEngine
+from sdpg.stopping import check_stop
 from sdpg.tasks.base import hint_text, parse_hint
 from sdpg.trainer import token_record
 from sdpg.whatif import token_weights
 
 SANITY = "own prompt (sanity)"
 """the variant whose teacher sees exactly the student's prompt; its KL is 0"""
+MAX_PROBE_TOKENS = 8192
+"""longest response a probe reads, whatever the model's positions (each variant's forward grows with its square)"""
+MAX_GAP_PROBLEMS = 256
+"""most held-out problems one gap measurement samples"""
+MAX_GAP_SAMPLES = 64
+"""most samples per problem in one gap measurement"""
+MEMORY_SHARE = 0.5
+"""share of the host's memory one gap measurement's key-value cache may take"""
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,7 @@ def probe_response(subject: Subject, prompt: str, response: str | list[int], var
     ids = response if isinstance(response, list) else response_ids(subject.tokenizer, response)
     if not ids:
         raise ValueError("probe_response: the response is empty")
+    check_probe_length(subject, {v.name: prompt + v.context for v in variants}, len(ids))
     model = subject.model
     device = next(model.parameters()).device
     resp = torch.tensor([ids], device=device)  # (1, T)
@@ -162,12 +177,50 @@ def probe_response(subject: Subject, prompt: str, response: str | list[int], var
         base = {"prompt": prompt, "temperature": subject.cfg.rollout.temperature, "advantage": float(advantage), "step": subject.step,
                 "variants": []}
         for variant in variants:
+            check_stop("the playground")
             teacher_h = student_h if variant.context == "" else _hidden(subject, prompt + variant.context, resp)
             base["variants"].append(_variant_record(subject, variant, student_h[0], teacher_h[0], resp[0], advantage))
     finally:
         model.train(was_training)
     first = base["variants"][0]
     return base | {key: first[key] for key in ("tokens", "student_logp", "entropy", "student_topk")}
+
+
+def check_probe_length(subject: Subject, prompts: dict[str, str], n_tokens: int) -> None:
+    """ValueError naming the numbers when a response of `n_tokens` after the longest of `prompts` (by variant name)
+    does not fit the model's positions (`max_position_embeddings`) or `MAX_PROBE_TOKENS`, or a prompt exceeds
+    rollout.max_prompt_tokens."""
+    rendered = render_prompts(subject.tokenizer, list(prompts.values()), enable_thinking=subject.cfg.model.enable_thinking)
+    lengths = [len(ids) for ids in subject.tokenizer(rendered, add_special_tokens=False).input_ids]
+    longest = max(lengths)
+    name = list(prompts)[lengths.index(longest)]
+    if longest > subject.cfg.rollout.max_prompt_tokens:
+        raise ValueError(f"the prompt with the {name!r} context is {longest} tokens, more than rollout.max_prompt_tokens="
+                         f"{subject.cfg.rollout.max_prompt_tokens}: shorten the prompt, hint or free text")
+    positions = getattr(subject.model.config, "max_position_embeddings", None) or longest + MAX_PROBE_TOKENS
+    room = min(MAX_PROBE_TOKENS, positions - longest)
+    if n_tokens > room:
+        raise ValueError(f"the response is {n_tokens} tokens; after its longest prompt ({longest} tokens, the "
+                         f"{name!r} context) the model reads at most {positions} positions (max_position_embeddings), "
+                         f"so a probe takes at most {max(room, 0)} response tokens: shorten the response or the context")
+
+
+def check_gap_request(subject: Subject, problems: int, samples: int, available: int) -> None:
+    """ValueError naming the limit when a gap measurement would take too long or its cache would not fit."""
+    if not 1 <= problems <= min(MAX_GAP_PROBLEMS, available):
+        raise ValueError(f"problems is {problems}; choose 1 to {min(MAX_GAP_PROBLEMS, available)} (the run has "
+                         f"{available} held-out problems; at most {MAX_GAP_PROBLEMS} per measurement)")
+    if not 1 <= samples <= MAX_GAP_SAMPLES:
+        raise ValueError(f"samples per problem is {samples}; choose 1 to {MAX_GAP_SAMPLES}")
+    c, r = subject.model.config, subject.cfg.rollout
+    per_token = 2 * c.num_hidden_layers * getattr(c, "num_key_value_heads", c.num_attention_heads) * getattr(
+        c, "head_dim", c.hidden_size // c.num_attention_heads) * next(subject.model.parameters()).element_size()
+    need = problems * samples * (r.max_prompt_tokens + r.max_new_tokens) * per_token
+    budget = MEMORY_SHARE * host_memory_bytes()
+    if need > budget:
+        raise ValueError(f"{problems} problems x {samples} samples need about {need / 2**30:.1f} GiB of key-value "
+                         f"cache, more than {budget / 2**30:.1f} GiB ({MEMORY_SHARE:.0%} of this machine's memory): "
+                         f"choose fewer problems or samples")
 
 
 def _hidden(subject: Subject, text: str, resp: torch.Tensor) -> torch.Tensor:
@@ -215,6 +268,7 @@ def context_gap(subject: Subject, rows: list[PromptRow], verifier, *, samples: i
     """
     if not rows or samples < 1:
         raise ValueError(f"context_gap: need at least one problem and samples >= 1, got {len(rows)} and {samples}")
+    check_gap_request(subject, len(rows), samples, len(rows))
     model = subject.model
     was_training = model.training
     model.eval()
@@ -240,6 +294,7 @@ def _gap_table(subject: Subject, rows: list[PromptRow], verifier, samples: int, 
             by_name.setdefault(variant.name, []).append((i, variant))
     table = []
     for name, pairs in by_name.items():
+        check_stop("the playground")
         idx = [i for i, _ in pairs]
         texts = [rows[i].prompt + v.context for i, v in pairs]
         torch.manual_seed(seed)

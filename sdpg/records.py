@@ -15,8 +15,9 @@ Design choices:
 - Thread-safe: the training thread writes, UI threads read copies. Any number of viewer threads may
   `refresh()` one stream: reading new bytes and advancing the file offset is one step under a lock, and
   only complete lines are taken (a partial last line waits for the next refresh).
-- A bad line (not JSON, not a record) is skipped and reported by file and line in `bad_lines`, so one
-  damaged line does not hide the rest of a run.
+- A bad line (not JSON, not a record, or a row that breaks the schema: `row_problem`, e.g. a metric that is
+  not a number) is skipped and reported by file and line in `bad_lines`, so one damaged line does not hide the
+  rest of a run and never reaches a view. A config field of the wrong type is left out the same way.
 - Files are never truncated in place: `truncate_after` writes the kept part to a temporary sibling,
   fsyncs it and renames it over the original, so a kill mid-rewrite leaves the old file whole.
 - A write that fails (read-only folder, full disk) raises `StorageError` naming the file and the cause.
@@ -33,6 +34,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sdpg.config import config_file_problems
+from sdpg.metrics import metrics_row_problem
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -89,7 +93,11 @@ EVENTS: dict[str, Event] = {
     "step_skipped": Event("an optimizer update was not applied (NaN or inf)", {
         "step": "training step", "reason": "what was non-finite"}),
     "finished": Event("the run trained all its steps", {"step": "training steps done"}, status="finished"),
-    "stopped": Event("the run was stopped before its last step", {"step": "training steps done"}, status="stopped"),
+    "stopped": Event("the run was stopped before its last step", {
+        "step": "training steps done", "during": "the long phase a stop cut short (absent: between steps)",
+        "note": "why there is no checkpoint, when the stop came before the model was ready"}, status="stopped"),
+    "checkpoint_skipped": Event("resume passed over a checkpoint that does not verify", {
+        "checkpoint": "checkpoint folder", "reason": "which file failed its recorded size or hash"}),
     "error": Event("the run crashed", {"step": "training steps done", "message": "the exception's message",
                                        "traceback": "its traceback"}, status="crashed"),
     "health": Event("a health check found a problem (`sdpg.health`)", {
@@ -115,6 +123,22 @@ def check_event(kind: str) -> Event:
     if kind not in EVENTS:
         raise ValueError(f"unknown event {kind!r}; known events: {sorted(EVENTS)} (add it to sdpg.records.EVENTS)")
     return EVENTS[kind]
+
+
+def row_problem(fname: str, row) -> str | None:
+    """Why a row read back from record file `fname` breaks the schema (a view could not draw it), or None."""
+    if fname == EVENTS_FILE:
+        return None if isinstance(row, dict) and isinstance(row.get("event"), str) else \
+            "not a record (expected a JSON object with a string 'event')"
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
+        return "not a record (expected a JSON object with an integer 'step')"
+    if fname == METRICS_FILE:
+        return metrics_row_problem(row)
+    responses = row.get("responses")
+    if not isinstance(row.get("group"), int) or not isinstance(responses, list) or \
+            not all(isinstance(r, dict) for r in responses):
+        return "not a group record (expected an integer 'group' and a list of response objects)"
+    return None
 
 
 class StorageError(OSError):
@@ -177,6 +201,7 @@ class RecordStream:
         self.bad_lines: list[str] = []
         """'<file> line <n>: <why>' for each skipped line (the first MAX_BAD_LINES)"""
         self.bad_line_count = 0
+        self._config_problems: set[str] = set()
         self._write = write and self.run_dir is not None
         self._t0 = time.time()
         if self._write:
@@ -281,8 +306,22 @@ class RecordStream:
             return list(self._events)
 
     def config(self) -> dict:
+        """The run's settings; a file that is not JSON, not an object of sections, or a field of the wrong type
+        is left out and reported once in `bad_lines`, so a damaged config never breaks a view."""
         path = self.run_dir / CONFIG_FILE if self.run_dir else None
-        return json.loads(path.read_text()) if path and path.exists() else {}
+        if not path or not path.exists():
+            return {}
+        try:
+            kept, problems = config_file_problems(json.loads(path.read_text()))
+        except (ValueError, RecursionError) as err:
+            kept, problems = {}, [f"not valid JSON ({type(err).__name__}: {str(err)[:80]})"]
+        for why in problems:
+            if why not in self._config_problems:
+                self._config_problems.add(why)
+                self.bad_line_count += 1
+                if len(self.bad_lines) < MAX_BAD_LINES:
+                    self.bad_lines.append(f"{path}: {why}, ignored")
+        return kept
 
     # ---- replay ----
     @classmethod
@@ -340,9 +379,9 @@ class RecordStream:
             except (ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
                 self._note_bad_line(fname, f"not valid JSON ({type(err).__name__}: {str(err)[:80]})")
                 continue
-            if not isinstance(row, dict) or (fname != EVENTS_FILE and not isinstance(row.get("step"), int)):
-                self._note_bad_line(fname, "not a record (expected a JSON object with an integer 'step')"
-                                    if fname != EVENTS_FILE else "not a record (expected a JSON object)")
+            why = row_problem(fname, row)
+            if why:
+                self._note_bad_line(fname, why)
                 continue
             rows.append(row)
         return rows

@@ -15,6 +15,7 @@ Design choices:
 - Keys and values are cached in buffers with room to grow (`GrowingCache`): a decoding step writes its token's
   into place instead of copying the whole cache as `DynamicCache` does (8 % of generation on the 25M bench
   shape, `bench/RESULTS.md`); the values, and so the draws, are the same.
+- A requested stop (`sdpg.stopping`) ends decoding at the next token and raises `Stopped`.
 - Everything after the first EOS is padding and masked out; a response that hits the length limit
   without EOS is marked `truncated`.
 """
@@ -27,8 +28,10 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from transformers.cache_utils import DynamicLayer
+
+from sdpg.stopping import check_stop, stop_criteria
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class SampledLogp:
     def hooks(self) -> dict:
         """`generate` keyword arguments that install the two hooks."""
         return {"logits_processor": LogitsProcessorList([_StepLogSoftmax(self)]),
-                "stopping_criteria": StoppingCriteriaList([_PickSampled(self)])}
+                "stopping_criteria": stop_criteria(_PickSampled(self))}
 
     def take(self, width: int) -> torch.Tensor:
         """(b, width) log-probs of the first `width` sampled tokens; resets for the next call."""
@@ -234,6 +237,21 @@ class HFRolloutEngine:
         ids, attn = ids.to(device), attn.to(device)  # (B, P)
         was_training = self.model.training
         self.model.eval()
+        try:
+            chunks = self._sample(ids, attn, group_size)
+        finally:
+            self.model.train(was_training)
+        width = max(r.shape[1] for r, _ in chunks)
+        resp = torch.cat([F.pad(r, (0, width - r.shape[1]), value=self.pad_id) for r, _ in chunks])  # (B, T)
+        old_logp = torch.cat([F.pad(lp, (0, width - lp.shape[1])) for _, lp in chunks])  # (B, T)
+        mask, truncated = response_mask_from_ids(resp, self.eos_ids)
+        resp = torch.where(mask.bool(), resp, torch.full_like(resp, self.pad_id))
+        texts = self.tokenizer.batch_decode(resp, skip_special_tokens=True)
+        return Rollout(prompt_ids=ids, prompt_mask=attn, response_ids=resp, response_mask=mask,
+                       old_logp=old_logp * mask, texts=texts, truncated=truncated, group_size=group_size)
+
+    def _sample(self, ids: torch.Tensor, attn: torch.Tensor, group_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(responses, their log-probs) per chunk of at most `batch_size` rows of the (B, P) prompts."""
         chunks = []
         sampled = SampledLogp(self.temperature)
         for i in range(0, ids.shape[0], self.batch_size):
@@ -243,14 +261,7 @@ class HFRolloutEngine:
                 do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
                 max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
                 **self._shared_prefill(ids, attn, rows, group_size), **sampled.hooks())
+            check_stop("generation")  # a stop cuts decoding short: the partial responses are thrown away
             resp = out[:, ids.shape[1]:]  # (b, T)
             chunks.append((resp, sampled.take(resp.shape[1])))  # (b, T) each
-        self.model.train(was_training)
-        width = max(r.shape[1] for r, _ in chunks)
-        resp = torch.cat([F.pad(r, (0, width - r.shape[1]), value=self.pad_id) for r, _ in chunks])  # (B, T)
-        old_logp = torch.cat([F.pad(lp, (0, width - lp.shape[1])) for _, lp in chunks])  # (B, T)
-        mask, truncated = response_mask_from_ids(resp, self.eos_ids)
-        resp = torch.where(mask.bool(), resp, torch.full_like(resp, self.pad_id))
-        texts = self.tokenizer.batch_decode(resp, skip_special_tokens=True)
-        return Rollout(prompt_ids=ids, prompt_mask=attn, response_ids=resp, response_mask=mask,
-                       old_logp=old_logp * mask, texts=texts, truncated=truncated, group_size=group_size)
+        return chunks

@@ -26,6 +26,7 @@ import tempfile
 import torch
 
 from sdpg.rollout import HFRolloutEngine, Rollout, response_mask_from_ids
+from sdpg.stopping import check_stop
 
 CPU_KV_CACHE_BYTES = 1 << 30
 """KV cache vLLM reserves on a CPU (1 GiB: far more than the batches a CPU can sample)"""
@@ -107,7 +108,9 @@ class VLLMRolloutEngine(HFRolloutEngine):
             n=group_size, temperature=self.temperature, top_p=1.0, top_k=0, max_tokens=self.max_new_tokens,
             stop_token_ids=self.eos_ids, logprobs=0, detokenize=False, skip_special_tokens=False)
         requests = [{"prompt_token_ids": row[mask.bool()].tolist()} for row, mask in zip(ids, attn)]
+        check_stop("generation")
         outputs = self.llm.generate(requests, params, use_tqdm=False)
+        check_stop("generation")  # vLLM decodes in one call: a stop is seen when it returns
         if self.sleeps:
             self.llm.sleep(level=2)
             self.asleep = self.stale = True

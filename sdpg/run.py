@@ -3,8 +3,10 @@
 Design choices:
 - `RunHandle` owns one run directory: `config.json`, the record stream files, `checkpoints/`.
   Everything the UI knows about the run it reads from `handle.records` and `handle.status`.
-- Control requests (pause, stop, checkpoint) are flags the training thread honours between steps, so a
-  step is never cut in half; `stop()` saves a checkpoint before the thread ends.
+- Control requests (pause, checkpoint) are flags the training thread honours between steps. A stop is also
+  honoured inside every long phase (`sdpg.stopping`: warm start, rollout, evaluation, playground) within
+  seconds; a rollout cut short is thrown away with its sampler and RNG state restored, so the final checkpoint
+  is the last completed step and a resume continues exactly. The final checkpoint is saved once.
 - `call_between_steps(fn)` runs `fn(trainer)` on the training thread between two steps (or while paused),
   so a tool reading the weights (the playground) never sees half an update; once no thread trains, it runs
   in the caller's thread.
@@ -34,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from sdpg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sdpg.checkpoint import (latest_checkpoint, restore_sampling_state, resume_checkpoint, sampling_state,
+                             save_checkpoint)
 from sdpg.config import TrainConfig
 from sdpg.data import DataError, LoadedRows, PromptRow, load_rows, render_prompts, rows_without_context
 from sdpg.health import HealthEvent, HealthMonitor, health_events
@@ -43,6 +46,7 @@ from sdpg.memory import ModelShape, check_memory, host_memory_bytes, model_confi
 from sdpg.models import load_model_and_tokenizer, make_reference, resolve_device
 from sdpg.records import CONFIG_FILE, EVENTS, RecordStream, StorageError
 from sdpg.reward import MathVerifier
+from sdpg.stopping import Stopped, stop_scope
 from sdpg.tasks import get_task
 from sdpg.tracking import Tracker
 from sdpg.trainer import Trainer
@@ -128,6 +132,7 @@ def build_trainer(cfg: TrainConfig, records: RecordStream, *, progress: bool = T
                                                 on_warmstart=warmstart_recorder(records))
     train, val = (check_prompt_lengths(cfg, tokenizer, loaded, spec) for loaded, spec in
                   ((train, cfg.data.train), (val, cfg.data.val)))
+    check_positions(cfg, model, tokenizer, [*train.rows, *val.rows])
     for loaded, spec, split in ((train, cfg.data.train, "train"), (val, cfg.data.val, "val")):
         report_data(cfg, records, loaded, spec, split)
     train_rows, val_rows = train.rows, val.rows
@@ -157,6 +162,29 @@ def check_prompt_lengths(cfg: TrainConfig, tokenizer, loaded: LoadedRows, spec: 
     keep = sorted(set(range(len(loaded.rows))) - set(too_long))
     return LoadedRows([loaded.rows[i] for i in keep], skipped=loaded.skipped + len(too_long),
                       problems=loaded.problems + problems, where=tuple(loaded.where[i] for i in keep))
+
+
+POSITION_CHECK_ROWS = 256
+"""rows (the longest by characters) whose token count decides the longest prompt in `check_positions`"""
+
+
+def check_positions(cfg: TrainConfig, model, tokenizer, rows: list[PromptRow]) -> None:
+    """ValueError naming both numbers when the longest prompt (with its teacher context) plus
+    rollout.max_new_tokens exceeds the model's `max_position_embeddings` (positions past it are not trained).
+
+    The longest prompt is measured among the POSITION_CHECK_ROWS rows with the most characters (tokenizing every
+    row of a large file at each start would cost seconds)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit or not rows:
+        return
+    longest_texts = sorted((row.teacher_prompt for row in rows), key=len)[-POSITION_CHECK_ROWS:]
+    texts = render_prompts(tokenizer, longest_texts, enable_thinking=cfg.model.enable_thinking)
+    longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids)
+    if longest + cfg.rollout.max_new_tokens > limit:
+        raise ValueError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} after the longest prompt ({longest} "
+                         f"tokens with its teacher context) needs {longest + cfg.rollout.max_new_tokens} positions; "
+                         f"the model has max_position_embeddings={limit}. Lower --rollout.max_new_tokens to at most "
+                         f"{max(limit - longest, 0)} (or shorten the prompts)")
 
 
 def report_data(cfg: TrainConfig, records: RecordStream, loaded: LoadedRows, spec: str, split: str) -> None:
@@ -254,6 +282,8 @@ class RunHandle:
         self._save = threading.Event()
         self._thread: threading.Thread | None = None
         self._calls: queue.Queue[tuple[object, Future]] = queue.Queue()
+        self._saved_step: int | None = None
+        """the step of the checkpoint saved last by this handle (a final save never repeats it)"""
 
     @property
     def status(self) -> str:
@@ -302,7 +332,7 @@ class RunHandle:
         while not future.done():
             if not self.alive:  # nothing trains any more: no update to race
                 self._serve_calls()
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and future.cancel():  # never runs later
                 raise TimeoutError(f"the run did not reach a step boundary within {timeout} s")
             time.sleep(0.02)
         return future.result()
@@ -313,6 +343,8 @@ class RunHandle:
                 fn, future = self._calls.get_nowait()
             except queue.Empty:
                 return
+            if not future.set_running_or_notify_cancel():  # its caller gave up waiting
+                continue
             if self.trainer is None:
                 future.set_exception(RuntimeError(f"run {self.run_dir} has no model loaded (status {self.status})"))
                 continue
@@ -328,24 +360,11 @@ class RunHandle:
     # ---- the training thread ----
     def _main(self) -> None:
         try:
-            self._status = "loading"
-            self.records.emit_event("start", run_dir=str(self.run_dir), resume=self.resumed)
-            self.records.write_config(self.cfg.to_dict())
-            if self.cfg.run.report_to:
-                self.tracker = Tracker(self.cfg.run.report_to, self.run_dir, self.cfg.to_dict())
-            self.trainer = build_trainer(self.cfg, self.records, progress=self.progress)
-            if self.resumed:
-                ckpt = latest_checkpoint(self.run_dir)
-                self.step = load_checkpoint(self.trainer, ckpt)
-                self.trainer.engine.sync_weights(self.trainer.model)  # an external engine still has the initial weights
-                self.records.truncate_after(self.step)
-                self.records.emit_event("resume_from", step=self.step, checkpoint=str(ckpt))
-                if self.changes:
-                    self.records.emit_event("resume_changes", step=self.step, changes=self.changes)
-                self.health = HealthMonitor.primed(self.records.metrics(), self.records.events(), self.cfg.run.steps)
-            else:
-                self._emit_metrics(0, self.trainer.evaluate())
-            self._loop()
+            try:
+                with stop_scope(self._stop):  # every long phase below honours Stop / SIGTERM within seconds
+                    self._run()
+            except Stopped as stop:  # before the first step: the warm start, loading or the first evaluation
+                self._end(str(stop))
         except Exception as exc:  # the thread must report, never die silently
             self._crashed(exc)
         finally:
@@ -353,6 +372,32 @@ class RunHandle:
                 self.trainer.verifier.close()
             if self.tracker is not None:
                 self.tracker.close()
+
+    def _run(self) -> None:
+        self._status = "loading"
+        self.records.emit_event("start", run_dir=str(self.run_dir), resume=self.resumed)
+        self.records.write_config(self.cfg.to_dict())
+        if self.cfg.run.report_to:
+            self.tracker = Tracker(self.cfg.run.report_to, self.run_dir, self.cfg.to_dict())
+        self.trainer = build_trainer(self.cfg, self.records, progress=self.progress)
+        if self.resumed:
+            self._resume()
+        else:
+            self._emit_metrics(0, self.trainer.evaluate())
+        self._loop()
+
+    def _resume(self) -> None:
+        ckpt, self.step, skipped = resume_checkpoint(self.trainer, self.run_dir)
+        self._saved_step = self.step
+        for path, why in skipped:
+            self.records.emit_event("checkpoint_skipped", checkpoint=str(path), reason=why)
+            print(f"warning: skipped checkpoint {path}: {why}", flush=True)
+        self.trainer.engine.sync_weights(self.trainer.model)  # an external engine still has the initial weights
+        self.records.truncate_after(self.step)
+        self.records.emit_event("resume_from", step=self.step, checkpoint=str(ckpt))
+        if self.changes:
+            self.records.emit_event("resume_changes", step=self.step, changes=self.changes)
+        self.health = HealthMonitor.primed(self.records.metrics(), self.records.events(), self.cfg.run.steps)
 
     def _emit_metrics(self, step: int, metrics: dict) -> None:
         """Record a metrics row, mirror it to the experiment tracker when `run.report_to` names one, and report
@@ -371,17 +416,37 @@ class RunHandle:
             if self._pause.is_set():
                 self._wait_while_paused()
                 continue
-            metrics = trainer.train_step()
+            before = sampling_state(trainer)
+            try:
+                metrics = trainer.train_step()
+            except Stopped as stop:  # cut short before its update: as if the step had not begun
+                restore_sampling_state(trainer, before)
+                return self._end(str(stop))
             self.step = trainer.step
             if trainer.step == run.steps or (run.eval_every and trainer.step % run.eval_every == 0):
-                metrics.update(trainer.evaluate())
+                try:
+                    metrics.update(trainer.evaluate())
+                except Stopped as stop:  # the step's own records stay; only its evaluation is missing
+                    self._emit_metrics(trainer.step, metrics)
+                    return self._end(str(stop))
             self._emit_metrics(trainer.step, metrics)
             if self._save.is_set() or (run.save_every and trainer.step % run.save_every == 0):
                 self._checkpoint()
-        self._checkpoint()
+        self._end("" if self._stop.is_set() else None)
+
+    def _end(self, during: str | None) -> None:
+        """End the run: a final checkpoint (once) and a `finished` or `stopped` event (`during`: what a stop cut
+        short, "" when it came between steps; None when the run finished)."""
+        self._save.clear()
+        if self.trainer is not None and self._saved_step != self.trainer.step:
+            self._checkpoint()
         self._report(self.health.finish())
-        self._status = "finished" if trainer.step >= run.steps else "stopped"
-        self.records.emit_event(self._status, step=trainer.step)
+        finished = not during and self.trainer is not None and self.trainer.step >= self.cfg.run.steps
+        self._status = "finished" if finished else "stopped"
+        extra = {"during": during} if during else {}
+        if self.trainer is None:
+            extra["note"] = "stopped before the model was ready: nothing was trained, so no checkpoint"
+        self.records.emit_event(self._status, step=self.trainer.step if self.trainer else self.step, **extra)
 
     def _crashed(self, exc: Exception) -> None:
         """Record a crash; a storage failure is explained in one line, without a traceback."""
@@ -415,4 +480,5 @@ class RunHandle:
     def _checkpoint(self) -> None:
         self._save.clear()
         path = save_checkpoint(self.trainer, self.run_dir)
+        self._saved_step = self.trainer.step
         self.records.emit_event("checkpoint", step=self.trainer.step, path=str(path))

@@ -286,3 +286,39 @@ def test_resume_refuses_changes_that_cannot_take_effect_and_records_the_rest(tin
     assert resumed.status == "finished", resumed.error
     (event,) = _events(RecordStream.open(tmp_path), "resume_changes")
     assert event["changes"] == {"run.steps": [1, 2], "optim.grad_clip": [1.0, 0.5]}
+
+
+# ---------------- issue 25, items 9, 10, 12, 13: data and settings ----------------
+def test_a_lone_surrogate_is_a_bad_row_naming_file_row_and_field(tmp_path):
+    bad = json.dumps(_row("Q:1+\ud800=\n"), ensure_ascii=True)  # JSON's "\ud800" escape, as an editor may write it
+    path = _jsonl(tmp_path / "train.jsonl", [_good(0), bad, _good(2)])
+    with pytest.raises(DataError) as err:
+        load_rows(path)
+    assert f"{path} row 1 (line 2): prompt holds '\\ud800' at character 4, a lone surrogate" in str(err.value)
+    loaded = load_rows(path, skip_bad_rows=True)
+    assert [r.answer for r in loaded.rows] == ["1", "3"] and loaded.skipped == 1
+
+
+def test_a_jsonl_file_whose_first_line_is_an_array_loses_only_that_line(tmp_path):
+    path = _jsonl(tmp_path / "train.jsonl", ["[1, 2]", _good(1), _good(2)])
+    with pytest.raises(DataError, match=r"row 0 \(line 1\): row must be an object, got list"):
+        load_rows(path)
+    loaded = load_rows(path, skip_bad_rows=True)
+    assert [r.answer for r in loaded.rows] == ["2", "3"] and loaded.skipped == 1
+
+
+@pytest.mark.parametrize("value", [1e-40, 1e-5, 0.0])
+def test_a_vanishing_temperature_is_refused_naming_the_bound(value):
+    cfg = TrainConfig()
+    cfg.rollout.temperature = value
+    with pytest.raises(ValueError, match=r"rollout.temperature=.* must be a finite number in \[0.001, 100\]"):
+        cfg.validate()
+
+
+def test_responses_longer_than_the_model_positions_are_refused_naming_both_numbers(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, rollout__max_new_tokens=250)
+    with pytest.raises(ValueError) as err:
+        build_trainer(cfg, RecordStream(tmp_path), progress=False)
+    message = str(err.value)
+    assert "rollout.max_new_tokens=250 after the longest prompt (" in message
+    assert "max_position_embeddings=256" in message and "Lower --rollout.max_new_tokens to at most" in message

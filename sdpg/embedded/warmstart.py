@@ -13,6 +13,7 @@ Design choices:
   step count: the pass rate jumps near a step that varies with the seed and even the CPU thread count.
 - Right-padding without an attention mask is safe: causal attention keeps real tokens from seeing the
   padding after them, and the loss mask drops it.
+- A requested stop (`sdpg.stopping`) ends training or an evaluation within a step or a token; nothing is cached.
 - Held-out figures are measured the way RL sees the model (sampled pass@1 at temperature 1, student and
   teacher prompts). Reproducible by seed; the caller's RNG state is left as it was.
 """
@@ -33,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sdpg.data import PromptRow, render_prompts
 from sdpg.embedded.model import TinyModelConfig, build_tiny_model
 from sdpg.embedded.tokenizer import build_char_tokenizer
+from sdpg.stopping import check_stop, stop_criteria
 from sdpg.tasks import CONTEXTS, Problem, Task, get_task
 from sdpg.tasks.base import boxed
 
@@ -146,6 +148,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
     losses, student, postfix, start = [], None, {}, time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="warm start (runs once, then cached)", disable=not progress)
     for step in bar:
+        check_stop("the embedded warm start")  # the cache entry is written only by a warm start that ends
         model.train()
         batch = rows[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         losses.append(_train_step(model, tokenizer, optimizer, batch, n_hinted, task.warm_contexts, cfg.grad_clip))
@@ -250,7 +253,9 @@ def _pass_rate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts
         enc = tokenizer(render_prompts(tokenizer, texts[lo:lo + per_batch]), add_special_tokens=False,
                         padding=True, return_tensors="pt").to(model.device)
         sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples, **sampling)  # (b*samples, L)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                             stopping_criteria=stop_criteria(), **sampling)  # (b*samples, L)
+        check_stop("the embedded warm start's evaluation")
         decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         gold = [a for a in answers[lo:lo + per_batch] for _ in range(samples)]
         correct += sum(_boxed(text) == g for text, g in zip(decoded, gold))
