@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.status import LIFECYCLE, replay_status
+from sdpg.run import LIFECYCLE, replay_status
 from sdpg.records import EVENTS, EVENTS_FILE, METRICS_FILE, RecordStream
 
 REPO = Path(__file__).resolve().parents[1]
