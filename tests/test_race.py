@@ -6,6 +6,7 @@ import pytest
 from conftest import tiny_config
 from fixtures.waiting import wait_for
 from lab.race import RaceView, race_curves, race_heatmaps, race_inspectors, race_status_html
+from lab.widgets import RaceLiveView
 from lab.overlay import config_diff
 from sdpg.race import RACE_FILE, Race, race_configs, race_runs
 from sdpg.records import RecordStream
@@ -65,3 +66,26 @@ def test_a_directory_that_is_not_a_race_is_refused(tmp_path):
     (tmp_path / RACE_FILE).write_text("{}")
     with pytest.raises(ValueError, match="not a valid race record"):
         RaceView.of(tmp_path)
+
+
+def test_the_notebook_race_view_steers_both_runs_and_keeps_both_sides_on_one_step(tiny_model_dir, tmp_path):
+    race = Race(tiny_config(tiny_model_dir, "", run__steps=40), tmp_path / "race").start()
+    try:
+        view = RaceLiveView(race)
+        pause, resume, stop = view.buttons
+        wait_for(lambda: all(h.step >= 1 for h in race.handles), timeout=120, what="a first step in both runs")
+        pause.click()
+        wait_for(lambda: [h.status for h in race.handles] == ["paused", "paused"], timeout=60, what="both paused")
+        resume.click()
+        wait_for(lambda: "paused" not in [h.status for h in race.handles], timeout=60, what="both resumed")
+        stop.click()
+        race.join(timeout=60)
+    finally:
+        race.stop(wait=True, timeout=60)
+    assert [h.status for h in race.handles] == ["stopped", "stopped"]
+    replay = RaceLiveView(tmp_path / "race")
+    assert replay.buttons == [] and {t.name for t in replay.curves.data} == {"grpo", "sdpg"}
+    left, right = replay.sides
+    assert left.step.value is not None and left.step.value == right.step.value
+    left.step.value = left.step.options[0]
+    assert right.step.value == left.step.options[0]
