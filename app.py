@@ -49,6 +49,7 @@ from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # 
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
 from pages.explore import explore_tabs, wire_explore  # noqa: E402
+from pages.export import export_tab, wire_export  # noqa: E402
 from pages.race import RaceController, race_tab, wire_race  # noqa: E402
 from lab.viewmodel import (RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group,  # noqa: E402
                            shift_step)
@@ -413,6 +414,8 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
         with gr.Tab("Race"):
             ui.race_ctl = RaceController(ctl)
             ui.race = race_tab(ui.race_ctl)
+        with gr.Tab("Export"):
+            ui.export = export_tab()
     return ui
 
 
@@ -520,6 +523,7 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
         wire_playground(PlaygroundSource(ctl), ui.pg, ui.step, ui.group)
         wire_compare(ctl, ui.cmp)
         wire_explore(ctl, ui.explore)
+        wire_export(ctl, ui.export, ui.step, ui.group)
         wire_race(ui.race_ctl, ui.race, [getattr(ui, name) for name in CONTROL_NAMES],
                   lambda *values: config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), roots=ctl.allowed_roots))
     return demo
