@@ -45,6 +45,7 @@ import gradio as gr  # noqa: E402
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
 from experiments.compare import find_runs, load_run  # noqa: E402
+from experiments.published import first_look, is_published, load_published, published_choices  # noqa: E402
 from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
@@ -521,7 +522,9 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
         wire_selection(ctl, ui)
         wire_controls(ctl, base, ui)
         wire_playground(PlaygroundSource(ctl), ui.pg, ui.step, ui.group)
-        wire_compare(ctl, ui.cmp)
+        compare = wire_compare(ctl, ui.cmp)
+        demo.load(compare, ui.cmp.pick, [ui.cmp.message, ui.cmp.curves, ui.cmp.summary, ui.cmp.diff],
+                  show_progress="hidden", api_visibility="private")
         wire_explore(ctl, ui.explore)
         wire_export(ctl, ui.export, ui.step, ui.group)
         wire_race(ui.race_ctl, ui.race, [getattr(ui, name) for name in CONTROL_NAMES],
@@ -661,23 +664,30 @@ COMPARE_JSON = Path("docs") / "compare.json"
 """the comparison experiment's results; the run directories it names are offered when they exist"""
 
 
-def comparable_runs(runs_root: str | Path) -> list[str]:
-    """Run directories under `runs_root` (two levels deep), then those the comparison results name."""
+def comparable_runs(runs_root: str | Path) -> list[tuple[str, str]]:
+    """(label, value): run directories under `runs_root` (two levels deep), those the comparison results name,
+    then the committed comparison results of docs/science (`experiments.published`)."""
     found = [str(p) for p in find_runs(runs_root)]
     if COMPARE_JSON.is_file():
         named = [r["run_dir"] for r in json.loads(COMPARE_JSON.read_text()).get("runs", [])]
         found += [d for d in named if d not in found and Path(d).is_dir()]
-    return found
+    return [(d, d) for d in found] + published_choices()
+
+
+def load_comparable(choice: str) -> list[dict]:
+    """The run dicts of one choice: a run directory, or every seed of a committed result."""
+    return load_published(choice) if is_published(choice) else [load_run(choice)]
 
 
 def compare_tab(ctl: Controller) -> SimpleNamespace:
     """The Compare runs tab: choose runs, see their curves overlaid, a summary table and the config diff."""
     ui = SimpleNamespace()
-    gr.Markdown("Choose several runs (under the runs root, or the comparison experiment's directories): curves "
+    gr.Markdown("Choose several runs (under the runs root, the comparison experiment's directories, or the committed "
+                "results of docs/science, which a fresh clone shows at once): curves "
                 "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
     with gr.Row():
-        ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), multiselect=True, allow_custom_value=True,
-                              label="Runs to compare", scale=5)
+        ui.pick = gr.Dropdown(comparable_runs(ctl.runs_root), value=first_look(), multiselect=True, allow_custom_value=True,
+                              label="Runs to compare", scale=5, elem_id="sdpg-cmp-pick")
         ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120)
         ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120)
     ui.message = gr.Markdown()
@@ -687,13 +697,14 @@ def compare_tab(ctl: Controller) -> SimpleNamespace:
     return ui
 
 
-def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
-    """The `/compare` endpoint: chosen run directories in, overlay, summary and config diff out."""
+def wire_compare(ctl: Controller, ui: SimpleNamespace):
+    """The `/compare` endpoint: chosen run directories in, overlay, summary and config diff out; returns the
+    comparison function (the page draws the first look with it on load)."""
     def compare(run_dirs):
         runs, problems = [], []
         for d in run_dirs or []:
             try:
-                runs.append(load_run(d))
+                runs += load_comparable(d)
             except (FileNotFoundError, ValueError) as err:
                 problems.append(str(err))
         note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))
@@ -701,6 +712,7 @@ def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
 
     ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl.runs_root)), None, ui.pick, api_visibility="private")
     ui.go.click(compare, ui.pick, [ui.message, ui.curves, ui.summary, ui.diff], api_name="compare")
+    return compare
 
 
 def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
