@@ -381,6 +381,9 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
     with gr.Tabs():
         with gr.Tab("Training curves"):
             ui.curves = gr.Plot(show_label=False, elem_id="sdpg-curves")
+        with gr.Tab("Race"):
+            ui.race_ctl = RaceController(ctl)
+            ui.race = race_tab(ui.race_ctl)
         with gr.Tab("Token KL"):
             ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by")
             ui.heatmap = gr.Plot(show_label=False, elem_id="sdpg-heatmap")
@@ -411,10 +414,8 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
             ui.pg = playground_tab()
         with gr.Tab("Compare runs"):
             ui.cmp = compare_tab(ctl)
-        ui.explore = explore_tabs(ctl)
-        with gr.Tab("Race"):
-            ui.race_ctl = RaceController(ctl)
-            ui.race = race_tab(ui.race_ctl)
+        with gr.Tab("Across steps"):
+            ui.explore = explore_tabs(ctl)
         with gr.Tab("Export"):
             ui.export = export_tab()
     return ui

@@ -51,6 +51,19 @@ def filter_rows(rows: list[dict], *, text: str = "", min_reward: float | None = 
     return [row for row in rows if keep(row)]
 
 
+def parse_bound(text, name: str) -> float | None:
+    """A reward bound typed into a filter box: blank is no bound; ValueError names the box otherwise."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{name}: {str(text)[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: {text!r} is not a finite number")
+    return value
+
+
 def statuses(rows: list[dict]) -> list[str]:
     """The verifier statuses present, for the status filter."""
     return [ANY, *sorted({str(r.get("status")) for r in rows if r.get("status") is not None})]

@@ -52,6 +52,7 @@ def ship(task: str, *, force: bool = False, progress: bool = True) -> Path:
     source = embedded_entry(warm_cfg=warm_cfg, shipped=False, progress=progress)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{task}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the shipped folder is readable like the rest of the checkout
     try:
         model, tokenizer = load_entry(source)
         model.to(SHIPPED_DTYPE).save_pretrained(staging)
