@@ -11,7 +11,10 @@ import app as dashboard
 from fixtures.waiting import free_port, wait_for
 from lab.explore import filter_rows, table_rows
 from sdpg.race import RACE_FILE
-from test_browser import ARTIFACTS, CHROMIUM, FLAGS, SHOWCASE, page_config
+from conftest import tiny_config
+from lab.export import export_run
+from sdpg.tasks import TASKS
+from test_browser import ARTIFACTS, CHROMIUM, FLAGS, SHOWCASE
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"chromium not installed at {CHROMIUM} (apt-get install chromium)")
@@ -23,8 +26,11 @@ RACE_STEPS = 4 if SHOWCASE else 2
 def lesson_page(tiny_model_dir, tmp_path):
     """A served dashboard over an empty runs root; its base config repeats 3 prompts, so they recur across steps."""
     ctl = dashboard.Controller(tmp_path / "runs", allowed_roots=[Path(tiny_model_dir).parent])
-    spread = {} if SHOWCASE else {"reward__overlong_buffer": 6}  # the random tiny model solves nothing: spread its rewards
-    base = page_config(tiny_model_dir, "", data__n_train=3, run__steps=200, **spread)
+    base = tiny_config(tiny_model_dir, "", data__n_train=3, run__steps=200, reward__overlong_buffer=6)
+    if SHOWCASE:  # the shipped warm-started model on the demo task, its rewards spread by skill alone
+        base.model.name, base.data.task, base.reward.overlong_buffer = "embedded", "reasoning", 0
+        base.rollout.max_new_tokens = TASKS["reasoning"].max_new_tokens
+        base.validate()
     demo = dashboard.build_app(ctl, base_config=base)
     _, url, _ = dashboard.serve(demo, port=free_port(), block=False)
     yield url, ctl
@@ -129,6 +135,11 @@ def test_race_table_prompt_across_steps_and_export_in_the_browser(lesson_page):
             page.locator("#sdpg-export").click()
             page.wait_for_selector("#sdpg-export-file a", timeout=60_000)
             exported = page.inner_text("#sdpg-export-message")
+            offline = browser.new_page(viewport={"width": 1400, "height": 1000})
+            offline.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+            offline.goto(export_run(race_dir / "sdpg", out=race_dir / "export.html").as_uri())
+            offline.wait_for_selector(".heatmaplayer .hm", timeout=60_000)
+            offline.screenshot(path=str(shots / "export.png"), full_page=True)
         finally:
             browser.close()
     assert {"grpo", "sdpg"} <= curves

@@ -42,7 +42,7 @@ def test_each_shipped_model_passes_its_tasks_skill_check(task):
 
 
 def test_a_changed_recipe_does_not_match_the_shipped_model():
-    recipe = ship.shipped_recipe("add")
+    recipe = ship.shipped_recipe("reasoning")
     assert shipped_entry(recipe) is not None
     assert shipped_entry(replace(recipe, lr=recipe.lr / 2)) is None
     assert shipped_entry(replace(recipe, model=replace(recipe.model, num_layers=2))) is None
@@ -53,7 +53,7 @@ def test_a_run_loads_the_shipped_model_without_warm_starting_or_caching(tmp_path
         raise AssertionError("the shipped model should have been loaded")
 
     monkeypatch.setattr(cache, "warm_start", no_training)
-    model, _ = load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=ship.shipped_recipe("add"),
+    model, _ = load_model_and_tokenizer(ModelConfig(), cache_dir=tmp_path, warm_cfg=ship.shipped_recipe("reasoning"),
                                         progress=False)
     assert model.dtype == torch.float32 and list(tmp_path.iterdir()) == []
 
