@@ -103,7 +103,7 @@ def race_tab(rc: RaceController) -> SimpleNamespace:
     with gr.Row():
         ui.method_a = gr.Dropdown(list(METHODS), value=DEFAULT_METHODS[0], label="Method A", elem_id="sdpg-race-a")
         ui.method_b = gr.Dropdown(list(METHODS), value=DEFAULT_METHODS[1], label="Method B", elem_id="sdpg-race-b")
-        ui.start = gr.Button("🏁 Start race", variant="primary", elem_id="sdpg-race-start")
+        ui.start = gr.Button("Start race ▶▶", variant="primary", elem_id="sdpg-race-start")
     with gr.Row():
         ui.pause = gr.Button("❚❚ Pause both", size="sm", elem_id="sdpg-race-pause")
         ui.resume = gr.Button("▶ Resume both", size="sm", elem_id="sdpg-race-resume")
