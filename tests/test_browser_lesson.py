@@ -13,6 +13,7 @@ from lab.explore import filter_rows, table_rows
 from sdpg.race import RACE_FILE
 from conftest import tiny_config
 from lab.export import export_run
+from sdpg.config import DataConfig
 from sdpg.tasks import TASKS
 from test_browser import ARTIFACTS, CHROMIUM, FLAGS, SHOWCASE
 
@@ -29,6 +30,7 @@ def lesson_page(tiny_model_dir, tmp_path):
     base = tiny_config(tiny_model_dir, "", data__n_train=3, run__steps=200, reward__overlong_buffer=6)
     if SHOWCASE:  # the shipped warm-started model on the demo task, its rewards spread by skill alone
         base.model.name, base.data.task, base.reward.overlong_buffer = "embedded", "reasoning", 0
+        base.data.digits = DataConfig.digits
         base.rollout.max_new_tokens = TASKS["reasoning"].max_new_tokens
         base.validate()
     demo = dashboard.build_app(ctl, base_config=base)
