@@ -105,6 +105,8 @@ class Controller(RunView):
         self.allowed_roots = [Path(r).expanduser().resolve() for r in (self.runs_root, *allowed_roots)]
         """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
+        self.races = None
+        """the page's `pages.race.RaceController`, set when the page is built"""
         self._lock = threading.Lock()
 
     def status_card(self) -> str:
@@ -382,7 +384,7 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
         with gr.Tab("Training curves"):
             ui.curves = gr.Plot(show_label=False, elem_id="sdpg-curves")
         with gr.Tab("Race"):
-            ui.race_ctl = RaceController(ctl)
+            ui.race_ctl = ctl.races = RaceController(ctl)
             ui.race = race_tab(ui.race_ctl)
         with gr.Tab("Token KL"):
             ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by")
@@ -754,10 +756,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def shut_down(ctl: Controller) -> None:
-    """After the server has closed: stop a live run with a final checkpoint and a `stopped` event."""
+    """After the server has closed: stop a live run (and a live race) with a final checkpoint and a `stopped` event."""
     if ctl.handle is not None and ctl.handle.alive:
         print("stopping the run: saving a checkpoint...", file=sys.stderr)
         ctl.handle.stop(wait=True)
+    if ctl.races is not None and ctl.races.race is not None and ctl.races.race.alive:
+        print("stopping the race: saving a checkpoint of both runs...", file=sys.stderr)
+        ctl.races.race.stop(wait=True)
 
 
 if __name__ == "__main__":

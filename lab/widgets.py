@@ -184,10 +184,14 @@ class RaceLiveView:
         return any(drawn)
 
     def _same_step(self, change) -> None:
-        other = self.sides[1]
-        if change["new"] in other.step.options and other.step.value != change["new"]:
-            other.follow.value = self.sides[0].follow.value
-            other.step.value = change["new"]
+        """Show one step on both sides: the left's when both have it, else the newest both have."""
+        common = self.view.common_steps()
+        step = change["new"] if change["new"] in common else (common[-1] if common else None)
+        for side in self.sides:
+            if step is not None and side.step.value != step:
+                following = side.follow.value
+                side.step.value = step  # its observer turns following off: a step chosen here is not a user's pick
+                side.follow.value = following
 
     def start(self, interval: float | None = None) -> "RaceLiveView":
         """Refresh both sides and the overlay in the background (see `LiveView.start`)."""

@@ -89,3 +89,27 @@ def test_the_notebook_race_view_steers_both_runs_and_keeps_both_sides_on_one_ste
     assert left.step.value is not None and left.step.value == right.step.value
     left.step.value = left.step.options[0]
     assert right.step.value == left.step.options[0]
+
+
+def test_the_page_race_refuses_a_second_race_and_stops_with_the_server(tiny_model_dir, tmp_path):
+    import app as dashboard
+
+    ctl = dashboard.Controller(tmp_path / "runs")
+    dashboard.build_app(ctl, base_config=tiny_config(tiny_model_dir, ""))
+    cfg = tiny_config(tiny_model_dir, "", run__steps=500)
+    text, kind = ctl.races.start(cfg, "grpo", "sdpg")
+    assert kind == "ok" and text.startswith("Race started: GRPO vs SDPG")
+    try:
+        assert ctl.races.start(cfg, "grpo", "rlsd") == ("A race is already running; stop it before starting another.",
+                                                        "error")
+        assert ctl.start(tiny_config(tiny_model_dir, "", run__steps=1))[1] == "ok"
+        ctl.handle.join(timeout=120)
+        wait_for(lambda: all(h.step >= 1 for h in ctl.races.race.handles), timeout=120, what="a step in both runs")
+    finally:
+        dashboard.shut_down(ctl)
+    assert [h.status for h in ctl.races.race.handles] == ["stopped", "stopped"]
+    assert ctl.races.act("pause") == ("No live race to pause.", "error")
+    assert ctl.races.open(str(tmp_path / "elsewhere"))[1] == "error"
+    race_dir = str(ctl.races.race.race_dir)
+    assert ctl.races.open(race_dir) == (f"Opened race {race_dir} for browsing.", "ok")
+    assert ctl.races.view.statuses() == ["stopped", "stopped"]
