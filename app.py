@@ -53,9 +53,13 @@ from gradio.components.plot import PlotData  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
+from sdpg.published import first_look, is_published, load_published, published_choices  # noqa: E402
 from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
+from pages.explore import explore_tabs, wire_explore  # noqa: E402
+from pages.export import export_tab, wire_export  # noqa: E402
+from pages.race import RaceController, race_tab, wire_race  # noqa: E402
 from lab.viewmodel import (RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group,  # noqa: E402
                            shift_step)
 from sdpg.checkpoint import latest_checkpoint  # noqa: E402
@@ -111,6 +115,8 @@ class Controller(RunView):
         self.allowed_roots = [Path(r).expanduser().resolve() for r in (self.runs_root, *allowed_roots)]
         """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
+        self.races = None
+        """the page's `pages.race.RaceController`, set when the page is built"""
         self._lock = threading.Lock()
         self.closing = threading.Event()
         """set when the server shuts down: playground questions on a replay's checkpoint stop"""
@@ -426,6 +432,9 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
     with gr.Tabs():
         with gr.Tab("Training curves"):
             ui.curves = gr.Plot(show_label=False, elem_id="sdpg-curves")
+        with gr.Tab("Race"):
+            ui.race_ctl = ctl.races = RaceController(ctl)
+            ui.race = race_tab(ui.race_ctl)
         with gr.Tab("Token KL"):
             ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by",
                                    elem_id="sdpg-color-by")
@@ -458,6 +467,10 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
             ui.pg = playground_tab()
         with gr.Tab("Compare runs"):
             ui.cmp = compare_tab(ctl)
+        with gr.Tab("Across steps"):
+            ui.explore = explore_tabs(ctl)
+        with gr.Tab("Export"):
+            ui.export = export_tab()
     return ui
 
 
@@ -633,7 +646,13 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
         wire_selection(ctl, ui)
         wire_controls(ctl, base, ui)
         wire_playground(PlaygroundSource(ctl), ui.pg, ui.step, ui.group)
-        wire_compare(ctl, ui.cmp)
+        compare = wire_compare(ctl, ui.cmp)
+        demo.load(compare, ui.cmp.pick, [ui.cmp.message, ui.cmp.curves, ui.cmp.summary, ui.cmp.diff],
+                  show_progress="hidden", api_visibility="private")
+        wire_explore(ctl, ui.explore)
+        wire_export(ctl, ui.export, ui.step, ui.group)
+        wire_race(ui.race_ctl, ui.race, [getattr(ui, name) for name in CONTROL_NAMES],
+                  lambda *values: config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), roots=ctl.allowed_roots))
     return demo
 
 
@@ -789,14 +808,23 @@ COMPARE_JSON = Path("docs") / "compare.json"
 """the comparison experiment's results; the run directories it names are offered when they exist"""
 
 
-def comparable_runs(ctl: Controller) -> list[str]:
-    """Run directories under the runs root (two levels deep), then those the comparison results name that the
-    page may open."""
+def comparable_runs(ctl: Controller) -> list[tuple[str, str]]:
+    """(label, value): run directories under the runs root (two levels deep), those the comparison results name that
+    the page may open, then the committed comparison results of docs/science (`sdpg.published`)."""
     found = [str(p) for p in find_runs(ctl.runs_root)]
     if COMPARE_JSON.is_file():
         named = [r["run_dir"] for r in json.loads(COMPARE_JSON.read_text()).get("runs", [])]
         found += [d for d in named if d not in found and _allowed(ctl, d) and Path(d).is_dir()]
-    return found
+    return [(d, d) for d in found] + published_choices()
+
+
+def load_comparable(ctl: Controller, choice: str) -> list[dict]:
+    """The run dicts of one choice: every seed of a committed result, or a run directory inside the page's roots."""
+    if is_published(choice):
+        return load_published(choice)
+    path = ctl.confine(str(choice).strip(), "run directory")
+    check_record_sizes(path)
+    return [load_run(path)]
 
 
 def _allowed(ctl: Controller, text: str) -> bool:
@@ -810,10 +838,11 @@ def _allowed(ctl: Controller, text: str) -> bool:
 def compare_tab(ctl: Controller) -> SimpleNamespace:
     """The Compare runs tab: choose runs, see their curves overlaid, a summary table and the config diff."""
     ui = SimpleNamespace()
-    gr.Markdown("Choose several runs (under the runs root, or the comparison experiment's directories): curves "
+    gr.Markdown("Choose several runs (under the runs root, the comparison experiment's directories, or the committed "
+                "results of docs/science, which a fresh clone shows at once): curves "
                 "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
     with gr.Row():
-        ui.pick = gr.Dropdown(comparable_runs(ctl), multiselect=True, allow_custom_value=True,
+        ui.pick = gr.Dropdown(comparable_runs(ctl), value=first_look(), multiselect=True, allow_custom_value=True,
                               label="Runs to compare", scale=5, elem_id="sdpg-cmp-pick")
         ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120, elem_id="sdpg-cmp-refresh")
         ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120, elem_id="sdpg-cmp-go")
@@ -824,15 +853,14 @@ def compare_tab(ctl: Controller) -> SimpleNamespace:
     return ui
 
 
-def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
-    """The `/compare` endpoint: chosen run directories in, overlay, summary and config diff out."""
+def wire_compare(ctl: Controller, ui: SimpleNamespace):
+    """The `/compare` endpoint: chosen run directories in, overlay, summary and config diff out; returns the
+    comparison function (the page draws the first look with it on load)."""
     def compare(run_dirs):
         runs, problems = [], []
         for d in run_dirs or []:
             try:
-                path = ctl.confine(str(d).strip(), "run directory")
-                check_record_sizes(path)
-                runs.append(load_run(path))
+                runs += load_comparable(ctl, d)
             except (FileNotFoundError, ValueError) as err:
                 problems.append(str(err))
         note = f"Comparing {len(runs)} runs." + ("" if not problems else " Skipped: " + "; ".join(problems))
@@ -840,6 +868,7 @@ def wire_compare(ctl: Controller, ui: SimpleNamespace) -> None:
 
     ui.refresh.click(lambda: gr.update(choices=comparable_runs(ctl)), None, ui.pick, api_visibility="private")
     ui.go.click(compare, ui.pick, [ui.message, ui.curves, ui.summary, ui.diff], api_name="compare")
+    return compare
 
 
 def serve(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
@@ -880,11 +909,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def shut_down(ctl: Controller) -> None:
-    """After the server has closed: stop a live run with a final checkpoint and a `stopped` event."""
+    """After the server has closed: stop a live run (and a live race) with a final checkpoint and a `stopped` event."""
     ctl.closing.set()
     if ctl.handle is not None and ctl.handle.alive:
         print("stopping the run: saving a checkpoint...", file=sys.stderr)
         ctl.handle.stop(wait=True)
+    if ctl.races is not None and ctl.races.race is not None and ctl.races.race.alive:
+        print("stopping the race: saving a checkpoint of both runs...", file=sys.stderr)
+        ctl.races.race.stop(wait=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Design choices:
 - The step / group / colour controls redraw the heatmap and histogram at once; "follow latest" keeps
   them on the newest step as records arrive.
 - Health events of the run show as a banner under the status line, as on the page.
+- `RaceLiveView` shows a race (`sdpg.race.Race`, or a race directory) as two `LiveView`s kept on the same
+  step, under both runs' curves overlaid, with pause / resume / stop buttons acting on both runs.
 - A replaced figure keeps its widget: traces and layout are swapped inside one `batch_update`, so the
   notebook output does not flicker or grow.
 """
@@ -23,7 +25,9 @@ import plotly.graph_objects as go
 from lab.advantages import advantage_histogram
 from lab.curves import curves_figure
 from lab.heatmap import COLOR_MODES, token_heatmap
+from lab.race import RaceView, race_curves
 from lab.viewmodel import RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group
+from sdpg.race import Race
 from sdpg.records import RecordStream
 from sdpg.run import TERMINAL
 
@@ -135,6 +139,77 @@ class LiveView:
         while not self._stop.wait(self.interval):
             # read the state before drawing, so the draw that ends the loop includes the final records
             done = self.view.live_status() in TERMINAL
+            self.update()
+            if done:
+                return
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+class RaceLiveView:
+    """A race in a notebook: both runs' curves overlaid, then each run's `LiveView` side by side on the same step,
+    with buttons that pause, resume and stop both runs of a live race."""
+
+    def __init__(self, race_or_dir, *, interval: float = 2.0):
+        self.race = race_or_dir if isinstance(race_or_dir, Race) else None
+        self.view = RaceView.of(race_or_dir)
+        self.interval = interval
+        sources = self.race.handles if self.race is not None else [v.replay for v in self.view.views]
+        self.sides = [LiveView(source, interval=interval) for source in sources]
+        self.curves = go.FigureWidget()
+        buttons = []
+        if self.race is not None:
+            for label, action in (("pause both", self.race.pause), ("resume both", self.race.resume),
+                                  ("stop both", lambda: self.race.stop(wait=False))):
+                button = widgets.Button(description=label)
+                button.on_click(lambda _, act=action: act())
+                buttons.append(button)
+        columns = [widgets.VBox([widgets.HTML(f"<h3>{m.upper()}</h3>"), side.widget], layout={"width": "50%"})
+                   for m, side in zip(self.view.methods, self.sides)]
+        self.buttons = buttons
+        self.widget = widgets.VBox([widgets.HBox(buttons), self.curves, widgets.HBox(columns)])
+        self.sides[0].step.observe(self._same_step, names="value")
+        self._version = None
+        self.update()
+
+    def update(self) -> bool:
+        """Redraw what changed in either run; True when anything was redrawn."""
+        drawn = [side.update() for side in self.sides]
+        version = self.view.version()
+        if version != self._version:
+            self._version = version
+            replace_figure(self.curves, race_curves(self.view))
+        self._same_step({"new": self.sides[0].step.value})
+        return any(drawn)
+
+    def _same_step(self, change) -> None:
+        """Show one step on both sides: the left's when both have it, else the newest both have."""
+        common = self.view.common_steps()
+        step = change["new"] if change["new"] in common else (common[-1] if common else None)
+        for side in self.sides:
+            if step is not None and side.step.value != step:
+                following = side.follow.value
+                side.step.value = step  # its observer turns following off: a step chosen here is not a user's pick
+                side.follow.value = following
+
+    def start(self, interval: float | None = None) -> "RaceLiveView":
+        """Refresh both sides and the overlay in the background (see `LiveView.start`)."""
+        for side in self.sides:
+            side.start(interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sdpg-raceview", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for side in self.sides:
+            side.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            done = all(status in TERMINAL for status in self.view.statuses())
             self.update()
             if done:
                 return

@@ -9,11 +9,13 @@ Design choices:
 - Loading failures name the model id or path; a path that does not exist fails before any hub call.
 - A hub id honours offline mode (`HF_HUB_OFFLINE`) and a hub that cannot be reached is found by one
   short probe, so the run loads from the local HF cache or fails at once instead of retrying for a minute.
+- Loads in one process happen one at a time (`_LOADING`): runs trained side by side in threads load safely.
 """
 from __future__ import annotations
 
 import copy
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +31,9 @@ from sdpg.embedded.warmstart import WarmStartConfig
 EMBEDDED = "embedded"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 HUB_PROBE_S = 5.0
+_LOADING = threading.Lock()
+"""one `from_pretrained` at a time per process: its meta-device initialisation is not thread-safe (two runs of a
+race loading at once crashed with 'Cannot copy out of meta tensor')"""
 """seconds the hub reachability probe waits before a hub id is taken from the local cache or refused"""
 
 
@@ -73,7 +78,8 @@ def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "
     if cfg.name == EMBEDDED:
         source = str(embedded_entry(cache_dir=cache_dir, warm_cfg=embedded_settings(warm_cfg, data_cfg),
                                     progress=progress, on_warmstart=on_warmstart))
-    model, tokenizer = _from_pretrained(source, TORCH_DTYPES[cfg.dtype], cfg.trust_remote_code)
+    with _LOADING:
+        model, tokenizer = _from_pretrained(source, TORCH_DTYPES[cfg.dtype], cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

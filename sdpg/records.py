@@ -141,6 +141,19 @@ def row_problem(fname: str, row) -> str | None:
     return None
 
 
+TEXT_HEAD = 300
+"""characters of a response's text kept in `RecordStream.group_index`"""
+
+
+def response_summary(response: dict) -> dict:
+    """The scalars of one recorded response and its KL's mean and maximum (None without per-token KL)."""
+    kl = [float(x) for x in response.get("kl", ())]
+    return {"reward": response.get("reward"), "correct": response.get("correct"), "status": response.get("status"),
+            "advantage": response.get("advantage"), "gate": response.get("gate"),
+            "length": len(response.get("tokens", ())), "kl_mean": sum(kl) / len(kl) if kl else None,
+            "kl_max": max(kl) if kl else None, "text_head": str(response.get("text", ""))[:TEXT_HEAD]}
+
+
 class StorageError(OSError):
     """Writing a run's files failed: the message says what, where and why, for a person to act on."""
 
@@ -300,6 +313,15 @@ class RecordStream:
     def rollout_steps(self) -> list[int]:
         with self._lock:
             return sorted({r["step"] for r in self._rollouts})
+
+    def group_index(self) -> list[dict]:
+        """One cheap dict per recorded group, in record order, without the per-token arrays: step, group, prompt,
+        answer, and per response its reward, correct, status, advantage, gate, length (tokens), mean and largest
+        per-token KL, and `text_head` (the first `TEXT_HEAD` characters of the text)."""
+        with self._lock:
+            groups = list(self._rollouts)
+        return [{"step": g["step"], "group": g.get("group"), "prompt": g.get("prompt", ""), "answer": g.get("answer", ""),
+                 "responses": [response_summary(r) for r in g.get("responses", [])]} for g in groups]
 
     def events(self) -> list[dict]:
         with self._lock:

@@ -134,6 +134,8 @@ def test_playground_and_compare_tabs_draw_their_views(two_runs_page):
                 page.get_by_role("option", name=str(ctl.runs_root / name)).click()
             page.get_by_role("button", name="Compare", exact=True).click()
             page.wait_for_selector("#sdpg-cmp-curves .scatterlayer .trace", state="attached", timeout=60_000)
+            page.wait_for_function("document.querySelector('#sdpg-cmp-summary').innerText.includes('grpo-s1')",
+                                   timeout=60_000)  # past the first look the tab opens on
             page.wait_for_selector("#sdpg-cmp-diff table", timeout=30_000)
             diff = page.inner_text("#sdpg-cmp-diff")
             summary = page.inner_text("#sdpg-cmp-summary")

@@ -5,6 +5,9 @@ Design choices:
   shapes the model, so changing a setting builds a new entry instead of reusing a stale one.
 - An entry is built in a temporary folder and renamed into place, so a crash never leaves a half-written
   entry behind; a file lock lets one process build while the others wait.
+- The project ships each task's default entry (`SHIPPED_DIR/<task>`, rebuilt by `python -m sdpg.embedded.ship`);
+  it is used before the cache only while the key it records equals the current settings' key, so a changed
+  recipe falls back to the cache and the warm start instead of loading stale weights.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from sdpg.embedded.warmstart import WarmStartConfig, warm_start
 from sdpg.tasks import CONTEXTS, get_task
 
 WARMSTART_FILE = "warmstart.json"
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+"""the warm-started entries that ship with the project, one folder per task"""
 
 
 def default_cache_dir() -> Path:
@@ -32,14 +37,19 @@ def default_cache_dir() -> Path:
 
 
 def embedded_entry(*, cache_dir: str | Path | None = None, warm_cfg: WarmStartConfig | None = None,
-                   progress: bool = True, on_warmstart: Callable[[dict], None] | None = None) -> Path:
-    """The cache folder of the embedded model for `warm_cfg`, warm-starting and saving it if absent.
+                   progress: bool = True, on_warmstart: Callable[[dict], None] | None = None,
+                   shipped: bool = True) -> Path:
+    """The folder of the embedded model for `warm_cfg`: the shipped entry when it matches (with `shipped`),
+    else the cache entry, warm-starting and saving it if absent.
 
     The folder holds the model, the tokenizer and `warmstart.json` (settings, held-out pass rates,
     wall time). `on_warmstart` gets the warm start's progress dicts (`warm_start`'s `on_step`), or one
     `{"cached": True, ...}` dict when the entry was already there; with `progress` a cached start prints one line.
     """
     warm_cfg = warm_cfg or WarmStartConfig()
+    if shipped and (ready := shipped_entry(warm_cfg)) is not None:
+        _report_cached(ready, progress, on_warmstart)
+        return ready
     entry = Path(cache_dir or default_cache_dir()) / f"embedded-{embedded_key(warm_cfg)}"
     if not (entry / WARMSTART_FILE).is_file():
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +73,14 @@ def _report_cached(entry: Path, progress: bool, on_warmstart: Callable[[dict], N
               f"{cached['student_pass@1']}, teacher {cached['teacher_pass@1']}) from {entry}")
     if on_warmstart is not None:
         on_warmstart(cached)
+
+
+def shipped_entry(warm_cfg: WarmStartConfig) -> Path | None:
+    """The shipped entry of `warm_cfg`'s task when it was built from exactly these settings, else None."""
+    entry = SHIPPED_DIR / warm_cfg.task
+    if not (entry / WARMSTART_FILE).is_file():
+        return None
+    return entry if read_warmstart_report(entry).get("key") == embedded_key(warm_cfg) else None
 
 
 def embedded_key(warm_cfg: WarmStartConfig) -> str:

@@ -140,9 +140,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
     last check's greedy student pass rate (None when no check ran)."""
     task = task_of(cfg)
     rows = task.problems(cfg.steps * cfg.batch_size + cfg.check_prompts, seed=cfg.seed, split="train")
-    check_rows = rows[cfg.steps * cfg.batch_size:]
     n_hinted = round(cfg.hinted_fraction * cfg.batch_size)
-    max_new = task.response_tokens + 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
     losses, student, postfix, start = [], None, {}, time.perf_counter()
@@ -157,8 +155,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
         checked = {}
         if cfg.stop_at < 1.0 and (step + 1) % cfg.check_every == 0:
             model.eval()
-            student = _pass_rate(model, tokenizer, [p.question for p in check_rows], [p.answer for p in check_rows],
-                                 samples=1, batch_size=256, sample=False, max_new_tokens=max_new)
+            student = skill_check(model, tokenizer, cfg, rows[cfg.steps * cfg.batch_size:])
             postfix["student"] = f"{student:.2f}"
             checked = {"check": student}
         if on_step is not None:
@@ -170,6 +167,17 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Warm
     bar.close()
     model.eval()
     return losses, student
+
+
+def skill_check(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: WarmStartConfig,
+                check_rows: list[Problem] | None = None) -> float:
+    """The stopping check: the greedy student pass rate on the `cfg.check_prompts` unseen train-split problems
+    that follow the training problems; a warm-started model has passed it when this reaches `cfg.stop_at`."""
+    if check_rows is None:
+        n_train = cfg.steps * cfg.batch_size
+        check_rows = task_of(cfg).problems(n_train + cfg.check_prompts, seed=cfg.seed, split="train")[n_train:]
+    return _pass_rate(model, tokenizer, [p.question for p in check_rows], [p.answer for p in check_rows],
+                      samples=1, batch_size=256, sample=False, max_new_tokens=task_of(cfg).response_tokens + 2)
 
 
 def _train_step(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, optimizer: torch.optim.Optimizer,
