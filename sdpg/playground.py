@@ -38,7 +38,7 @@ from sdpg.methods import get_method
 from sdpg.models import load_model_and_tokenizer
 from sdpg.rollout import HFRolloutEngine
 from sdpg.task import hint_text, parse_hint
-from sdpg.trainer import token_record
+from sdpg.record_build import token_record
 from sdpg.whatif import token_weights
 
 SANITY = "own prompt (sanity)"

@@ -65,7 +65,8 @@ from sdpg.reward import MathVerifier, overlong_penalty
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
 from sdpg.step import (MicroBatch, Part, StepContext, finish_reduce, micro_step, reduce_parts, rollout_metrics,
                        teacher_stats)
-from sdpg.trainer import group_record, lr_warmup, token_records
+from sdpg.record_build import group_record, token_records
+from sdpg.trainer import lr_warmup
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
     """Our rows as TRL's prompt dataset: `prompt` (a user message, or plain text for a tokenizer without a chat
@@ -187,7 +188,7 @@ class _Step:
     """each mini-batch's loss normaliser over all processes (response tokens, or sequences)"""
     gap: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """|sampler - old| log-probs over response tokens: sum, count, max"""
-    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "teacher": 0.0})
+    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "teacher": 0.0, "records": 0.0})
     tokens: float = 0.0
     token_records: dict[int, dict] = field(default_factory=dict)
 
@@ -420,10 +421,15 @@ class SDPGTrainer(GRPOTrainer):
 
     def _record_tokens(self, inputs: dict, records: dict[int, dict], weight: torch.Tensor) -> None:
         """Per-token records of the micro-batch's recorded rows (process 0, first epoch)."""
-        index = inputs["sdpg_index"].tolist()
+        t0, index = time.perf_counter(), inputs["sdpg_index"].tolist()
+        sampled = inputs.get("sampling_per_token_logps")  # (B, T), NaN where the sampler gave none
+        for j, args in records.items():
+            if sampled is not None:
+                args["sampler_logp"] = sampled[j, :args["ids"].shape[0]]  # (n,)
         built = token_records(self._tokenizer, weight, self.sdpg_cfg.rollout.temperature, list(records.values()))
         for j, record in zip(records, built):
             self._current.token_records[index[j]] = record
+        self._current.times["records"] += time.perf_counter() - t0
 
     def _close_step(self) -> None:
         """Reduce the step's statistics over micro-batches, updates and processes; hand metrics and groups to the
@@ -436,12 +442,15 @@ class SDPGTrainer(GRPOTrainer):
         totals = self.accelerator.reduce(values, reduction="sum").tolist()
         stats = finish_reduce({k: (totals[2 * i], totals[2 * i + 1]) for i, k in enumerate(keys)})
         elapsed = time.perf_counter() - step.started
+        t0 = time.perf_counter()
         groups = self._group_records() if self.accelerator.is_main_process else []
+        step.times["records"] += time.perf_counter() - t0
         metrics = {**step.metrics, **teacher_stats(stats, self.method, self.sdpg_cfg.loss, groups), "beta/effective": self._beta_k(),
                    "optim/updates": float(self.updates), "step/skipped": 0.0,
                    "perf/tokens_per_s": step.tokens / elapsed, "time/rollout": step.times["rollout"],
                    "time/teacher": step.times["teacher"],
-                   "time/update": elapsed - step.times["rollout"] - step.times["teacher"], "time/step": elapsed}
+                   "time/update": elapsed - step.times["rollout"] - step.times["teacher"] - step.times["records"],
+                   "time/records": step.times["records"], "time/step": elapsed}
         if totals[-1]:
             gap_max = self.accelerator.reduce(torch.tensor(step.gap[2], device=self.accelerator.device), "max")
             metrics |= {"rollout/logp_gap_mean": totals[-2] / totals[-1], "rollout/logp_gap_max": float(gap_max)}
