@@ -43,7 +43,7 @@ SIGNED = {"log_ratio", "adv_dist", "logp_gap"}
 """modes drawn on a diverging scale about 0"""
 TEXT_COLUMNS = 64
 """above this many token columns the cells are too narrow for text; hover still names each token"""
-WINDOW = 120
+WINDOW = 64
 """token columns the heatmap shows at once"""
 OVERVIEW_BINS = 512
 """the overview strip's columns at most: one per token up to this length, else windows of tokens"""

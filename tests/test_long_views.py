@@ -18,7 +18,7 @@ def test_the_window_shows_any_part_of_a_4096_token_response_with_its_positions()
     assert list(heat.x) == list(range(4096 - WINDOW, 4096)) and len(heat.z[1]) == WINDOW
     assert list(heat.z[1]) == pytest.approx(r["kl"][-WINDOW:].tolist())
     assert heat.text[1][-1] == show_token(r["tokens"][-1]) and "position 4095" in heat.hovertext[1][-1]
-    assert "tokens 3976–4095 of 4096" in fig.layout.title.text
+    assert f"tokens {4096 - WINDOW}–4095 of 4096" in fig.layout.title.text
     assert list(token_heatmap(group, start=10**6).data[0].x)[-1] == 4095  # clamped to the end
     assert window_around(4096, 2000) == 2000 - WINDOW // 2
 
