@@ -71,3 +71,18 @@ def test_real_qwen_tokens_are_readable_in_every_view():
     long_shown = show_token(token_strings(tok, [longest])[0])
     assert len(long_shown) < 20  # a 128-character token fits a cell
     assert token_strings(tok, [151_935]) == [""]  # a padding row of the head past the tokenizer
+
+
+def test_the_notebook_widget_moves_its_window_like_the_page(tmp_path):
+    from lab.widgets import LiveView
+    from sdpg.records import RecordStream
+
+    stream = RecordStream(tmp_path)
+    stream.emit_rollouts(1, [make_long_group(1, 0, 4096, group_size=2)])
+    view = LiveView(RecordStream.open(tmp_path))
+    assert list(view.heatmap.data[0].x) == list(range(WINDOW)) and view.window.max == 4096 - WINDOW
+    view.move(WINDOW)
+    assert view.heatmap.data[0].x[0] == WINDOW
+    view.jump(4000.0)  # what a click on the overview at token 4000 does
+    assert view.heatmap.data[0].x[0] == window_around(4096, 4000) and "of 4096" in view.heatmap.layout.title.text
+    assert len(view.overview.data[0].z[0]) == 512 and view.overview.layout.shapes[0].x0 == window_around(4096, 4000) - 0.5

@@ -301,8 +301,9 @@ def test_heatmap_drops_cell_text_when_columns_get_too_narrow():
     for key, value in list(r.items()):
         if isinstance(value, list):
             r[key] = value * 10  # ~110 tokens
-    wide = token_heatmap(group).data[0]
+    wide = token_heatmap(group, width=110).data[0]
     assert wide.texttemplate == "" and "<b>" in wide.hovertext[0][100]
+    assert token_heatmap(group).data[0].texttemplate == "%{text}"  # the default window keeps its text
     assert token_heatmap(make_group(1, 0)).data[0].texttemplate == "%{text}"
 
 
