@@ -60,7 +60,7 @@ from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
 from sdpg.playground import (Subject, context_gap, context_variants, load_subject, probe_response,  # noqa: E402
                              recorded_response_ids)
-from sdpg.records import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
+from sdpg.records import CONFIG_FILE, DEFAULT_CACHE_MB, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
 from sdpg.run import ACTIVE, PAUSABLE, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
 from sdpg.task import make_row  # noqa: E402
@@ -98,9 +98,12 @@ THEME = gr.themes.Soft(primary_hue="purple", secondary_hue="orange", neutral_hue
 class Controller(RunView):
     """App-level state: the page's view of at most one live run (plus a replay), and the controls that steer it."""
 
-    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle, allowed_roots=()):
+    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle, allowed_roots=(),
+                 record_cache_mb: float = DEFAULT_CACHE_MB):
         super().__init__()
         self.runs_root = Path(runs_root)
+        self.record_cache_mb = record_cache_mb
+        """MiB of a replay's per-token records kept in memory (`--record-cache-mb`)"""
         self.allowed_roots = [Path(r).expanduser().resolve() for r in (self.runs_root, *allowed_roots)]
         """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
@@ -152,7 +155,7 @@ class Controller(RunView):
             return "Choose or type a run directory first.", "error"
         try:
             path = confine(text, self.allowed_roots, "run directory")
-            self.replay = RecordStream.open(path)
+            self.replay = RecordStream.open(path, cache_mb=self.record_cache_mb)
         except (OSError, ValueError) as err:
             return str(err), "error"
         bad = self.replay.bad_lines
@@ -787,15 +790,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--allow-root", action="append", default=[], metavar="DIR",
                     help="another folder whose runs, data files and models the page may open (repeatable)")
     ap.add_argument("--config", metavar="CONFIG_JSON", help="a saved config.json whose settings seed the page")
+    ap.add_argument("--record-cache-mb", type=float, metavar="MIB",
+                    help=f"MiB of per-token records kept in memory, per run shown (default {DEFAULT_CACHE_MB:g}; "
+                         "older steps are read back from disk)")
     args = ap.parse_args(argv)
     try:
         base = TrainConfig.from_dict(json.loads(Path(args.config).read_text())).validate() if args.config else demo_config()
     except (OSError, ValueError, TypeError) as err:  # TypeError: an unknown field in the file
         ap.error(f"--config {args.config}: {err}")
     base.run.run_dir = ""  # every run started here gets a fresh directory under the runs root
+    if args.record_cache_mb is not None:
+        if not args.record_cache_mb >= 1:
+            ap.error(f"--record-cache-mb {args.record_cache_mb:g}: must be at least 1 (MiB)")
+        base.run.record_cache_mb = args.record_cache_mb
     replay_root = [Path(args.replay).expanduser().resolve()] if args.replay else []  # the command line is trusted
     ctl = Controller(args.runs_root, allowed_roots=[*args.allow_root, *replay_root],
-                     run_factory=partial(RunHandle, progress=True))  # the terminal shows the warm start
+                     run_factory=partial(RunHandle, progress=True),  # the terminal shows the warm start
+                     record_cache_mb=base.run.record_cache_mb)
     if args.replay:
         text, kind = ctl.open_replay(args.replay)
         if kind == "error":
