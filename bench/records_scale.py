@@ -207,7 +207,7 @@ def main() -> None:
             live.emit_rollouts(step, groups)
             write_s.append(time.perf_counter() - t0)
             live.emit_metrics(step, {"reward/mean": 0.5})
-            if step in (10, args.steps // 2, args.steps):
+            if step in (10, 25, 50, 75, 100, 250, 500) or step == args.steps:
                 rss[step] = rss_mb()
             print(f"step {step}: wrote in {write_s[-1]:.2f} s, RSS {rss_mb():.0f} MB", flush=True)
         live.emit_event("finished", step=args.steps)
@@ -254,7 +254,8 @@ def report(args, build, write_s, rss, after_bytes, before_bytes, legacy_s, opene
         f"{opened['peak_rss_mb'] - opened['added_mb'] + slope_rss * 500:.0f} MB peak RSS | ≤ 5 s, ≤ 1.5 GB |",
         f"| page: replay opened in the page process | | {page['page_open_s']:.2f} s, page peak RSS "
         f"{page['page_rss_mb']:.0f} MB | |",
-        f"| writer process RSS at steps {', '.join(map(str, rss))} (live cache bounded at 256 MiB) | | "
+        f"| writer process RSS at steps {', '.join(map(str, rss))} (live record cache bounded at 256 MiB, "
+        f"~{GROUPS * G * T * 95 / 2**20:.1f} MiB a step: full from step ~{int(256 / (GROUPS * G * T * 95 / 2**20))}) | | "
         f"{', '.join(f'{v:.0f}' for v in rss.values())} MB | flat ± 10 % |",
     ]
     lines += ["", "One step's views through `gradio_client` (`/refresh`: heatmap window, overview, advantage histogram, "
