@@ -2,6 +2,7 @@
 on the overview jumps into the middle."""
 from html import unescape
 
+import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -24,9 +25,8 @@ def long_run_page(tmp_path):
     vocab = token_strings(tok, ids)
     group = make_long_group(1, 0, N, group_size=4, vocab=vocab)
     for r in group["responses"]:
-        r["token_ids"] = [ids[i] for i in r["token_ids"].tolist()]  # the tokenizer's ids, as the builder gives them
-        r["text"] = tok.decode(r["token_ids"])
-        r["token_ids"] = __import__("numpy").asarray(r["token_ids"])
+        r["token_ids"] = np.asarray(ids)[r["token_ids"]]  # the tokenizer's ids, as the builder gives them
+        r["text"] = tok.decode(r["token_ids"].tolist())
     run_dir = tmp_path / "runs" / "long"
     stream = RecordStream(run_dir)
     stream.write_config(fixture_config(1).to_dict())
