@@ -50,11 +50,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402
+import numpy as np  # noqa: E402
 
 from lab import (COLOR_MODES, advantage_evolution, advantage_histogram, curves_figure, empty_figure,  # noqa: E402
                  message_html, rollout_html, token_heatmap, topk_figure, whatif_figure)
 from sdpg.published import first_look, is_published, load_published, published_choices  # noqa: E402
 from lab.overlay import config_diff_html, overlay_figure, summary_table_html  # noqa: E402
+from lab.heatmap import (WINDOW, overview_image, overview_position, response_length, token_values,  # noqa: E402
+                         window_around, window_start)
 from lab.playground import (PROBE_FIELDS, gap_table_html, logq_figure, probe_summary_html, topk_html,  # noqa: E402
                             variant_heatmap)
 from pages.explore import explore_tabs, wire_explore  # noqa: E402
@@ -69,7 +72,7 @@ from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
 from sdpg.playground import (Subject, check_gap_request, context_gap, context_variants, load_subject,  # noqa: E402
                              probe_response, recorded_response_ids)
-from sdpg.records import EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
+from sdpg.records import DEFAULT_CACHE_MB, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
 from sdpg.run import ACTIONS, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
 from sdpg.runs import find_runs, load_run, newest_runs  # noqa: E402
@@ -109,9 +112,12 @@ THEME = gr.themes.Soft(primary_hue="purple", secondary_hue="orange", neutral_hue
 class Controller(RunView):
     """App-level state: the page's view of at most one live run (plus a replay), and the controls that steer it."""
 
-    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle, allowed_roots=()):
+    def __init__(self, runs_root: str | Path = "runs", run_factory=RunHandle, allowed_roots=(),
+                 record_cache_mb: float = DEFAULT_CACHE_MB):
         super().__init__()
         self.runs_root = Path(runs_root)
+        self.record_cache_mb = record_cache_mb
+        """MiB of a replay's per-token records kept in memory (`--record-cache-mb`)"""
         self.allowed_roots = [Path(r).expanduser().resolve() for r in (self.runs_root, *allowed_roots)]
         """folders the page may read or write under: the runs root and each `--allow-root`"""
         self.run_factory = run_factory
@@ -181,7 +187,7 @@ class Controller(RunView):
         try:
             path = self.confine(text, "run directory")
             check_record_sizes(path)
-            self.replay = RecordStream.open(path)
+            self.replay = RecordStream.open(path, cache_mb=self.record_cache_mb)
         except (OSError, ValueError) as err:
             return str(err), "error"
         bad = self.replay.bad_lines
@@ -312,8 +318,9 @@ def _whole(name: str, value) -> int:
 
 
 # ---------------- record selection (which step / group / response the views show) ----------------
-def whatif_view(stream: RecordStream | None, group: dict | None, response):
-    """What-if weights of one recorded response, from the engine's `token_weights`."""
+def whatif_view(stream: RecordStream | None, group: dict | None, response, start=0):
+    """What-if weights of one recorded response, from the engine's `token_weights`, over the heatmap's token
+    window when the response is longer than it."""
     responses, i = (group or {}).get("responses", []), int(response or 0)
     if not 0 <= i < len(responses):
         return empty_figure("no response recorded for this step and group", title="What-if token weights")
@@ -321,7 +328,12 @@ def whatif_view(stream: RecordStream | None, group: dict | None, response):
         weights = token_weights(responses[i], stream.config())
     except KeyError as err:  # records written without the per-token arrays the weights need
         return empty_figure(f"this response's record has no {err} array", title="What-if token weights")
-    return whatif_figure(weights, responses[i]["tokens"], label=f"step {group.get('step')}, group {group.get('group')}, response #{i}")
+    tokens = responses[i]["tokens"]
+    lo = window_start(len(tokens), start)
+    hi = min(len(tokens), lo + WINDOW)
+    span = f", tokens {lo}–{hi - 1} of {len(tokens)}" if hi - lo < len(tokens) else ""
+    return whatif_figure({m: list(w[lo:hi]) for m, w in weights.items()}, list(tokens[lo:hi]),
+                         label=f"step {group.get('step')}, group {group.get('group')}, response #{i}{span}")
 
 
 def selection_controls(stream: RecordStream | None, step, group) -> tuple:
@@ -339,11 +351,17 @@ def selection_controls(stream: RecordStream | None, step, group) -> tuple:
             gr.update(info=f"0 … {n_resp - 1}"))
 
 
-def selection_views(stream, step, group, color_by, response, position, wresponse) -> tuple:
-    """Heatmap, histogram, rollout card, top-k and what-if for one step and group."""
+def selection_views(stream, step, group, color_by, response, position, wresponse, start=0) -> tuple:
+    """Heatmap (the token window from `start`), histogram, rollout card, top-k and what-if for one step and group."""
     g = pick_group(stream, step, group)
-    return (token_heatmap(g, color_by), advantage_histogram(metrics_row(stream, step)), rollout_html(g),
-            topk_figure(g, int(response or 0), int(position or 0)), whatif_view(stream, g, wresponse))
+    return (token_heatmap(g, color_by, start=int(start or 0)), advantage_histogram(metrics_row(stream, step)),
+            rollout_html(g), topk_figure(g, int(response or 0), int(position or 0)),
+            whatif_view(stream, g, wresponse, int(start or 0)))
+
+
+def overview_view(stream, step, group, color_by, start):
+    """The whole-response overview strip of the shown group (an image the user clicks to move the window)."""
+    return overview_image(pick_group(stream, step, group), color_by, start=int(start or 0))
 
 
 RUN_BUTTONS = ("start", "pause", "resume", "stop", "checkpoint")
@@ -438,6 +456,7 @@ def views_panel(ctl: Controller) -> SimpleNamespace:
         with gr.Tab("Token KL"):
             ui.color_by = gr.Radio([(label, key) for key, label in COLOR_MODES.items()], value="kl", label="Colour cells by",
                                    elem_id="sdpg-color-by")
+            token_window_row(ui)
             ui.heatmap = gr.Plot(show_label=False, elem_id="sdpg-heatmap")
         with gr.Tab("Advantages"):
             with gr.Row():
@@ -512,22 +531,28 @@ class SharedViews:
             card = message_html(f"The records of this run could not be drawn: {type(err).__name__}: {err}", "error")
         return [card, *button_states(ctl.live_status()), *figures], choices
 
-    def selection(self, version, stream, step, group, color, r, p, wr) -> list:
-        """Selection controls and views of one selection at `version`."""
-        key = (version, step, group, color, r, p, wr)
+    def selection(self, version, stream, step, group, color, r, p, wr, start) -> list:
+        """Selection controls and views (with the token window's overview) of one selection at `version`."""
+        key = (version, step, group, color, r, p, wr, start)
         with self._lock:
             if key not in self._selections:
                 try:
-                    views = list(selection_views(stream, step, group, color, r, p, wr))
+                    views = [*selection_views(stream, step, group, color, r, p, wr, start),
+                             overview_view(stream, step, group, color, start)]
                     views = [plot_data(v) if isinstance(v, go.Figure) else v for v in views]
                     self._selections[key] = [*selection_controls(stream, step, group), *views]
                 except Exception:  # noqa: BLE001 - the status card of this version already names what is wrong
                     traceback.print_exc()
-                    self._selections[key] = [gr.skip()] * 9
+                    self._selections[key] = [gr.skip()] * SELECTION_OUTPUTS
                 while len(self._selections) > self.keep:
                     self._selections.popitem(last=False)
             self._selections.move_to_end(key)
             return _copies(self._selections[key])
+
+
+SELECTION_OUTPUTS = 10
+"""selection controls (group, response, position, what-if response) and views (heatmap, histogram, rollout, top-k,
+what-if, overview) a tick sends"""
 
 
 def _copies(values: list) -> list:
@@ -544,20 +569,20 @@ def wire_views(ctl: Controller, ui: SimpleNamespace, seen: gr.State):
     """The timer refresh; returns the tick with its inputs and outputs so the page load can draw at once too."""
     buttons = [getattr(ui, action) for action in RUN_BUTTONS]
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
-    sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
+    sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif, ui.overview]
     tick_outputs = [seen, ui.status, *buttons, ui.curves, ui.evolution, ui.step, *sel_controls, *sel_views]
     shared = SharedViews(ctl)
 
-    def tick(last, step, group, follow_on, color, r, p, wr):
+    def tick(last, step, group, follow_on, color, r, p, wr, start):
         version = ctl.version()
         if version == last:
             return [gr.skip()] * len(tick_outputs)
         common, choices = shared.common(version)
         step = follow_step(choices, step, follow_on)
         return [version, *common, gr.update(choices=choices, value=step),
-                *shared.selection(version, ctl.stream(), step, group, color, r, p, wr)]
+                *shared.selection(version, ctl.stream(), step, group, color, r, p, wr, start)]
 
-    tick_inputs = [seen, ui.step, ui.group, ui.follow, ui.color_by, ui.resp, ui.pos, ui.wresp]
+    tick_inputs = [seen, ui.step, ui.group, ui.follow, ui.color_by, ui.resp, ui.pos, ui.wresp, ui.win_start]
     gr.Timer(REFRESH_S).tick(tick, tick_inputs, tick_outputs, show_progress="hidden", concurrency_limit=None,
                              api_name="refresh")
     return tick, tick_inputs, tick_outputs
@@ -567,39 +592,102 @@ def wire_selection(ctl: Controller, ui: SimpleNamespace) -> None:
     """Redraw the selection views when the user picks a step, group, colour, response or token, steps with ◀ / ▶,
     or turns "follow latest step" back on (which shows the newest step at once)."""
     sel_controls = [ui.group, ui.resp, ui.pos, ui.wresp]
-    sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif]
-    sel_inputs = [ui.step, ui.group, ui.color_by, ui.resp, ui.pos, ui.wresp]
+    sel_views = [ui.heatmap, ui.hist, ui.rollout, ui.topk, ui.whatif, ui.overview]
+    sel_inputs = [ui.step, ui.group, ui.color_by, ui.resp, ui.pos, ui.wresp, ui.win_start]
 
-    def on_step(step, group, color, r, p, wr):
+    def on_step(step, group, color, r, p, wr, start):
         stream = ctl.stream()
-        return [False, *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr)]
+        return [False, *selection_controls(stream, step, group), *selection_views(stream, step, group, color, r, p, wr, start),
+                overview_view(stream, step, group, color, start)]
 
     def step_by(delta):
-        def go_to(step, group, color, r, p, wr):
+        def go_to(step, group, color, r, p, wr, start):
             new = shift_step(browsable_steps(ctl.stream()), step, delta)
             if new is None:
                 return [gr.skip()] * (2 + len(sel_controls) + len(sel_views))
-            return [gr.update(value=new), *on_step(new, group, color, r, p, wr)]
+            return [gr.update(value=new), *on_step(new, group, color, r, p, wr, start)]
         return go_to
 
-    def follow_latest(on, step, group, color, r, p, wr):
+    def follow_latest(on, step, group, color, r, p, wr, start):
         newest = follow_step(browsable_steps(ctl.stream()), step, on)
         if not on or newest is None or newest == step:
             return [gr.skip()] * (1 + len(sel_controls) + len(sel_views))
-        return [gr.update(value=newest), *on_step(newest, group, color, r, p, wr)[1:]]
+        return [gr.update(value=newest), *on_step(newest, group, color, r, p, wr, start)[1:]]
 
     for dropdown in (ui.step, ui.group):
         dropdown.input(on_step, sel_inputs, [ui.follow, *sel_controls, *sel_views], show_progress="hidden")
     ui.follow.input(follow_latest, [ui.follow, *sel_inputs], [ui.step, *sel_controls, *sel_views], show_progress="hidden")
     for button, delta in ((ui.prev, -1), (ui.next, +1)):
         button.click(step_by(delta), sel_inputs, [ui.step, ui.follow, *sel_controls, *sel_views], show_progress="hidden")
-    ui.color_by.input(lambda s, g, c: token_heatmap(pick_group(ctl.stream(), s, g), c),
-                      [ui.step, ui.group, ui.color_by], ui.heatmap, show_progress="hidden")
+    ui.color_by.input(lambda s, g, c, w: (token_heatmap(pick_group(ctl.stream(), s, g), c, start=int(w or 0)),
+                                          overview_view(ctl.stream(), s, g, c, w)),
+                      [ui.step, ui.group, ui.color_by, ui.win_start], [ui.heatmap, ui.overview], show_progress="hidden")
     for index in (ui.resp, ui.pos):
         index.input(lambda s, g, r, p: topk_figure(pick_group(ctl.stream(), s, g), int(r or 0), int(p or 0)),
                     [ui.step, ui.group, ui.resp, ui.pos], ui.topk, show_progress="hidden")
-    ui.wresp.input(lambda s, g, w: whatif_view(ctl.stream(), pick_group(ctl.stream(), s, g), w),
-                   [ui.step, ui.group, ui.wresp], ui.whatif, show_progress="hidden")
+    ui.wresp.input(lambda s, g, w, start: whatif_view(ctl.stream(), pick_group(ctl.stream(), s, g), w, start),
+                   [ui.step, ui.group, ui.wresp, ui.win_start], ui.whatif, show_progress="hidden")
+    wire_token_window(ctl, ui)
+
+
+# ---------------- the token window of long responses ----------------
+def token_window_row(ui: SimpleNamespace) -> None:
+    """The whole-response overview (click to jump) and the buttons that move the heatmap's token window."""
+    ui.overview = gr.Image(show_label=False, interactive=False, elem_id="sdpg-heat-overview",
+                           buttons=[], container=False)
+    with gr.Row(equal_height=True):
+        ui.win_first = gr.Button("⏮ start", size="sm", min_width=60, scale=0, elem_id="sdpg-heat-first")
+        ui.win_prev = gr.Button("◀ window", size="sm", min_width=80, scale=0, elem_id="sdpg-heat-prev")
+        ui.win_start = gr.Number(0, precision=0, minimum=0, label="First token shown", scale=1,
+                                 elem_id="sdpg-heat-start")
+        ui.win_next = gr.Button("window ▶", size="sm", min_width=80, scale=0, elem_id="sdpg-heat-next")
+        ui.win_last = gr.Button("end ⏭", size="sm", min_width=60, scale=0, elem_id="sdpg-heat-last")
+        ui.win_peak = gr.Button("Jump to the largest value", size="sm", scale=0, elem_id="sdpg-heat-peak")
+
+
+def wire_token_window(ctl: Controller, ui: SimpleNamespace) -> None:
+    """Moving the window redraws the heatmap, the overview's frame and the what-if weights; a click on the
+    overview or the peak button also points the top-5 view at that token."""
+    inputs = [ui.step, ui.group, ui.color_by, ui.wresp, ui.win_start]
+    views = [ui.win_start, ui.heatmap, ui.overview, ui.whatif]
+
+    def draw(step, group, color, wr, start):
+        stream = ctl.stream()
+        g = pick_group(stream, step, group)
+        start = window_start(response_length(g), start)
+        return [start, token_heatmap(g, color, start=start), overview_view(stream, step, group, color, start),
+                whatif_view(stream, g, wr, start)]
+
+    def move(where):
+        def go(step, group, color, wr, start):
+            n = response_length(pick_group(ctl.stream(), step, group))
+            target = {"first": 0, "prev": int(start or 0) - WINDOW, "next": int(start or 0) + WINDOW, "last": n}[where]
+            return draw(step, group, color, wr, target)
+        return go
+
+    def jump_to(step, group, color, wr, r, position):
+        g = pick_group(ctl.stream(), step, group)
+        start = window_around(response_length(g), position)
+        return [*draw(step, group, color, wr, start), r, position, topk_figure(g, r, position)]
+
+    def clicked(step, group, color, wr, r, evt: gr.SelectData):
+        n = response_length(pick_group(ctl.stream(), step, group))
+        return jump_to(step, group, color, wr, int(evt.index[1]) // 8 if evt.index else int(r or 0),
+                       overview_position(int(evt.index[0]), n))
+
+    def peak(step, group, color, wr, r):
+        g = pick_group(ctl.stream(), step, group)
+        values = [token_values(x, color) for x in (g or {}).get("responses", [])]
+        best = max(((i, int(np.nanargmax(np.abs(v)))) for i, v in enumerate(values) if np.isfinite(v).any()),
+                   key=lambda ip: abs(values[ip[0]][ip[1]]), default=(int(r or 0), 0))
+        return jump_to(step, group, color, wr, *best)
+
+    for button, where in ((ui.win_first, "first"), (ui.win_prev, "prev"), (ui.win_next, "next"), (ui.win_last, "last")):
+        button.click(move(where), inputs, views, show_progress="hidden")
+    ui.win_start.submit(draw, inputs, views, show_progress="hidden")
+    jumps = [*views, ui.resp, ui.pos, ui.topk]
+    ui.overview.select(clicked, [*inputs[:4], ui.resp], jumps, show_progress="hidden")
+    ui.win_peak.click(peak, [*inputs[:4], ui.resp], jumps, show_progress="hidden")
 
 
 def wire_controls(ctl: Controller, base: TrainConfig, ui: SimpleNamespace) -> None:
@@ -888,15 +976,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--allow-root", action="append", default=[], metavar="DIR",
                     help="another folder whose runs, data files and models the page may open (repeatable)")
     ap.add_argument("--config", metavar="CONFIG_JSON", help="a saved config.json whose settings seed the page")
+    ap.add_argument("--record-cache-mb", type=float, metavar="MIB",
+                    help=f"MiB of per-token records kept in memory, per run shown (default {DEFAULT_CACHE_MB:g}; "
+                         "older steps are read back from disk)")
     args = ap.parse_args(argv)
     try:
         base = TrainConfig.from_dict(json.loads(Path(args.config).read_text())).validate() if args.config else demo_config()
     except (OSError, ValueError, TypeError) as err:  # TypeError: an unknown field in the file
         ap.error(f"--config {args.config}: {err}")
     base.run.run_dir = ""  # every run started here gets a fresh directory under the runs root
+    if args.record_cache_mb is not None:
+        if not args.record_cache_mb >= 1:
+            ap.error(f"--record-cache-mb {args.record_cache_mb:g}: must be at least 1 (MiB)")
+        base.run.record_cache_mb = args.record_cache_mb
     replay_root = [Path(args.replay).expanduser().resolve()] if args.replay else []  # the command line is trusted
     ctl = Controller(args.runs_root, allowed_roots=[*args.allow_root, *replay_root],
-                     run_factory=partial(RunHandle, progress=True))  # the terminal shows the warm start
+                     run_factory=partial(RunHandle, progress=True),  # the terminal shows the warm start
+                     record_cache_mb=base.run.record_cache_mb)
     if args.replay:
         text, kind = ctl.open_replay(args.replay)
         if kind == "error":

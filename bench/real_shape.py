@@ -160,7 +160,7 @@ def main() -> None:
             rss.wrap(trainer.engine, "generate", "rollout")
             rss.wrap(trainer.verifier, "score", "reward")
             rss.wrap(trainer.optimizer, "step", "optimizer step")
-            rss.wrap(trainer_module, "token_record", "per-token records")
+            rss.wrap(record_build, "token_records", "per-token records")
             rss.hook_forwards(model, "teacher forward (no grad)")
             if ref is not None:
                 rss.hook_forwards(ref, "reference forward")

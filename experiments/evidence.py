@@ -44,15 +44,15 @@ def run_evidence(run_dir: str | Path) -> dict:
     out = {"responses": 0, "zero_var": zero_var, **{c: {"responses": 0, "tokens": 0, "agree": 0, "kl": 0.0,
                                                         "digits": 0, "digit_agree": 0, "digit_kl": 0.0}
                                                     for c in CLASSES}}
-    for group in stream.rollouts():
+    for group in (g for step in stream.rollout_steps() for g in stream.rollouts(step)):  # one step in memory at a time
         for resp in group["responses"]:
             if "kl" not in resp or "teacher_topk" not in resp:
                 continue
             cls = out[response_class(resp)]
             out["responses"] += 1
             cls["responses"] += 1
-            for token, kl, top in zip(resp["tokens"], resp["kl"], resp["teacher_topk"], strict=True):
-                agree = bool(top) and top[0][0] == token
+            for token, kl, top in zip(resp["tokens"], resp["kl"].tolist(), resp["teacher_topk"], strict=True):
+                agree = len(top) > 0 and top[0][0] == token
                 cls["tokens"] += 1
                 cls["agree"] += agree
                 cls["kl"] += kl

@@ -5,13 +5,17 @@ Design choices:
   Every text from the records is escaped: model outputs are data, never markup.
 - Correct / wrong and the advantage sign use the palette's green / red; the gate is a badge.
 - The top-k view puts the student's and the teacher's next-token distributions at one position in two
-  bar charts sharing the probability axis, with the token that was actually sampled highlighted.
+  bar charts sharing the probability axis, with the token that was actually sampled highlighted; its title
+  carries the position's entropy and sampler-vs-trainer log-prob gap, the heatmap's other colour modes.
+- A response's table row shows its mean entropy and largest sampler-vs-trainer gap; a long response's text is
+  cut to its head and tail (`TEXT_HEAD`, `TEXT_TAIL` characters): the heatmap window reaches the middle.
 """
 from __future__ import annotations
 
 import html
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -22,6 +26,28 @@ CARD = "border:1px solid #e9ecef;border-radius:10px;padding:10px 14px;margin:6px
 LABEL = "font-size:11px;font-weight:600;letter-spacing:.04em;text-transform:uppercase;color:#868e96"
 CELL = "padding:4px 8px;border:none;border-top:1px solid #f1f3f5;vertical-align:top"
 PRE = f"font-family:{MONO};font-size:13px;white-space:pre-wrap;word-break:break-word;margin:2px 0 0"
+TEXT_HEAD, TEXT_TAIL = 1500, 500
+"""characters of a long response's text shown from its start and its end"""
+
+
+def _mean(values) -> str:
+    a = np.asarray(values if values is not None else [], dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return format(float(a.mean()), ".3f") if a.size else "n/a"
+
+
+def _max_gap(r: dict) -> str:
+    if r.get("sampler_logp") is None or r.get("old_logp") is None:
+        return "n/a"
+    gap = np.abs(np.asarray(r["sampler_logp"], dtype=np.float64) - np.asarray(r["old_logp"], dtype=np.float64))
+    gap = gap[np.isfinite(gap)]
+    return format(float(gap.max()), ".4f") if gap.size else "n/a"
+
+
+def _cut(text: str) -> str:
+    if len(text) <= TEXT_HEAD + TEXT_TAIL:
+        return text
+    return f"{text[:TEXT_HEAD]}\n… [{len(text) - TEXT_HEAD - TEXT_TAIL} characters] …\n{text[-TEXT_TAIL:]}"
 
 
 def _badge(text: str, color: str) -> str:
@@ -48,7 +74,8 @@ def response_row(i: int, r: dict) -> str:
         _td("n/a" if adv is None else format(adv, "+.3f"), f"text-align:right;color:{adv_color};font-weight:600"),
         _td(gate), _td(html.escape(str(r.get("status", ""))), "color:#868e96"),
         _td(str(len(r.get("tokens", []))), "text-align:right"),
-        _td(f"<pre style='{PRE}'>{html.escape(r.get('text', ''))}</pre>"),
+        _td(_mean(r.get("entropy")), "text-align:right"), _td(_max_gap(r), "text-align:right"),
+        _td(f"<pre style='{PRE}'>{html.escape(_cut(str(r.get('text', ''))))}</pre>"),
     ]
     return "<tr>" + "".join(cells) + "</tr>"
 
@@ -58,7 +85,8 @@ def rollout_html(group: dict | None) -> str:
     if not group:
         return f"<div style='{CARD};color:#868e96'>No rollout records for this step yet.</div>"
     header = "".join(f"<th style='padding:4px 8px;border:none;border-top:1px solid #f1f3f5;text-align:left;{LABEL}'>{h}</th>" for h in
-                     ("", "verdict", "reward", "advantage", "gate", "status", "tokens", "response"))
+                     ("", "verdict", "reward", "advantage", "gate", "status", "tokens", "entropy", "max |Δ sampler|",
+                      "response"))
     rows = "".join(response_row(i, r) for i, r in enumerate(group.get("responses", [])))
     title = f"Step {group.get('step', '?')} · group {group.get('group', '?')}"
     return (f"<div style='font-family:inherit'><div style='font-size:15px;font-weight:600;margin:4px 0'>{title}</div>"
@@ -94,6 +122,12 @@ def topk_figure(group: dict | None, response: int, position: int) -> go.Figure:
         fig.update_xaxes(range=[0, 1.15], title_text="probability", row=1, col=col)
     logp, tlogp = value_at(r, "student_logp", position), value_at(r, "teacher_logp", position)
     detail = "" if logp is None or tlogp is None else f" (p={math.exp(logp):.3f}, q={math.exp(tlogp):.3f})"
-    base_layout(fig, title=f"Response #{response}, position {position}: sampled '{show_token(sampled)}'{detail}",
+    entropy, sampler, old = (value_at(r, f, position) for f in ("entropy", "sampler_logp", "old_logp"))
+    if entropy is not None:
+        detail += f" · entropy {entropy:.3f}"
+    if sampler is not None and old is not None:
+        detail += f" · sampler − trainer log p {sampler - old:+.4f}"
+    base_layout(fig, title=f"Response #{response}, position {position} of {len(tokens)}: sampled "
+                     f"'{show_token(sampled)}'{detail}",
                 height=300)
     return fig

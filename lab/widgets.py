@@ -14,6 +14,8 @@ Design choices:
   step, under both runs' curves overlaid, with pause / resume / stop buttons acting on both runs.
 - A replaced figure keeps its widget: traces and layout are swapped inside one `batch_update`, so the
   notebook output does not flicker or grow.
+- Long responses: as on the page, the heatmap shows a window of `lab.heatmap.WINDOW` tokens; a slider and ◀ ▶
+  move it, and a click on the overview strip (the whole response, max per bin) centres it there (`jump`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import plotly.graph_objects as go
 
 from lab.advantages import advantage_histogram
 from lab.curves import curves_figure
-from lab.heatmap import COLOR_MODES, token_heatmap
+from lab.heatmap import (COLOR_MODES, WINDOW, overview_figure, response_length, token_heatmap, window_around,
+                         window_start)
 from lab.race import RaceView, race_curves
 from lab.viewmodel import RunView, browsable_steps, follow_step, group_ids, metrics_row, pick_group
 from sdpg.race import Race
@@ -48,19 +51,27 @@ class LiveView:
         self.interval = interval
         self.status = widgets.HTML()
         self.curves, self.heatmap, self.histogram = go.FigureWidget(), go.FigureWidget(), go.FigureWidget()
+        self.overview = go.FigureWidget()
+        self.window = widgets.IntSlider(value=0, min=0, max=0, description="first token", continuous_update=False,
+                                        layout={"width": "420px"})
+        self.back, self.forward = (widgets.Button(description=d, layout={"width": "48px"}) for d in ("◀", "▶"))
+        self.back.on_click(lambda _: self.move(-WINDOW))
+        self.forward.on_click(lambda _: self.move(WINDOW))
         self.step = widgets.Dropdown(description="step", options=[], layout={"width": "180px"})
         self.group = widgets.Dropdown(description="group", options=[], layout={"width": "160px"})
         self.follow = widgets.Checkbox(value=True, description="follow latest step", indent=False)
         self.color = widgets.ToggleButtons(options=[(label.split("  ")[0], key) for key, label in COLOR_MODES.items()],
                                            value=color_by, style={"button_width": "auto"})
         controls = widgets.HBox([self.step, self.group, self.follow], layout={"align_items": "center"})
-        self.widget = widgets.VBox([self.status, self.curves, controls, self.color, self.heatmap, self.histogram])
+        window = widgets.HBox([self.back, self.window, self.forward], layout={"align_items": "center"})
+        self.widget = widgets.VBox([self.status, self.curves, controls, self.color, self.overview, window, self.heatmap,
+                                    self.histogram])
         self._version = None
         self._syncing = False
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        for control in (self.step, self.group, self.color):
+        for control in (self.step, self.group, self.color, self.window):
             control.observe(self._on_select, names="value")
         self.update()
 
@@ -108,8 +119,29 @@ class LiveView:
                 self.group.value = group["group"]
         finally:
             self._syncing = False
-        replace_figure(self.heatmap, token_heatmap(group, self.color.value))
+        n = response_length(group)
+        self._syncing = True
+        try:
+            self.window.max = max(0, n - WINDOW)
+            self.window.value = window_start(n, self.window.value)
+        finally:
+            self._syncing = False
+        start = self.window.value
+        replace_figure(self.heatmap, token_heatmap(group, self.color.value, start=start))
+        replace_figure(self.overview, overview_figure(group, self.color.value, start=start))
+        if self.overview.data:
+            self.overview.data[0].on_click(lambda _trace, points, _state: points.xs and self.jump(points.xs[0]))
         replace_figure(self.histogram, advantage_histogram(metrics_row(stream, step)))
+
+    # ---- the token window ----
+    def jump(self, position: float) -> None:
+        """Centre the heatmap's token window on `position` (a click on the overview calls this)."""
+        group = pick_group(self.records, self.step.value, self.group.value)
+        self.window.value = window_around(response_length(group), int(round(position)))
+
+    def move(self, delta: int) -> None:
+        """Shift the token window by `delta` tokens."""
+        self.window.value = max(self.window.min, min(self.window.max, self.window.value + delta))
 
     # ---- background refresh ----
     def start(self, interval: float | None = None) -> "LiveView":

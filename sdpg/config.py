@@ -218,6 +218,8 @@ class RunConfig:
     """checkpoint every N steps (0 = only on stop/finish)"""
     record_groups: int = 2
     """groups per step kept as per-token rollout records"""
+    record_cache_mb: float = 256.0
+    """MiB of per-token rollout records a run keeps in memory for its views (older steps are read back from disk)"""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal and top up with fresh prompts"""
     max_resample: int = 3
@@ -318,6 +320,7 @@ class TrainConfig:
             _span("run.eval_samples", self.run.eval_samples, 1, MAX_GROUP_SIZE),
             _span("run.save_every", self.run.save_every, 0, MAX_STEPS),
             _span("run.record_groups", self.run.record_groups, 0, MAX_RECORD_GROUPS),
+            _span("run.record_cache_mb", self.run.record_cache_mb, 1, 1 << 20),
             _span("run.max_resample", self.run.max_resample, 0, 100),
             _span("data.n_train", self.data.n_train, 1, MAX_ROWS),
             _span("data.n_val", self.data.n_val, 1, MAX_ROWS),

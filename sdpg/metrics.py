@@ -109,6 +109,8 @@ _ENTRIES = (
     Metric("time/old_logp", "time: old log-probs", "seconds recomputing the old log-probs", "step"),
     Metric("time/update", "time: update",
            "seconds in the student forwards, backward passes and optimizer steps", "step"),
+    Metric("time/records", "time: records",
+           "seconds building the recorded groups' per-token records and writing them", "step"),
     Metric("time/step", "time: whole step", "seconds for the whole training step", "step", "step_time"),
     # evaluation, every run.eval_every steps
     Metric("eval/pass@1", "student pass@1", "held-out pass@1: mean correctness over run.eval_samples samples", "step"),

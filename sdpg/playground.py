@@ -42,9 +42,9 @@ from sdpg.memory import host_memory_bytes
 from sdpg.methods import scheduled_beta
 from sdpg.models import load_model_and_tokenizer
 from sdpg.rollout import HFRolloutEngine
+from sdpg.record_build import token_record
 from sdpg.stopping import check_stop
 from sdpg.tasks.base import hint_text, parse_hint
-from sdpg.trainer import token_record
 from sdpg.whatif import token_weights
 
 SANITY = "own prompt (sanity)"

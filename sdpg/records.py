@@ -1,23 +1,30 @@
 """The record stream: the only thing the engine shares with the dashboard, notebooks and replays.
 
 Design choices:
-- Three kinds of record, all plain JSON-able dicts:
+- Three kinds of record:
   * metrics  — one flat dict per training step with namespaced keys (`reward/mean`, `kl/distill_mean`,
     `eval/pass@1`, ...) plus `step` and `time` (seconds since the run started). Keys may be absent
     from a row (evaluation runs only every N steps).
   * rollouts — per step, a few whole groups with per-token arrays (see `ROLLOUT_FIELDS`).
   * events   — lifecycle, checkpoints, skipped updates, data and health warnings: one of the names of `EVENTS`
     (the schema: each event's meaning and fields); `emit_event` refuses any other name.
-- Every record is appended to a JSON-lines file in the run directory as it is emitted (line-buffered
-  and flushed), so a crashed run keeps everything up to the crash, and kept in a bounded in-memory
-  buffer for live views. `RecordStream.open(run_dir)` replays a finished or crashed run from disk;
-  `refresh()` tails the files, so a view can follow a run written by another process.
-- Thread-safe: the training thread writes, UI threads read copies. Any number of viewer threads may
-  `refresh()` one stream: reading new bytes and advancing the file offset is one step under a lock, and
-  only complete lines are taken (a partial last line waits for the next refresh).
+- Metrics and events are small: appended to JSON-lines files as emitted (flushed, so a crashed run keeps
+  everything up to the crash) and kept in memory. Rollouts are large (65k recorded tokens per step at a
+  real shape): one columnar shard per step with the run's token strings stored once (`sdpg.record_store`,
+  crash-safe the same way), an index line per step, and an in-memory cache of unpacked steps bounded in
+  bytes (`cache_mb`, `run.record_cache_mb`), live and in replay alike. `open(run_dir)` reads metrics,
+  events and the step index; a step's groups are read when asked for (`rollouts(step)`).
+- In memory a response's per-token fields are numpy arrays (float32, NaN where the run had no value; `tokens`
+  an array of strings) and top-k fields `TopK` objects; readers treat them as array-likes. An old run's
+  `rollouts.jsonl` (JSON lists) still replays: its steps' byte ranges are indexed on open and each step is
+  parsed into the same form when shown.
+- Thread-safe: the training thread writes, UI threads read. Any number of viewer threads may `refresh()` one
+  stream: reading new bytes and advancing the file offset is one step under a lock, and only complete lines
+  are taken (a partial last line waits for the next refresh).
 - A bad line (not JSON, not a record, or a row that breaks the schema: `row_problem`, e.g. a metric that is
-  not a number) is skipped and reported by file and line in `bad_lines`, so one damaged line does not hide the
-  rest of a run and never reaches a view. A config field of the wrong type is left out the same way.
+  not a number) or an unreadable shard is skipped and reported by file (and line) in `bad_lines`, so one
+  damaged record does not hide the rest of a run and never reaches a view. A config field of the wrong type is
+  left out the same way.
 - Files are never truncated in place: `truncate_after` writes the kept part to a temporary sibling,
   fsyncs it and renames it over the original, so a kill mid-rewrite leaves the old file whole.
 - A write that fails (read-only folder, full disk) raises `StorageError` naming the file and the cause.
@@ -28,20 +35,26 @@ import errno
 import json
 import math
 import os
+import re
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdpg.config import config_file_problems
 from sdpg.metrics import metrics_row_problem
+from sdpg.record_store import (INDEX_FILE, SHARD_DIR, VOCAB_FILE, RunVocab, ShardError, StepCache, append_line,
+                               complete_lines, group_summaries, pack_step, read_shard, shard_name, step_nbytes,
+                               unpack_step, write_shard)
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
+"""an old run's rollout records (JSON lines); this version writes shards under `sdpg.record_store.SHARD_DIR`"""
 EVENTS_FILE = "events.jsonl"
 CONFIG_FILE = "config.json"
+DEFAULT_CACHE_MB = 256.0
+"""per-token records a stream keeps in memory by default (MiB): ~40 steps of 2 groups x 8 x 4096 tokens"""
 MAX_BAD_LINES = 50
 """how many bad-line messages a stream keeps (the count goes on)"""
 
@@ -55,15 +68,16 @@ RESPONSE_FIELDS = {
     "text": "decoded response", "reward": "verifier reward (after any overlong penalty)",
     "correct": "verifier verdict", "status": "verifier status: ok, no_answer, timeout, error",
     "advantage": "group advantage A_i", "gate": "A_i > 0 (the distillation gate passes)",
-    "tokens": "response tokens as text, one per position",
+    "tokens": "response tokens as text, one per position (stored as indices into the run's vocabulary)",
     "student_logp": "log p(y_t) under the student (current policy, sampling temperature)",
     "teacher_logp": "log q(y_t) under the teacher (privileged prompt)",
     "old_logp": "the PPO ratio's old log-prob: the sampling policy's, recomputed by the training model unless "
                 "rollout.recompute_old_logp is off",
+    "sampler_logp": "log-prob of the token under the sampler (the rollout engine), before any recompute",
     "ref_logp": "log-prob under the frozen reference model (absent when alpha = 0 and not needed)",
     "kl": "per-token KL(p_t || q_t) over the full vocabulary", "entropy": "student entropy per token",
-    "student_topk": "per position, [[token, prob], ...] top-k of the student",
-    "teacher_topk": "per position, [[token, prob], ...] top-k of the teacher",
+    "student_topk": "top-k of the student: `topk[t]` is [(token, prob), ...] (`sdpg.record_store.TopK`)",
+    "teacher_topk": "top-k of the teacher, the same way",
 }
 
 
@@ -141,19 +155,6 @@ def row_problem(fname: str, row) -> str | None:
     return None
 
 
-TEXT_HEAD = 300
-"""characters of a response's text kept in `RecordStream.group_index`"""
-
-
-def response_summary(response: dict) -> dict:
-    """The scalars of one recorded response and its KL's mean and maximum (None without per-token KL)."""
-    kl = [float(x) for x in response.get("kl", ())]
-    return {"reward": response.get("reward"), "correct": response.get("correct"), "status": response.get("status"),
-            "advantage": response.get("advantage"), "gate": response.get("gate"),
-            "length": len(response.get("tokens", ())), "kl_mean": sum(kl) / len(kl) if kl else None,
-            "kl_max": max(kl) if kl else None, "text_head": str(response.get("text", ""))[:TEXT_HEAD]}
-
-
 class StorageError(OSError):
     """Writing a run's files failed: the message says what, where and why, for a person to act on."""
 
@@ -200,19 +201,22 @@ def json_safe(value: Any) -> Any:
 
 
 class RecordStream:
-    """Bounded in-memory record buffers mirrored to append-only JSON-lines files."""
+    """Metrics and events in memory and in JSON-lines files; per-token rollout records in columnar step shards
+    (`sdpg.record_store`), read on demand into a cache bounded in bytes (`cache_mb`)."""
 
-    def __init__(self, run_dir: str | Path | None, *, max_rollout_groups: int = 4000, write: bool = True):
+    def __init__(self, run_dir: str | Path | None, *, cache_mb: float = DEFAULT_CACHE_MB, write: bool = True):
         self.run_dir = Path(run_dir) if run_dir else None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # truncate_after re-indexes an old run under it
         self._refresh_lock = threading.Lock()
         self._metrics: list[dict] = []
-        self._rollouts: deque[dict] = deque(maxlen=max_rollout_groups)
         self._events: list[dict] = []
-        self._offsets = {METRICS_FILE: 0, ROLLOUTS_FILE: 0, EVENTS_FILE: 0}
-        self._lines = dict.fromkeys(self._offsets, 0)
+        self._cache = StepCache(int(cache_mb * 2**20))
+        self._index: dict[int, dict] = {}  # step -> {"file", "groups": group summaries} (or {"legacy": [...]})
+        self._vocab = RunVocab()
+        self._offsets = {METRICS_FILE: 0, EVENTS_FILE: 0, INDEX_FILE: 0, VOCAB_FILE: 0}
+        self._lines = {METRICS_FILE: 0, EVENTS_FILE: 0, ROLLOUTS_FILE: 0}
         self.bad_lines: list[str] = []
-        """'<file> line <n>: <why>' for each skipped line (the first MAX_BAD_LINES)"""
+        """'<file> line <n>: <why>' or '<shard>: <why>' for each skipped line or shard (the first MAX_BAD_LINES)"""
         self.bad_line_count = 0
         self._config_problems: set[str] = set()
         self._write = write and self.run_dir is not None
@@ -220,6 +224,7 @@ class RecordStream:
         if self._write:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / SHARD_DIR).mkdir(exist_ok=True)
                 with open(self.run_dir / EVENTS_FILE, "a"):  # fail now, with a message, not mid-run
                     pass
             except OSError as err:
@@ -232,8 +237,28 @@ class RecordStream:
                                                           **metrics})
 
     def emit_rollouts(self, step: int, groups: list[dict]) -> None:
-        for g in groups:
-            self._append(ROLLOUTS_FILE, self._rollouts, {"step": int(step), **g})
+        """Store a step's recorded groups: its new token strings, then its shard, then its index line."""
+        if not groups:
+            return
+        step = int(step)
+        with self._lock:
+            cols, meta, new = pack_step(step, groups, self._vocab)
+            meta = json_safe(meta)
+            groups = unpack_step(cols, meta, self._vocab.table())
+            entry = {"step": step, "file": shard_name(step), "groups": json_safe(group_summaries(groups))}
+            if self._write:
+                shards = self.run_dir / SHARD_DIR
+                try:
+                    if new:
+                        append_line(shards / VOCAB_FILE, json.dumps({"from": len(self._vocab) - len(new),
+                                                                     "strings": [s for s, _ in new],
+                                                                     "ids": [i for _, i in new]}) + "\n")
+                    write_shard(shards / entry["file"], cols, meta)
+                    append_line(shards / INDEX_FILE, json.dumps(entry) + "\n")
+                except OSError as err:
+                    raise storage_error("write records to", shards, err) from err
+            self._index[step] = entry
+            self._keep(step, groups, step_nbytes(cols, len(json.dumps(meta))))
 
     def emit_event(self, kind: str, **info: Any) -> dict:
         """Write an event of a kind the schema knows (`EVENTS`; ValueError otherwise)."""
@@ -266,9 +291,15 @@ class RecordStream:
                 self._offsets[fname] += len(line.encode())
         return row
 
+    def _keep(self, step: int, groups: list[dict], nbytes: int) -> None:
+        """Cache a step's groups; a stream without files forgets the steps the byte budget drops."""
+        for old in self._cache.put(step, groups, nbytes):
+            if self.run_dir is None:
+                self._index.pop(old, None)
+
     def _load_existing(self) -> None:
         """A resumed run keeps its history: read what is on disk, dropping a half-written last line."""
-        for fname, buf in self._buffers():
+        for fname, buf in ((METRICS_FILE, self._metrics), (EVENTS_FILE, self._events)):
             path = self.run_dir / fname
             if not path.exists():
                 continue
@@ -278,27 +309,56 @@ class RecordStream:
                 os.truncate(path, end)  # drops only the torn line; the rest of the file is never rewritten
             buf.extend(self._parse(fname, data[:end]))
             self._offsets[fname] = end
+        for fname in (INDEX_FILE, VOCAB_FILE):
+            path = self.run_dir / SHARD_DIR / fname
+            if path.exists():
+                size = path.stat().st_size
+                _, end = complete_lines(path, 0)
+                if end != size:
+                    os.truncate(path, end)
+        for tmp in (self.run_dir / SHARD_DIR).glob(".*.tmp"):
+            tmp.unlink()  # a shard a kill interrupted: its step is redone or lost
+        self._read_rollout_index(scan=True)
 
     def truncate_after(self, step: int) -> None:
         """Drop metrics and rollouts newer than `step` (a resumed run redoes those steps); events stay.
 
-        Each file is replaced atomically (see `replace_file`): a kill mid-way leaves the old file whole.
+        Files are replaced atomically (see `replace_file`) and newer shards removed after the index no longer
+        names them: a kill mid-way leaves the old records whole.
         """
         with self._lock:
-            for fname, buf in self._buffers()[:2]:
-                kept = [r for r in buf if r["step"] <= step]
-                if self._write:
-                    text = "".join(json.dumps(r) + "\n" for r in kept)
-                    try:
-                        replace_file(self.run_dir / fname, text)
-                    except OSError as err:
-                        raise storage_error("rewrite", self.run_dir / fname, err) from err
-                    self._offsets[fname] = len(text.encode())
-                buf.clear()
-                buf.extend(kept)
+            kept = [r for r in self._metrics if r["step"] <= step]
+            if self._write:
+                text = "".join(json.dumps(r) + "\n" for r in kept)
+                self._replace(self.run_dir / METRICS_FILE, text)
+                self._offsets[METRICS_FILE] = len(text.encode())
+            self._metrics[:] = kept
+            dropped = [s for s in self._index if s > step]
+            for s in dropped:
+                self._cache.drop(s)
+                del self._index[s]
+            if self._write:
+                index = "".join(json.dumps(e) + "\n" for s, e in sorted(self._index.items()) if "file" in e)
+                self._replace(self.run_dir / SHARD_DIR / INDEX_FILE, index)
+                self._offsets[INDEX_FILE] = len(index.encode())
+                for s in dropped:
+                    (self.run_dir / SHARD_DIR / shard_name(s)).unlink(missing_ok=True)
+                self._truncate_legacy(step)
 
-    def _buffers(self) -> list[tuple[str, Any]]:
-        return [(METRICS_FILE, self._metrics), (ROLLOUTS_FILE, self._rollouts), (EVENTS_FILE, self._events)]
+    def _replace(self, path: Path, text: str) -> None:
+        try:
+            replace_file(path, text)
+        except OSError as err:
+            raise storage_error("rewrite", path, err) from err
+
+    def _truncate_legacy(self, step: int) -> None:
+        """An old run's `rollouts.jsonl` keeps only lines of steps up to `step` (resuming it with this version)."""
+        path = self.run_dir / ROLLOUTS_FILE
+        if path.exists():
+            data = path.read_bytes()
+            lines = [ln for ln in data.split(b"\n")[:-1] if _legacy_step(ln) is not None and _legacy_step(ln) <= step]
+            self._replace(path, b"".join(ln + b"\n" for ln in lines).decode())
+            self._legacy_offsets()
 
     # ---- reading (any thread) ----
     def metrics(self) -> list[dict]:
@@ -306,22 +366,43 @@ class RecordStream:
             return list(self._metrics)
 
     def rollouts(self, step: int | None = None) -> list[dict]:
+        """The recorded groups of `step`, read from its shard unless cached; every step's when `step` is None
+        (a whole run: use `rollout_steps` and one step at a time on long runs)."""
+        if step is None:
+            return [g for s in self.rollout_steps() for g in self.rollouts(s)]
         with self._lock:
-            rows = list(self._rollouts)
-        return rows if step is None else [r for r in rows if r["step"] == step]
+            cached = self._cache.get(step)
+            entry = self._index.get(step)
+        if cached is not None or entry is None:
+            return list(cached or [])
+        groups, nbytes = self._load_step(entry)
+        with self._lock:
+            self._keep(step, groups, nbytes)
+        return list(groups)
 
     def rollout_steps(self) -> list[int]:
         with self._lock:
-            return sorted({r["step"] for r in self._rollouts})
+            return sorted(self._index)
 
     def group_index(self) -> list[dict]:
-        """One cheap dict per recorded group, in record order, without the per-token arrays: step, group, prompt,
-        answer, and per response its reward, correct, status, advantage, gate, length (tokens), mean and largest
-        per-token KL, and `text_head` (the first `TEXT_HEAD` characters of the text)."""
+        """One cheap dict per recorded group, in step order: step, group, prompt, answer and per response its
+        reward, correct, status, advantage, gate, length, kl_mean, kl_max and text_head (the text's first
+        `TEXT_HEAD` characters); no per-token arrays. An old JSON-lines run's groups are read to make theirs."""
+        out = []
+        for step in self.rollout_steps():
+            with self._lock:
+                entry = self._index.get(step)
+            if entry is None:
+                continue
+            if "groups" not in entry:
+                entry["groups"] = group_summaries(self.rollouts(step))
+            out.extend(entry["groups"])
+        return out
+
+    def cache_bytes(self) -> int:
+        """Bytes of per-token records held in memory now (at most the budget, or one step over it)."""
         with self._lock:
-            groups = list(self._rollouts)
-        return [{"step": g["step"], "group": g.get("group"), "prompt": g.get("prompt", ""), "answer": g.get("answer", ""),
-                 "responses": [response_summary(r) for r in g.get("responses", [])]} for g in groups]
+            return self._cache.nbytes
 
     def events(self) -> list[dict]:
         with self._lock:
@@ -345,10 +426,29 @@ class RecordStream:
                     self.bad_lines.append(f"{path}: {why}, ignored")
         return kept
 
+    def _load_step(self, entry: dict) -> tuple[list[dict], int]:
+        """A step's groups from its shard (or an old run's JSON lines); a shard that cannot be read gives none and
+        is reported in `bad_lines`."""
+        if "legacy" in entry:
+            return self._load_legacy(entry)
+        path = self.run_dir / SHARD_DIR / entry["file"]
+        try:
+            cols, meta = read_shard(path)
+        except ShardError as err:
+            with self._lock:
+                if not entry.get("reported"):
+                    entry["reported"] = True
+                    self._note_bad(f"{err}, skipped")
+            return [], 0
+        if cols and int(cols["tokens"].max(initial=-1)) >= len(self._vocab):
+            self.refresh_vocab()
+        return unpack_step(cols, meta, self._vocab.table()), step_nbytes(cols, len(json.dumps(meta)))
+
     # ---- replay ----
     @classmethod
-    def open(cls, run_dir: str | Path) -> "RecordStream":
-        """Load a run directory written by a (finished, stopped or crashed) run for browsing."""
+    def open(cls, run_dir: str | Path, *, cache_mb: float = DEFAULT_CACHE_MB) -> "RecordStream":
+        """Open a run directory written by a (finished, stopped or crashed) run for browsing: metrics, events and
+        the step index are read now, each step's per-token records when asked for."""
         run_dir = Path(run_dir)
         try:
             is_dir = run_dir.is_dir()
@@ -360,8 +460,9 @@ class RecordStream:
             raise FileNotFoundError(f"run directory {run_dir} does not exist")
         if not has_records:
             raise ValueError(f"{run_dir} holds no run records ({METRICS_FILE}, {EVENTS_FILE} or {CONFIG_FILE})")
-        stream = cls(run_dir, write=False)
+        stream = cls(run_dir, write=False, cache_mb=cache_mb)
         stream.refresh()
+        stream._read_rollout_index(scan=True)
         return stream
 
     def refresh(self) -> int:
@@ -374,7 +475,7 @@ class RecordStream:
             return 0
         added = 0
         with self._refresh_lock:
-            for fname, buf in self._buffers():
+            for fname, buf in ((METRICS_FILE, self._metrics), (EVENTS_FILE, self._events)):
                 try:
                     with open(self.run_dir / fname, "rb") as f:
                         f.seek(self._offsets[fname])
@@ -387,7 +488,95 @@ class RecordStream:
                     buf.extend(rows)
                     self._offsets[fname] += end
                 added += len(rows)
+            added += self._read_rollout_index()
         return added
+
+    def _read_rollout_index(self, scan: bool = False) -> int:
+        """New step index lines; with `scan`, also shards a kill left unindexed and an old run's JSON lines."""
+        shards = self.run_dir / SHARD_DIR
+        lines, end = complete_lines(shards / INDEX_FILE, self._offsets[INDEX_FILE])
+        added = 0
+        with self._lock:
+            self._offsets[INDEX_FILE] = end
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                    step = int(entry["step"])
+                except (ValueError, KeyError, TypeError):
+                    self._note_bad(f"{shards / INDEX_FILE}: a line that is not a step entry, skipped")
+                    continue
+                added += step not in self._index
+                self._cache.drop(step)  # a rewritten step (a resumed run) is read again
+                self._index[step] = entry
+        if scan:
+            added += self._scan_shards(shards)
+            if (self.run_dir / ROLLOUTS_FILE).exists():
+                self._legacy_offsets()
+        return added
+
+    def _scan_shards(self, shards: Path) -> int:
+        """Index the shards written but not indexed (a kill between the rename and the index line)."""
+        added = 0
+        for path in sorted(shards.glob("step_*.npz")) if shards.is_dir() else []:
+            if any(e.get("file") == path.name for e in self._index.values()):
+                continue
+            try:
+                cols, meta = read_shard(path)
+            except ShardError as err:
+                self._note_bad(f"{err}, skipped")
+                continue
+            self.refresh_vocab()
+            entry = {"step": meta["step"], "file": path.name,
+                     "groups": group_summaries(unpack_step(cols, meta, self._vocab.table()))}
+            with self._lock:
+                self._index[meta["step"]] = entry
+            added += 1
+        return added
+
+    def refresh_vocab(self) -> None:
+        """Read token strings appended to the run's vocabulary since the last call."""
+        if self.run_dir is None:
+            return
+        path = self.run_dir / SHARD_DIR / VOCAB_FILE
+        with self._lock:
+            lines, end = complete_lines(path, self._offsets[VOCAB_FILE])
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                    if row["from"] != len(self._vocab):
+                        raise ValueError(f"starts at {row['from']}, expected {len(self._vocab)}")
+                    self._vocab.add(row["strings"], row["ids"])
+                except (ValueError, KeyError, TypeError) as err:
+                    self._note_bad(f"{path}: a bad vocabulary line ({str(err)[:80]}), skipped")
+            self._offsets[VOCAB_FILE] = end
+
+    # ---- old runs: rollouts as JSON lines ----
+    def _legacy_offsets(self) -> None:
+        """Byte ranges of each step's lines in an old run's `rollouts.jsonl` (read in full only when shown)."""
+        path = self.run_dir / ROLLOUTS_FILE
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        pos = 0
+        with open(path, "rb") as f:
+            for line in f:
+                step = _legacy_step(line) if line.endswith(b"\n") else None
+                if step is not None:
+                    ranges.setdefault(step, []).append((pos, len(line)))
+                pos += len(line)
+        with self._lock:
+            for step, spans in ranges.items():
+                if "file" not in self._index.get(step, {}):
+                    self._index[step] = {"step": step, "legacy": spans}
+
+    def _load_legacy(self, entry: dict) -> tuple[list[dict], int]:
+        data = b""
+        with open(self.run_dir / ROLLOUTS_FILE, "rb") as f:
+            for pos, size in entry["legacy"]:
+                f.seek(pos)
+                data += f.read(size)
+        groups = self._parse(ROLLOUTS_FILE, data)
+        vocab = RunVocab()
+        cols, meta, _ = pack_step(entry["step"], [{k: v for k, v in g.items() if k != "step"} for g in groups], vocab)
+        return unpack_step(cols, meta, vocab.table()), step_nbytes(cols, len(data))
 
     def _parse(self, fname: str, data: bytes) -> list[dict]:
         """Records of complete lines `data`; a bad line is skipped and noted in `bad_lines`."""
@@ -409,6 +598,18 @@ class RecordStream:
         return rows
 
     def _note_bad_line(self, fname: str, why: str) -> None:
+        self._note_bad(f"{self.run_dir / fname} line {self._lines[fname]}: {why}, skipped")
+
+    def _note_bad(self, message: str) -> None:
         self.bad_line_count += 1
         if len(self.bad_lines) < MAX_BAD_LINES:
-            self.bad_lines.append(f"{self.run_dir / fname} line {self._lines[fname]}: {why}, skipped")
+            self.bad_lines.append(message)
+
+
+def _legacy_step(line: bytes) -> int | None:
+    """The step of an old rollouts line (written as `{"step": N, ...`), None for a line that is not one."""
+    match = _LEGACY_STEP.match(line)
+    return int(match.group(1)) if match else None
+
+
+_LEGACY_STEP = re.compile(rb'\{"step": (\d+),')

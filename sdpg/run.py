@@ -269,7 +269,7 @@ class RunHandle:
         self.changes = resume_changes(self.run_dir, cfg) if resume else {}
         self.resumed = resume
         self.progress = progress
-        self.records = RecordStream(self.run_dir)
+        self.records = RecordStream(self.run_dir, cache_mb=cfg.run.record_cache_mb)
         self._status = "created"
         self.error: str | None = None
         self.step = 0

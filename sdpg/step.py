@@ -19,7 +19,7 @@ Design choices:
   log-probs were taken from, uses its own log-probs detached, so its ratio is exactly 1 (verl's on-policy path).
 - `reduce_stats` combines micro-batch statistics by the rule `sdpg.metrics` registers for each key; across
   processes the caller sums the numerators and denominators it returns before dividing.
-- Per-token records are built by the caller from `MicroResult.records` (`sdpg.trainer.token_record`).
+- Per-token records are built by the caller from `MicroResult.records` (`sdpg.record_build.token_records`).
 - Around the micro-step, everything else of a step that both trainers do is here too, once: the scheduled beta
   (`step_context`), the learning-rate warmup, the update and micro-batch plan, scoring with the overlong penalty
   (`score`), the reduction over micro-batches, updates and processes (`reduce_step`, the all-reduce passed in as a
@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from sdpg.config import TrainConfig
@@ -351,12 +352,12 @@ def teacher_stats(stats: dict[str, float], method: MethodSpec, loss, groups: lis
     if live and not teacher_gated(method, loss):
         return stats
     out = {k: v for k, v in stats.items() if k not in LIVE_TEACHER_KEYS or (live and k == "kl/distill_gated_mean")}
-    kl = [x for g in groups for r in g["responses"] for x in r["kl"]]
-    if kl:
-        out["kl/distill_mean"] = sum(kl) / len(kl)
+    kl = [np.asarray(r["kl"], dtype=np.float64) for g in groups for r in g["responses"]]
+    if sum(x.size for x in kl):
+        out["kl/distill_mean"] = float(np.concatenate(kl).mean())
         if not live:
-            gated = [x for g in groups for r in g["responses"] if r["gate"] for x in r["kl"]]
-            out["kl/distill_gated_mean"] = sum(gated) / len(gated) if gated else 0.0
+            gated = [np.asarray(r["kl"], dtype=np.float64) for g in groups for r in g["responses"] if r["gate"]]
+            out["kl/distill_gated_mean"] = float(np.concatenate(gated).mean()) if sum(x.size for x in gated) else 0.0
     return out
 
 

@@ -36,19 +36,17 @@ import torch
 
 from sdpg.config import TrainConfig, micro_rows
 from sdpg.data import PromptRow, render_prompts
-from sdpg.forward import lm_head_weight, response_hidden, token_logp, vocab_scan
+from sdpg.forward import lm_head_weight, response_hidden, token_logp
 from sdpg.guards import check_finite_weights
 from sdpg.losses import NonFiniteError, group_advantages
 from sdpg.methods import Input, get_method
+from sdpg.record_build import group_records, token_records
 from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
 from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, lr_warmup, micro_slices,
                        micro_step, reduce_step, rollout_metrics, score, skip_reason, step_context, step_metrics,
                        teacher_stats, update_plan)
-from sdpg.vocab import token_strings
-
-TOPK = 5
 
 
 @dataclass
@@ -236,12 +234,13 @@ class Trainer:
             self.scheduler.step()
             with timer("update"):
                 self.engine.sync_weights(self.model)
-        groups = group_records(batch.rows, batch.rollout.texts, batch.rewards.tolist(), batch.verdicts,
-                               batch.adv.tolist(), {i: rec for u in updates for i, rec in u.records.items()},
-                               batch.rollout.group_size)
+            with timer("records_write"):
+                groups = group_records(batch.rows, batch.rollout.texts, batch.rewards.tolist(), batch.verdicts,
+                                       batch.adv.tolist(), {i: rec for u in updates for i, rec in u.records.items()},
+                                       batch.rollout.group_size)
+                self.records.emit_rollouts(self.step + 1, groups)
         metrics = self._metrics(batch, ctx, updates, lr, groups)
         self.step += 1
-        self.records.emit_rollouts(self.step, groups)
         return metrics
 
     def _context(self) -> StepContext:
@@ -268,13 +267,20 @@ class Trainer:
                     skip = str(exc)
                     break
                 (result.loss * self._loss_share(batch, sl, rows)).backward()
-                records |= dict(zip((sl.start + j for j in result.records), token_records(
-                    self.tokenizer, self.forwards.weight, self.cfg.rollout.temperature, list(result.records.values()))))
+                with self.timer("records"):
+                    records |= self._token_records(batch, sl, result.records)
                 if first and self.cfg.rollout.recompute_old_logp:  # the step-start policy's, for later epochs
                     batch.old_logp[sl] = result.logp * batch.rollout.response_mask[sl]
                 micro.append((sl, result.stats))  # not the result: its hidden states would outlive the update
             grad_norm, skipped = self._apply(skip)
         return Update(micro, grad_norm, skipped, records)
+
+    def _token_records(self, batch: Batch, sl: slice, args: dict[int, dict]) -> dict[int, dict]:
+        """Per-token records of the micro-batch's recorded rows, by batch row, with the sampler's log-probs."""
+        for j, a in args.items():
+            a["sampler_logp"] = batch.rollout.old_logp[sl.start + j, :a["ids"].shape[0]]  # (n,) before any recompute
+        built = token_records(self.tokenizer, self.forwards.weight, self.cfg.rollout.temperature, list(args.values()))
+        return dict(zip((sl.start + j for j in args), built))
 
     def _micro(self, batch: Batch, ctx: StepContext, sl: slice, first: bool, epoch: int) -> MicroResult:
         """The shared micro-step on rows `sl`: the frozen reference's inputs, then `sdpg.step.micro_step`."""
@@ -325,8 +331,10 @@ class Trainer:
                    "adv/zero_var_groups": batch.scored.zero_var_groups,
                    "adv/resample_rounds": batch.scored.resample_rounds}
         stats = teacher_stats(reduce_step(self._parts(batch, updates)), self.method, self.cfg.loss, groups)
+        # records are built inside the update (timed there) and written after it: one phase of their own
         seconds = {"old_logp": batch.old_logp_s, **{k: t[k] for k in ("rollout", "reward", "teacher", "reference",
-                                                                       "update", "step")}}
+                                                                       "step")},
+                   "update": t["update"] - t["records"], "records": t["records"] + t["records_write"]}
         metrics = step_metrics(rollout, stats, beta_k=ctx.beta_k, grad_norms=[u.grad_norm for u in updates],
                                skipped=[u.skipped for u in updates], lr=lr, tokens=float(mask.sum()), seconds=seconds)
         if self.cfg.rollout.recompute_old_logp:
@@ -430,76 +438,6 @@ def adamw(model, o) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **kwargs)
 
 
-@torch.no_grad()
-def token_record(tokenizer, weight: torch.Tensor, temperature: float, student_h: torch.Tensor, teacher_h: torch.Tensor,
-                 ids: torch.Tensor, *, kl: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor,
-                 old_logp: torch.Tensor, ref_logp: torch.Tensor | None = None) -> dict:
-    """The per-token arrays of one response for the record stream (`sdpg.records.RESPONSE_FIELDS`).
-
-    `student_h`, `teacher_h` (n, H) are the final hidden states predicting the n response tokens `ids` (n,);
-    `weight` (V, H) is the LM head; the other tensors are (n,). `ref_logp` None leaves its array out.
-    """
-    return token_records(tokenizer, weight, temperature, [
-        {"student_h": student_h, "teacher_h": teacher_h, "ids": ids, "kl": kl, "logp": logp, "entropy": entropy,
-         "old_logp": old_logp, "ref_logp": ref_logp}])[0]
-
-
-@torch.no_grad()
-def token_records(tokenizer, weight: torch.Tensor, temperature: float, responses: list[dict]) -> list[dict]:
-    """`token_record` of several responses, each a dict of its arguments (as `sdpg.step.MicroResult.records` holds
-    them), in one pass over the vocabulary: the head is read once for all of them, not once per response."""
-    if not responses:
-        return []
-    ids = torch.cat([r["ids"] for r in responses])  # (M,)
-    m = ids.shape[0]
-    # student and teacher rows share one pass over the vocabulary: no (M, V) tensor at a real vocabulary
-    hidden = torch.cat([r["student_h"] for r in responses] + [r["teacher_h"] for r in responses])  # (2M, H)
-    temps = torch.tensor([temperature] * m + [1.0] * m, device=ids.device)[:, None]  # (2M, 1)
-    probs, top_ids, scan_logp = vocab_scan(hidden, weight, torch.cat([ids, ids]), TOPK, temperature=temps)
-    strings, topk = token_strings(tokenizer, ids.tolist()), _topk_lists(tokenizer, probs, top_ids)  # M, 2M
-    teacher_lp = scan_logp[m:].tolist()  # M
-    out, lo = [], 0
-    for r in responses:
-        hi = lo + r["ids"].shape[0]
-        rec = {
-            "tokens": strings[lo:hi],
-            "student_logp": r["logp"].tolist(), "teacher_logp": teacher_lp[lo:hi], "old_logp": r["old_logp"].tolist(),
-            "kl": r["kl"].tolist(), "entropy": r["entropy"].tolist(),
-            "student_topk": topk[lo:hi], "teacher_topk": topk[m + lo:m + hi],
-        }
-        if r.get("ref_logp") is not None:
-            rec["ref_logp"] = r["ref_logp"].tolist()
-        out.append(rec)
-        lo = hi
-    return out
-
-
-def group_record(index: int, row: PromptRow, texts: list[str], rewards: list[float], verdicts: list,
-                 adv: list[float], token_records: list[dict]) -> dict:
-    """One rollout group for the record stream (`sdpg.records.ROLLOUT_FIELDS`): its row, and per response the text,
-    reward, verdict, advantage, gate and the per-token arrays of `token_record`."""
-    responses = [{"text": text, "reward": float(reward), "correct": bool(v.correct), "status": v.status,
-                  "advantage": float(a), "gate": bool(a > 0), **rec}
-                 for text, reward, v, a, rec in zip(texts, rewards, verdicts, adv, token_records, strict=True)]
-    return {"group": index, "prompt": row.prompt, "context": row.context, "answer": row.answer, "responses": responses}
-
-
-def group_records(rows: list[PromptRow], texts: list[str], rewards: list[float], verdicts: list, adv: list[float],
-                  token_records: dict[int, dict], group_size: int) -> list[dict]:
-    """The step's recorded groups, `group_record` each: the first groups, whose responses all have per-token records
-    (`token_records`: response index -> record). `rows` has one row per group; the other lists one entry per
-    response, group after group. Both trainers assemble their records here."""
-    g = group_size
-    return [group_record(gi, rows[gi], texts[gi * g:(gi + 1) * g],
-                         rewards[gi * g:(gi + 1) * g], verdicts[gi * g:(gi + 1) * g], adv[gi * g:(gi + 1) * g],
-                         [token_records[i] for i in range(gi * g, (gi + 1) * g)])
-            for gi in range(len(token_records) // g)]
-
-
-def _topk_lists(tokenizer, probs: torch.Tensor, ids: torch.Tensor) -> list:
-    strings = token_strings(tokenizer, ids.flatten().tolist())
-    k = ids.shape[-1]
-    return [[[strings[r * k + c], round(p, 5)] for c, p in enumerate(pr)] for r, pr in enumerate(probs.tolist())]
 
 
 def _merge_groups(kept, extra, n_groups: int, pad_id: int):

@@ -148,7 +148,7 @@ def test_replay_opens_a_recorded_run(served, tmp_path):
     out = client.predict(None, None, True, "kl", 0, 0, 0, api_name="/refresh")
     assert "replay" in out[0] and "CRASHED" in out[0] and "fixture crash" in out[0]
     group = ctl.stream().rollouts(2)[0]
-    assert [list(row) for row in heatmap_trace(out)["z"]] == [r["kl"] for r in group["responses"]]
+    assert [list(row) for row in heatmap_trace(out)["z"]] == [r["kl"].tolist() for r in group["responses"]]
     assert "does not exist" in client.predict(str(tmp_path / "nope"), api_name="/open_replay")
     assert "Showing the live run" in client.predict(api_name="/show_live")
     assert ctl.replay is None

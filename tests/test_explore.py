@@ -5,7 +5,8 @@ import pytest
 from fixtures.records import make_group, write_run
 from lab.explore import (filter_rows, prompt_across_steps_figure, prompt_choices, prompt_groups, prompt_steps_html,
                          rollout_table_html, statuses, table_rows)
-from sdpg.records import TEXT_HEAD, RecordStream, response_summary
+from sdpg.record_store import TEXT_HEAD, response_summary
+from sdpg.records import RecordStream
 
 FOLLOWED = "111+222="
 

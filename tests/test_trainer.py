@@ -2,6 +2,7 @@
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,12 +41,15 @@ def test_one_training_step_updates_the_model_and_reports_finite_metrics(tiny_mod
 def test_the_teacher_sees_the_context_and_gets_no_gradient(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, loss__gate=False, loss__beta=1.0, loss__alpha=0.0)
     trainer = build_trainer(cfg, RecordStream(tmp_path), progress=False)
-    trainer.train_step()
+    metrics = trainer.train_step()
     trainer.verifier.close()
     resp = trainer.records.rollouts(step=1)[0]["responses"][0]
     # a KL > 0 with identical weights can only come from the different (privileged) prompt
     assert sum(resp["kl"]) > 0
-    assert resp["student_logp"] != resp["teacher_logp"]
+    assert not np.array_equal(resp["student_logp"], resp["teacher_logp"])
+    # the sampler's own log-probs are recorded next to the recomputed ones; building records is its own phase
+    assert np.isfinite(resp["sampler_logp"]).all() and not np.array_equal(resp["sampler_logp"], np.zeros(1))
+    assert np.abs(resp["sampler_logp"] - resp["old_logp"]).max() < 1e-3 and 0 < metrics["time/records"] < metrics["time/step"]
 
 
 def _final_weights(run_dir):

@@ -105,8 +105,8 @@ def test_heatmap_colour_modes_log_ratio_and_prop31_advantage():
 
 
 def test_heatmap_rejects_unknown_colour_mode_and_handles_missing_groups():
-    with pytest.raises(ValueError, match="color_by='entropy'"):
-        token_heatmap(make_group(1, 0), "entropy")
+    with pytest.raises(ValueError, match="color_by='surprise'"):
+        token_heatmap(make_group(1, 0), "surprise")
     empty = token_heatmap(None)
     assert not empty.data and "no rollout records" in empty.layout.annotations[0].text
 
@@ -115,10 +115,11 @@ def test_heatmap_cuts_long_responses_and_escapes_token_text():
     group = make_group(1, 0)
     r = group["responses"][0]
     r["tokens"] = ["<", " ", "\n"] + r["tokens"][3:]
-    fig = token_heatmap(group, max_tokens=4)
+    fig = token_heatmap(group, width=4)
     assert len(fig.data[0].z[0]) == 4
     assert list(fig.data[0].text[0][:3]) == ["&lt;", "␣", "⏎"]
-    assert f"first 4 of {len(r['tokens'])} tokens" in fig.layout.title.text
+    assert f"tokens 0–3 of {len(r['tokens'])}" in fig.layout.title.text
+    assert "tokens" not in token_heatmap(group).layout.title.text.split("—")[1]  # a short group shows whole
 
 
 # ---------------- advantages ----------------
@@ -207,7 +208,7 @@ def test_replayed_run_feeds_every_view(tmp_path):
     assert [r["step"] for r in metrics] == [1, 2]
     assert list(trace(curves_figure(metrics, stream.config()), "reward").y) == [r["reward/mean"] for r in metrics]
     group = stream.rollouts(2)[1]
-    assert [list(row) for row in token_heatmap(group).data[0].z] == [r["kl"] for r in group["responses"]]
+    assert [list(row) for row in token_heatmap(group).data[0].z] == [r["kl"].tolist() for r in group["responses"]]
     assert replay_status(stream.events())[0] == "crashed"
 
 
@@ -223,7 +224,7 @@ def test_live_view_follows_new_records_and_redraws_only_on_change(tmp_path):
     assert view.update() is True
     assert view.step.value == 2
     latest = stream.rollouts(2)[0]
-    assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"] for r in latest["responses"]]
+    assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"].tolist() for r in latest["responses"]]
     assert list(trace(view.curves, "reward").x) == [1, 2]
 
 
@@ -249,7 +250,7 @@ def test_live_view_selection_redraws_and_stops_following(tmp_path):
     assert view.follow.value is False
     view.group.value = 1
     first = stream.rollouts(1)[1]
-    assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"] for r in first["responses"]]
+    assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"].tolist() for r in first["responses"]]
     emit_step(stream, 4)
     view.update()
     assert view.step.value == 1  # not following: the chosen step stays
@@ -282,7 +283,7 @@ def test_live_view_refreshes_in_the_background_until_a_real_run_ends(tiny_model_
     assert run.status == "finished" and not view.refreshing
     assert "FINISHED" in view.status.value
     group = run.records.rollouts(2)[0]
-    assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"] for r in group["responses"]]
+    assert [list(row) for row in view.heatmap.data[0].z] == [r["kl"].tolist() for r in group["responses"]]
 
 
 def test_panel_titles_show_latest_values_and_flat_series_keep_their_scale():
@@ -300,8 +301,9 @@ def test_heatmap_drops_cell_text_when_columns_get_too_narrow():
     for key, value in list(r.items()):
         if isinstance(value, list):
             r[key] = value * 10  # ~110 tokens
-    wide = token_heatmap(group).data[0]
+    wide = token_heatmap(group, width=110).data[0]
     assert wide.texttemplate == "" and "<b>" in wide.hovertext[0][100]
+    assert token_heatmap(group).data[0].texttemplate == "%{text}"  # the default window keeps its text
     assert token_heatmap(make_group(1, 0)).data[0].texttemplate == "%{text}"
 
 

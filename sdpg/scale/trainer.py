@@ -64,9 +64,9 @@ from sdpg.losses import NonFiniteError, group_advantages
 from sdpg.methods import Input, get_method
 from sdpg.reward import MathVerifier
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
+from sdpg.record_build import group_records, token_records
 from sdpg.step import (MicroBatch, Part, StepContext, lr_warmup, micro_step, reduce_step, rollout_metrics, score,
                        skip_reason, step_context, step_metrics, teacher_stats)
-from sdpg.trainer import group_records, token_records
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
     """Our rows as TRL's prompt dataset: `prompt` (a user message, or plain text for a tokenizer without a chat
@@ -187,7 +187,8 @@ class _Step:
     """each mini-batch's loss normaliser over all processes (response tokens, or sequences)"""
     gap: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """|sampler - old| log-probs over response tokens: sum, count, max"""
-    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0, "teacher": 0.0})
+    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0, "teacher": 0.0,
+                                                             "records": 0.0})
     tokens: float = 0.0
     token_records: dict[int, dict] = field(default_factory=dict)
     error: str = ""
@@ -450,10 +451,15 @@ class SDPGTrainer(GRPOTrainer):
 
     def _record_tokens(self, inputs: dict, records: dict[int, dict], weight: torch.Tensor) -> None:
         """Per-token records of the micro-batch's recorded rows (process 0, first epoch)."""
-        index = inputs["sdpg_index"].tolist()
+        t0, index = time.perf_counter(), inputs["sdpg_index"].tolist()
+        sampled = inputs.get("sampling_per_token_logps")  # (B, T), NaN where the sampler gave none
+        for j, args in records.items():
+            if sampled is not None:
+                args["sampler_logp"] = sampled[j, :args["ids"].shape[0]]  # (n,)
         built = token_records(self._tokenizer, weight, self.sdpg_cfg.rollout.temperature, list(records.values()))
         for j, record in zip(records, built):
             self._current.token_records[index[j]] = record
+        self._current.times["records"] += time.perf_counter() - t0
 
     def _close_step(self, step: _Step) -> None:
         """The step's metrics row (`sdpg.step.step_metrics`, statistics reduced over micro-batches, updates and
@@ -465,14 +471,17 @@ class SDPGTrainer(GRPOTrainer):
 
         stats = reduce_step(step.parts, all_reduce)
         gap_sum, gap_count = all_reduce(step.gap[:2])
+        t0 = time.perf_counter()
         groups = group_records(step.rollouts.rows[::self.num_generations], step.rollouts.texts, step.rollouts.rewards,
                                step.rollouts.verdicts, step.rollouts.adv, step.token_records, self.num_generations
                                ) if self.accelerator.is_main_process else []
+        step.times["records"] += time.perf_counter() - t0
         elapsed = time.perf_counter() - step.started
         metrics = step_metrics(step.metrics, teacher_stats(stats, self.method, self.sdpg_cfg.loss, groups),
                                beta_k=step.beta_k, grad_norms=step.grad_norms,
                                skipped=[bool(r) for r in step.skipped], lr=step.lr, tokens=step.tokens,
-                               seconds={**step.times, "update": elapsed - step.times["rollout"], "step": elapsed})
+                               seconds={**step.times, "update": elapsed - step.times["rollout"] - step.times["records"],
+                                        "step": elapsed})
         if gap_count:
             gap_max = self.accelerator.reduce(torch.tensor(step.gap[2], device=device), "max")
             metrics |= {"rollout/logp_gap_mean": gap_sum / gap_count, "rollout/logp_gap_max": float(gap_max)}
