@@ -15,7 +15,7 @@ from pathlib import Path
 from lab.heatmap import token_heatmap
 from lab.inspector import rollout_html
 from lab.overlay import overlay_figure
-from lab.status import replay_status
+from sdpg.run import replay_status
 from lab.viewmodel import RunView, browsable_steps, pick_group
 from sdpg.race import Race, race_runs
 from sdpg.records import RecordStream
