@@ -159,7 +159,8 @@ def test_stop_ends_a_long_gap_measurement_within_seconds(live):
     answer = job.result(timeout=60)
     took = time.monotonic() - t0
     assert took < 10, f"the measurement went on for {took:.1f} s after Stop"
-    assert "Not measured" in answer and "stop requested during" in answer, answer
+    # under load the step in flight may still hold the question back: then it is cancelled before it starts
+    assert "Not measured" in answer and ("stop requested during" in answer or "before the question reached" in answer)
     wait_for(lambda: not ctl.handle.alive, timeout=60, what="the run to end")
     assert ctl.handle.status == "stopped" and kinds(ctl.handle.run_dir)[-2:] == ["checkpoint", "stopped"]
 
