@@ -70,8 +70,8 @@ from sdpg.config import TrainConfig  # noqa: E402
 from sdpg.data import PromptRow  # noqa: E402
 from sdpg.losses import REF_MODES  # noqa: E402
 from sdpg.methods import METHODS, check_config  # noqa: E402
-from sdpg.playground import (Subject, check_gap_request, context_gap, context_variants, load_subject,  # noqa: E402
-                             probe_response, recorded_response_ids)
+from sdpg.playground import (Subject, check_gap_counts, check_gap_request, context_gap,  # noqa: E402
+                             context_variants, load_subject, probe_response, recorded_response_ids)
 from sdpg.records import DEFAULT_CACHE_MB, EVENTS_FILE, METRICS_FILE, RecordStream  # noqa: E402
 from sdpg.reward import MathVerifier  # noqa: E402
 from sdpg.run import ACTIONS, RunHandle, default_run_dir, load_data, sigterm_as_ctrl_c  # noqa: E402
@@ -875,6 +875,7 @@ def wire_playground(src: PlaygroundSource, ui: SimpleNamespace, step, group) -> 
             return context_gap(subject, rows[:n], verifier, samples=k, free_text=free or "")
         try:
             check_typed_lengths(free=free)
+            check_gap_counts(_whole("problems", problems or 1), _whole("samples", samples or 1))
             table, where = src.ask(run)
         except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, Stopped) as err:
             return f"<p><b>Not measured:</b> {err}</p>"

@@ -205,13 +205,20 @@ def check_probe_length(subject: Subject, prompts: dict[str, str], n_tokens: int)
                          f"so a probe takes at most {max(room, 0)} response tokens: shorten the response or the context")
 
 
-def check_gap_request(subject: Subject, problems: int, samples: int, available: int) -> None:
-    """ValueError naming the limit when a gap measurement would take too long or its cache would not fit."""
-    if not 1 <= problems <= min(MAX_GAP_PROBLEMS, available):
-        raise ValueError(f"problems is {problems}; choose 1 to {min(MAX_GAP_PROBLEMS, available)} (the run has "
-                         f"{available} held-out problems; at most {MAX_GAP_PROBLEMS} per measurement)")
+def check_gap_counts(problems: int, samples: int, available: int = MAX_GAP_PROBLEMS) -> None:
+    """ValueError naming the bound when a gap measurement asks for too many problems or samples (checked before
+    anything waits for the run)."""
+    limit = min(MAX_GAP_PROBLEMS, available)
+    if not 1 <= problems <= limit:
+        raise ValueError(f"problems is {problems}; choose 1 to {limit} (at most {MAX_GAP_PROBLEMS} per measurement, "
+                         f"and no more than the held-out problems there are)")
     if not 1 <= samples <= MAX_GAP_SAMPLES:
         raise ValueError(f"samples per problem is {samples}; choose 1 to {MAX_GAP_SAMPLES}")
+
+
+def check_gap_request(subject: Subject, problems: int, samples: int, available: int) -> None:
+    """ValueError naming the limit when a gap measurement would take too long or its cache would not fit."""
+    check_gap_counts(problems, samples, available)
     c, r = subject.model.config, subject.cfg.rollout
     per_token = 2 * c.num_hidden_layers * getattr(c, "num_key_value_heads", c.num_attention_heads) * getattr(
         c, "head_dim", c.hidden_size // c.num_attention_heads) * next(subject.model.parameters()).element_size()

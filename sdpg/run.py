@@ -330,6 +330,8 @@ class RunHandle:
         self._calls.put((fn, future))
         deadline = None if timeout is None else time.monotonic() + timeout
         while not future.done():
+            if self._stop.is_set() and self.alive and future.cancel():  # a stopping run takes no new question
+                raise Stopped("stop requested before the question reached the run")
             if not self.alive:  # nothing trains any more: no update to race
                 self._serve_calls()
             if deadline is not None and time.monotonic() > deadline and future.cancel():  # never runs later

@@ -139,7 +139,7 @@ def test_a_huge_typed_response_is_refused_at_once_and_the_run_goes_on(live):
 @pytest.mark.parametrize("problems, samples, needle", [
     (8, 10**9, "samples per problem is 1000000000; choose 1 to 64"),
     (8, 10**5, "samples per problem is 100000; choose 1 to 64"),
-    (10**6, 4, "problems is 1000000; choose 1 to 20"),
+    (10**6, 4, "problems is 1000000; choose 1 to 256"),
 ])
 def test_absurd_gap_requests_are_refused_naming_the_bound(live, problems, samples, needle):
     _, client = live
@@ -159,7 +159,8 @@ def test_stop_ends_a_long_gap_measurement_within_seconds(live):
     answer = job.result(timeout=60)
     took = time.monotonic() - t0
     assert took < 10, f"the measurement went on for {took:.1f} s after Stop"
-    assert "Not measured" in answer and "stop requested during" in answer, answer
+    # under load the step in flight may still hold the question back: then it is cancelled before it starts
+    assert "Not measured" in answer and ("stop requested during" in answer or "before the question reached" in answer)
     wait_for(lambda: not ctl.handle.alive, timeout=60, what="the run to end")
     assert ctl.handle.status == "stopped" and kinds(ctl.handle.run_dir)[-2:] == ["checkpoint", "stopped"]
 
