@@ -44,7 +44,8 @@ TEXT_HEAD = 300
 
 class TopK:
     """Top-k next tokens at each position: `ids` (T, k) indices into `vocab` (an object array of strings),
-    `probs` (T, k). `topk[t]` is [(token, prob), ...] best first; `len(topk)` is T; a slice is a TopK."""
+    `probs` (T, k). `topk[t]` is [(token, prob), ...] best first (entries of probability 0 left out); `len(topk)`
+    is T; a slice is a TopK."""
 
     __slots__ = ("ids", "probs", "vocab")
 
@@ -57,7 +58,8 @@ class TopK:
     def __getitem__(self, t):
         if isinstance(t, slice):
             return TopK(self.ids[t], self.probs[t], self.vocab)
-        return [(str(self.vocab[i]), float(p)) for i, p in zip(self.ids[t].tolist(), self.probs[t].tolist())]
+        pairs = zip(self.ids[t].tolist(), self.probs[t].tolist())
+        return [(str(self.vocab[i]), float(p)) for i, p in pairs if p > 0]  # p = 0: padding of a narrower top-k
 
     def __iter__(self):
         return (self[t] for t in range(len(self)))

@@ -318,6 +318,7 @@ class RecordStream:
                     os.truncate(path, end)
         for tmp in (self.run_dir / SHARD_DIR).glob(".*.tmp"):
             tmp.unlink()  # a shard a kill interrupted: its step is redone or lost
+        self.refresh_vocab()  # new strings continue the run's vocabulary
         self._read_rollout_index(scan=True)
 
     def truncate_after(self, step: int) -> None:

@@ -119,7 +119,13 @@ def test_a_writer_killed_mid_write_loses_at_most_the_step_being_written(tmp_path
     resumed = RecordStream(run)  # a resumed run clears the interrupted shard and writes on
     assert not list((run / SHARD_DIR).glob(".*.tmp"))
     resumed.emit_rollouts(steps[-1] + 1, [make_group(1, 0)])
-    assert RecordStream.open(run).rollout_steps() == [*steps, steps[-1] + 1]
+    again = RecordStream.open(run)
+    assert again.rollout_steps() == [*steps, steps[-1] + 1]
+    new, old = again.rollouts(steps[-1] + 1)[0], again.rollouts(steps[0])[0]  # strings from both writers read back
+    assert list(new["responses"][0]["tokens"]) == make_group(1, 0)["responses"][0]["tokens"]
+    assert list(old["responses"][0]["tokens"]) == list(make_long_group(steps[0], 0, 2048, group_size=4)
+                                                       ["responses"][0]["tokens"])
+    assert again.bad_lines == []
 
 
 def test_memory_holds_per_token_records_within_the_byte_budget(tmp_path):

@@ -32,7 +32,8 @@ from lab.status import health_banner
 from lab.widgets import LiveView
 from sdpg.checkpoint import latest_checkpoint
 from sdpg.health import CHECKS, HealthMonitor
-from sdpg.records import EVENTS_FILE, METRICS_FILE, ROLLOUTS_FILE, RecordStream
+from sdpg.record_store import INDEX_FILE, SHARD_DIR
+from sdpg.records import EVENTS_FILE, METRICS_FILE, RecordStream
 from sdpg.run import RunHandle
 from sdpg.train import main as cli_main
 
@@ -207,7 +208,8 @@ def test_page_pollers_on_a_replay_of_a_live_run_get_no_errors(page):
 # ---------------- item 3: a resume's rewrite must never lose the history ----------------
 def test_a_truncate_that_dies_midway_leaves_the_record_files_whole(tmp_path, monkeypatch):
     run_dir = write_run(tmp_path / "run", steps=6)
-    before = {f: (run_dir / f).read_bytes() for f in (METRICS_FILE, ROLLOUTS_FILE)}
+    before = {f: (run_dir / f).read_bytes() for f in (METRICS_FILE, f"{SHARD_DIR}/{INDEX_FILE}")}
+    shards = sorted((run_dir / SHARD_DIR).glob("step_*.npz"))
     stream = RecordStream(run_dir)
     fail_writes_under(monkeypatch, run_dir, errno.ENOSPC)
     with pytest.raises(OSError):
@@ -215,9 +217,11 @@ def test_a_truncate_that_dies_midway_leaves_the_record_files_whole(tmp_path, mon
     monkeypatch.undo()
     for name, data in before.items():
         assert (run_dir / name).read_bytes() == data, f"{name} was damaged by the interrupted rewrite"
-    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in run_dir.rglob(".*")) == []
+    assert sorted((run_dir / SHARD_DIR).glob("step_*.npz")) == shards and len(shards) == 6
     stream.truncate_after(3)  # the same rewrite, uninterrupted, keeps steps 1..3
-    assert [m["step"] for m in RecordStream.open(run_dir).metrics()] == [1, 2, 3]
+    replay = RecordStream.open(run_dir)
+    assert [m["step"] for m in replay.metrics()] == [1, 2, 3] and replay.rollout_steps() == [1, 2, 3]
 
 
 # ---------------- item 4: SIGTERM and orphaned verifier workers ----------------
