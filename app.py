@@ -378,8 +378,8 @@ CONTROL_NAMES = ("method", "beta", "alpha", "ref_mode", "gate", "beta_warmup", "
                  "temperature", "steps", "model", "data", "val", "task")
 DEMO_TASK = "reasoning"
 """the page's default embedded task: where the comparison (docs/results.md) found the teacher's signal most visible"""
-DEMO_WHY = ("worked multi-step answers, where the teacher still corrects intermediate steps of right answers; the one "
-            "task where gated SDPG beat GRPO (+0.03 held-out pass@1, and +0.11 without the gate; docs/results.md)")
+DEMO_WHY = ("worked multi-step answers, where the teacher still disagrees with right answers on their intermediate "
+            "steps: the task where the teacher's per-token signal is most visible (docs/results.md)")
 """why `DEMO_TASK`, as the page says it"""
 
 
