@@ -40,9 +40,10 @@ def test_the_first_look_draws_a_comparison_with_its_summary():
 
 
 def test_the_compare_tab_offers_committed_results_next_to_run_directories(tmp_path):
-    choices = dashboard.comparable_runs(tmp_path)
+    ctl = dashboard.Controller(tmp_path)
+    choices = dashboard.comparable_runs(ctl)
     assert all(is_published(value) for _, value in choices)
-    assert len(dashboard.load_comparable(first_look()[0])) == 5
+    assert len(dashboard.load_comparable(ctl, first_look()[0])) == 5
     with pytest.raises(ValueError, match="no variant 'nope'"):
         load_published("science:compare-reasoning.json::nope")
     with pytest.raises(ValueError, match="not in"):
