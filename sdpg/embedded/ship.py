@@ -3,8 +3,9 @@
 Design choices:
 - Each task's default recipe (`embedded_settings(None, DataConfig(task=...))`) is warm-started by the project's
   own code through the cache (an entry already cached is reused), then copied to `SHIPPED_DIR/<task>`.
-- Weights are stored in float16 (half the bytes of float32; the loader casts them to the run's dtype); the
-  copy is skill-checked as stored (its greedy pass rate on the stopping check's problems reaches `stop_at`)
+- Weights are stored in float32, as the cache entry holds them (3.2 MB a task): a run from a shipped model is bit
+  for bit a run from the cache, so results made before the models shipped reproduce; the copy is skill-checked as
+  stored (its greedy pass rate on the stopping check's problems reaches `stop_at`)
   and refused otherwise, so a rounding that costs the skill never ships.
 - `warmstart.json` records the recipe's key (`embedded_key`): the loader uses a shipped model only while
   that key matches the code, and tests/test_ship.py fails until a changed recipe is rebuilt here.
@@ -28,7 +29,7 @@ from sdpg.embedded.cache import (WARMSTART_FILE, embedded_entry, embedded_key, e
 from sdpg.embedded.warmstart import WarmStartConfig, skill_check
 from sdpg.tasks import TASKS
 
-SHIPPED_DTYPE = torch.float16
+SHIPPED_DTYPE = torch.float32
 
 
 def shipped_recipe(task: str) -> WarmStartConfig:
@@ -60,7 +61,7 @@ def ship(task: str, *, force: bool = False, progress: bool = True) -> Path:
         stored, stored_tokenizer = load_entry(staging)
         skill = skill_check(stored, stored_tokenizer, warm_cfg)
         if skill < warm_cfg.stop_at:
-            raise SystemExit(f"{task}: the float16 copy of {source} scores {skill:.3f} on the skill check, below its "
+            raise SystemExit(f"{task}: the stored copy of {source} scores {skill:.3f} on the skill check, below its "
                              f"stop_at {warm_cfg.stop_at}; not shipped")
         report = read_warmstart_report(source) | {
             "key": embedded_key(warm_cfg),
