@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -158,7 +159,8 @@ def section(result: dict) -> str:
                  for name, info in chosen.items()]
     lines = [
         f"## Tuned comparison: {meta['task']}", "",
-        f"Embedded task `{meta['task']}`, {meta['steps']} training steps per run. Shared settings: {meta['base']}.",
+        f"Embedded task `{meta['task']}`, {meta['steps']} training steps per run. Shared settings (the learning rate is "
+        f"each variant's): {meta['base']}.",
         "",
         f"**Stage 1 — tuning** on seeds {meta['tune_seeds']}: every variant at lr ∈ {{{', '.join(f'{x:g}' for x in lrs)}}}. "
         f"Rule: {SELECTION_RULE}. Mean AUC of held-out pass@1 with its 95 % t-interval over the tuning seeds:", "",
@@ -271,7 +273,7 @@ def write(args, argv, base: TrainConfig, lrs, tune_data: dict, confirm_data: dic
     meta = {"command": "python -m experiments.tune " + shlex.join(argv), "commit": commit, "dirty": dirty,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "task": args.task,
             "steps": args.steps, "lrs": lrs, "tune_seeds": args.tune_seeds, "confirm_seeds": args.confirm_seeds,
-            "base": shared_settings(base), "cpu_s": cpu, "selection_rule": SELECTION_RULE}
+            "base": re.sub(r"lr [^,]+, ", "", shared_settings(base)), "cpu_s": cpu, "selection_rule": SELECTION_RULE}
     html = write_figures(confirm_data, fig_dir, png=False)[0] if confirm_data else []
 
     def rel(path: Path) -> str:
