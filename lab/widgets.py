@@ -220,7 +220,7 @@ class RaceLiveView:
         common = self.view.common_steps()
         step = change["new"] if change["new"] in common else (common[-1] if common else None)
         for side in self.sides:
-            if step is not None and side.step.value != step:
+            if step is not None and side.step.value != step and step in side.step.options:
                 following = side.follow.value
                 side.step.value = step  # its observer turns following off: a step chosen here is not a user's pick
                 side.follow.value = following
