@@ -20,7 +20,7 @@ MAX_SHIPPED_BYTES = 4_500_000
 REBUILD = "rebuild with `python -m sdpg.embedded.ship`"
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", ship.SHIPPED_TASKS)
 def test_each_task_ships_a_model_built_from_the_current_recipe(task):
     recipe = ship.shipped_recipe(task)
     folder = cache.SHIPPED_DIR / task
@@ -32,13 +32,18 @@ def test_each_task_ships_a_model_built_from_the_current_recipe(task):
         assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", ship.SHIPPED_TASKS)
 def test_each_shipped_model_passes_its_tasks_skill_check(task):
     recipe = ship.shipped_recipe(task)
     model, tokenizer = ship.load_entry(cache.SHIPPED_DIR / task)
     skill = skill_check(model, tokenizer, recipe)
     assert skill >= recipe.stop_at
     assert skill == pytest.approx(read_warmstart_report(cache.SHIPPED_DIR / task)["shipped"]["skill_check"], abs=0.02)
+
+
+def test_the_page_and_cli_default_tasks_ship():
+    # what a newcomer starts: the page's demo task and the CLI's default task
+    assert {"reasoning", "add"} <= set(ship.SHIPPED_TASKS) <= set(TASKS)
 
 
 def test_a_changed_recipe_does_not_match_the_shipped_model():

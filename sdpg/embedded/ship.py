@@ -30,6 +30,10 @@ from sdpg.embedded.warmstart import WarmStartConfig, skill_check
 from sdpg.tasks import TASKS
 
 SHIPPED_DTYPE = torch.float32
+SHIPPED_TASKS = ("add", "reasoning")
+"""tasks whose warm start reaches its skill check, so their model ships; `sparse`'s default recipe ends at 0.008
+greedy pass rate against its stop_at of 0.05 (rewards there are rare by design), so it is refused and a sparse run
+warm-starts through the cache as before"""
 
 
 def shipped_recipe(task: str) -> WarmStartConfig:
@@ -79,7 +83,8 @@ def ship(task: str, *, force: bool = False, progress: bool = True) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sdpg.embedded.ship", description=__doc__.splitlines()[0])
-    parser.add_argument("tasks", nargs="*", default=sorted(TASKS), help=f"tasks to ship (default: all of {sorted(TASKS)})")
+    parser.add_argument("tasks", nargs="*", default=list(SHIPPED_TASKS),
+                        help=f"tasks to ship (default: {list(SHIPPED_TASKS)}; any of {sorted(TASKS)})")
     parser.add_argument("--force", action="store_true", help="rebuild even when the shipped model matches its recipe")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tasks) - set(TASKS))
