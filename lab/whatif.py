@@ -21,7 +21,7 @@ TITLE = "What-if: per-token weight under each method"
 
 def whatif_figure(weights: dict[str, list[float]] | None, tokens: list[str], *, label: str = "") -> go.Figure:
     """Heatmap with one row per method (in the dict's order) and one column per token."""
-    if not weights or not tokens:
+    if not weights or tokens is None or len(tokens) == 0:
         return empty_figure("no response selected", title=TITLE)
     for method, w in weights.items():
         if len(w) != len(tokens):
