@@ -156,7 +156,7 @@ def wire_race(rc: RaceController, ui: SimpleNamespace, settings: list, make_conf
     def tick(last, step, group, follow_on, color):
         version = rc.version()
         if version == last:
-            return [gr.skip()] * (5 + len(selection))
+            return [gr.skip()] * (4 + len(selection))
         view = rc.view
         if view is None:
             return [version, "", empty_figure("start a race or open a recorded one", title="Runs overlaid"), gr.update(choices=[], value=None), *race_selection(None, None, None, color)]
