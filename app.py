@@ -746,7 +746,7 @@ def build_app(ctl: Controller | None = None, *, base_config: TrainConfig | None 
         wire_explore(ctl, ui.explore)
         wire_export(ctl, ui.export, ui.step, ui.group)
         wire_race(ui.race_ctl, ui.race, [getattr(ui, name) for name in CONTROL_NAMES],
-                  lambda *values: config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), roots=ctl.allowed_roots))
+                  lambda *values: config_from_controls(base, **dict(zip(CONTROL_NAMES, values)), confine_path=ctl.confine))
     return demo
 
 

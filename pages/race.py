@@ -156,7 +156,7 @@ def wire_race(rc: RaceController, ui: SimpleNamespace, settings: list, make_conf
     def tick(last, step, group, follow_on, color):
         version = rc.version()
         if version == last:
-            return [gr.skip()] * (5 + len(selection))
+            return [gr.skip()] * (4 + len(selection))
         view = rc.view
         if view is None:
             return [version, "", empty_figure("start a race or open a recorded one", title="Runs overlaid"), gr.update(choices=[], value=None), *race_selection(None, None, None, color)]
@@ -168,6 +168,12 @@ def wire_race(rc: RaceController, ui: SimpleNamespace, settings: list, make_conf
     def on_select(step, group, color):
         return [False, *race_selection(rc.view, step, group, color)]
 
+    def on_follow(follow_on, step, group, color):
+        if not follow_on or rc.view is None:
+            return [gr.skip()] * (1 + len(selection))
+        step = follow_step(rc.view.common_steps(), step, True)
+        return [gr.update(value=step), *race_selection(rc.view, step, group, color)]
+
     ui.start.click(on_start, [ui.method_a, ui.method_b, *settings], ui.message, api_name="race_start")
     for action in ("pause", "resume", "stop"):
         getattr(ui, action).click(lambda a=action: message_html(*rc.act(a)), None, ui.message, api_name=f"race_{action}")
@@ -178,5 +184,7 @@ def wire_race(rc: RaceController, ui: SimpleNamespace, settings: list, make_conf
     tick_outputs = [seen, ui.status, ui.curves, ui.step, *selection]
     gr.Timer(REFRESH_S).tick(tick, tick_inputs, tick_outputs, show_progress="hidden", concurrency_limit=None,
                              api_name="race_refresh")
+    ui.follow.input(on_follow, [ui.follow, ui.step, ui.group, ui.color_by], [ui.step, *selection],
+                    show_progress="hidden")
     for control in (ui.step, ui.group, ui.color_by):
         control.input(on_select, [ui.step, ui.group, ui.color_by], [ui.follow, *selection], show_progress="hidden")

@@ -19,17 +19,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 from gradio.components.api_component import Api
 import pytest
-from playwright.sync_api import sync_playwright
+from transformers import AutoTokenizer
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
 import app as dashboard
 from conftest import tiny_config
 from fixtures.waiting import free_port, wait_for
-from lab.heatmap import COLOR_MODES
+from lab.heatmap import COLOR_MODES, WINDOW, response_length, token_values
 from lab.playground import PROBE_FIELDS
-from lab.viewmodel import browsable_steps
+from lab.explore import ANY, TABLE_LIMIT, filter_rows, prompt_choices, table_rows
+from lab.viewmodel import browsable_steps, pick_group
 from sdpg.methods import METHODS
+from sdpg.playground import recorded_response_ids
 from sdpg.run import ACTIONS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -87,7 +91,7 @@ class Session:
 
     def choose(self, elem_id: str, option) -> None:
         self.el(elem_id).locator("input").first.click()
-        self.page.get_by_role("option", name=str(option), exact=True).click()
+        self.el(elem_id).get_by_role("option", name=str(option), exact=True).click()
 
     def settle(self) -> None:
         """Wait until every event sent so far has completed and none followed for a moment (a late answer to an
@@ -117,7 +121,10 @@ class Session:
                  what=f"an event of {elem_id} to complete on the server")
 
     def wait_text(self, elem_id: str, text: str, timeout: float = 60.0) -> None:
-        self.el(elem_id).filter(has_text=text).wait_for(timeout=timeout * 1000)
+        try:
+            self.el(elem_id).filter(has_text=text).wait_for(timeout=timeout * 1000)
+        except PlaywrightTimeout:
+            raise AssertionError(f"{elem_id} never showed {text!r}; it shows {self.el(elem_id).inner_text()!r}") from None
 
     def wait_status(self, status: str, timeout: float = 90.0) -> None:
         self.page.locator(f"#sdpg-status .sdpg-status[data-status='{status}']").wait_for(timeout=timeout * 1000)
@@ -281,6 +288,50 @@ def colour(s: Session) -> None:
     for label in reversed(COLOR_MODES.values()):
         s.el("sdpg-color-by").get_by_label(label, exact=True).check()
         s.page.locator("#sdpg-heatmap .gtitle", has_text=label.split("  ")[0]).wait_for(timeout=30_000)
+    s.shared.group = pick_group(s.ctl.stream(), int(s.value("sdpg-step")), int(s.value("sdpg-group")))
+    s.shared.longest = response_length(s.shared.group)
+
+
+@drives("sdpg-heat-first", "sdpg-heat-prev", "sdpg-heat-start", "sdpg-heat-next", "sdpg-heat-last")
+def token_window(s: Session) -> None:
+    """The tiny model's responses (at most 10 tokens) fit in one window: every move and a typed first token
+    past the end must keep (clamp) the window at token 0, and each move must answer on the server."""
+    s.tab("Token KL")
+    assert s.shared.longest < WINDOW
+    for elem_id in ("sdpg-heat-next", "sdpg-heat-last", "sdpg-heat-prev", "sdpg-heat-first"):
+        since = s.mark()
+        s.el(elem_id).click()
+        s.fired(elem_id, since)
+        assert s.value("sdpg-heat-start") == "0", elem_id
+    since = s.mark()
+    s.fill("sdpg-heat-start", 7)
+    s.el("sdpg-heat-start").locator("input").press("Enter")
+    s.fired("sdpg-heat-start", since)
+    wait_for(lambda: s.value("sdpg-heat-start") == "0", timeout=30, what="a start past the end to be clamped to 0")
+
+
+@drives("sdpg-heat-peak")
+def token_peak(s: Session) -> None:
+    group = s.shared.group
+    values = [token_values(r, "kl") for r in group["responses"]]
+    resp, pos = max(((i, int(np.nanargmax(np.abs(v)))) for i, v in enumerate(values) if np.isfinite(v).any()),
+                    key=lambda ip: abs(values[ip[0]][ip[1]]))
+    s.el("sdpg-heat-peak").click()
+    wait_for(lambda: (s.value("sdpg-resp"), s.value("sdpg-pos")) == (str(resp), str(pos)), timeout=30,
+             what=f"the peak button to point the inspector at response {resp}, position {pos}")
+    s.page.locator("#sdpg-topk .gtitle", has_text=f"Response #{resp}, position {pos}").wait_for(
+        state="attached", timeout=30_000)
+
+
+@drives("sdpg-heat-overview")
+def token_overview(s: Session) -> None:
+    """A click on the overview's last column of response 1's row points the inspector at its last position."""
+    rows = len(s.shared.group["responses"])
+    image = s.el("sdpg-heat-overview").locator("img")
+    box = image.bounding_box()
+    image.click(position={"x": box["width"] - 2, "y": box["height"] * 1.5 / rows})
+    wait_for(lambda: (s.value("sdpg-resp"), s.value("sdpg-pos")) == ("1", str(s.shared.longest - 1)), timeout=30,
+             what="a click on the overview to point the inspector at response 1's last column")
 
 
 @drives("sdpg-wresp")
@@ -317,7 +368,9 @@ def probe_recorded(s: Session) -> None:
     s.el("sdpg-pg-probe").click()
     s.page.locator("p", has_text="Asked the live run").wait_for(timeout=60_000)
     s.wait_text("sdpg-pg-topk", "position 0")
-    s.shared.recorded_length = len(s.ctl.handle.records.rollouts(step)[1]["responses"][2]["tokens"])
+    response = s.ctl.handle.records.rollouts(step)[1]["responses"][2]
+    # the probe re-tokenizes the recorded text: the random tiny model's samples may not round-trip to its tokens
+    s.shared.recorded_length = len(recorded_response_ids(AutoTokenizer.from_pretrained(s.model_dir), response))
 
 
 @drives("sdpg-pg-field", "sdpg-pg-position")
@@ -365,6 +418,121 @@ def compare(s: Session) -> None:
     s.el("sdpg-cmp-go").click()
     s.wait_text("sdpg-cmp-summary", s.ctl.handle.run_dir.name)
     s.page.locator("#sdpg-cmp-curves .scatterlayer .trace").first.wait_for(state="attached", timeout=30_000)
+
+
+@drives("sdpg-table-refresh", "sdpg-table-search", "sdpg-table-reward-min", "sdpg-table-reward-max", "sdpg-table-adv",
+        "sdpg-table-gate", "sdpg-table-status")
+def rollout_table(s: Session) -> None:
+    rows = table_rows(s.ctl.stream().group_index())
+    s.tab("Across steps")
+    s.tab("Rollout table")
+
+    def shows(n: int, what: str) -> None:
+        s.page.locator("#sdpg-table-count", has_text=f"{n} of {len(rows)} recorded").wait_for(timeout=30_000)
+        assert s.page.locator("#sdpg-table .sdpg-table-row").count() == min(n, TABLE_LIMIT), what
+
+    s.el("sdpg-table-refresh").click()
+    shows(len(rows), "↻ to list every recorded response")
+    token = next(r["text_head"] for r in rows if r.get("text_head"))[:2]
+    s.fill("sdpg-table-search", token)
+    shows(len(filter_rows(rows, text=token)), f"the search for {token!r}")
+    s.fill("sdpg-table-search", "")
+    s.fill("sdpg-table-reward-min", "x")
+    s.wait_text("sdpg-table", "Reward ≥")  # a bound that is not a number is named, the table kept
+    s.fill("sdpg-table-reward-min", "0.5")
+    shows(len(filter_rows(rows, min_reward=0.5)), "reward ≥ 0.5")
+    s.fill("sdpg-table-reward-max", "0.4")
+    shows(0, "an empty reward range")
+    s.fill("sdpg-table-reward-min", "")
+    s.fill("sdpg-table-reward-max", "")
+    shows(len(rows), "cleared bounds")
+    s.choose("sdpg-table-adv", "positive")
+    shows(len(filter_rows(rows, advantage="positive")), "advantage > 0")
+    s.choose("sdpg-table-gate", "off")
+    shows(len(filter_rows(rows, advantage="positive", gate="off")), "advantage > 0, gate off")
+    s.choose("sdpg-table-adv", ANY)
+    s.choose("sdpg-table-gate", ANY)
+    status = str(rows[0]["status"])
+    s.choose("sdpg-table-status", status)
+    shows(len(filter_rows(rows, status=status)), f"status {status}")
+
+
+@drives("sdpg-prompt-refresh", "sdpg-prompt-pick")
+def prompt_across(s: Session) -> None:
+    choices = prompt_choices(s.ctl.stream().group_index())
+    s.tab("Prompt across steps")
+    s.el("sdpg-prompt-refresh").click()
+    wait_for(lambda: s.value("sdpg-prompt-pick") == choices[0][0], timeout=30, what="↻ to pick the first prompt")
+    s.wait_text("sdpg-prompt-steps", choices[0][1].strip()[:8])
+    label, prompt = choices[-1]
+    s.choose("sdpg-prompt-pick", label)
+    s.wait_text("sdpg-prompt-steps", prompt.strip()[:8])
+
+
+@drives("sdpg-export", "sdpg-export-file")
+def export(s: Session) -> None:
+    step, name = s.value("sdpg-step"), s.ctl.handle.run_dir.name
+    s.tab("Export")
+    s.el("sdpg-export").click()
+    s.wait_text("sdpg-export-message", f"Exported step {step} of {name}")
+    link = s.el("sdpg-export-file").locator(f"a[download='{name}-step{step}.html']")
+    with s.page.expect_download() as download:
+        link.click()
+    saved = Path(download.value.path())
+    assert saved.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+
+
+@drives("sdpg-race-a", "sdpg-race-b", "sdpg-race-start", "sdpg-race-pause", "sdpg-race-resume", "sdpg-race-stop")
+def race(s: Session) -> None:
+    """A race of 20 steps (long enough to be paused before it ends), stopped after a first common step."""
+    s.fill("sdpg-steps", 20)
+    s.tab("Race")
+    s.choose("sdpg-race-a", "grpo")
+    s.choose("sdpg-race-b", "sdpg")
+    s.el("sdpg-race-start").click()
+    s.wait_text("sdpg-race-message", "Race started: GRPO vs SDPG for 20 steps")
+    race = s.ctl.races.race
+    assert race.methods == ("grpo", "sdpg")
+    s.el("sdpg-race-pause").click()
+    s.wait_text("sdpg-race-message", "Pause requested for both runs")
+    state = s.page.locator("#sdpg-race-state")
+    wait_for(lambda: state.count() and state.inner_text().count(": paused at step") == 2, timeout=120,
+             what="both race runs to show paused")
+    s.el("sdpg-race-resume").click()
+    s.wait_text("sdpg-race-message", "Resume requested for both runs")
+    wait_for(lambda: s.ctl.races.view.common_steps(), timeout=120, what="a step both race runs recorded")
+    s.el("sdpg-race-stop").click()
+    s.wait_text("sdpg-race-message", "Stop requested for both runs")
+    wait_for(lambda: not race.active, timeout=120, what="the race to end")
+    wait_for(lambda: sum(state.inner_text().count(f": {end} at step") for end in ("stopped", "finished")) == 2,
+             timeout=30, what="both race runs to show how they ended")
+
+
+@drives("sdpg-race-step", "sdpg-race-group", "sdpg-race-follow", "sdpg-race-color")
+def race_views(s: Session) -> None:
+    steps = s.ctl.races.view.common_steps()
+    wait_for(lambda: s.value("sdpg-race-step") == str(steps[-1]), timeout=30, what="the race's newest common step")
+    s.choose("sdpg-race-step", steps[0])
+    s.choose("sdpg-race-group", 1)
+    s.page.locator("#sdpg-race-heat-a .gtitle", has_text="GRPO").wait_for(timeout=30_000)
+    assert not s.el("sdpg-race-follow").locator("input").is_checked()  # a step chosen by hand stops following
+    s.tick("sdpg-race-follow", True)
+    wait_for(lambda: s.value("sdpg-race-step") == str(steps[-1]), timeout=30, what="follow to show the newest step")
+    for label in list(COLOR_MODES.values())[1:]:
+        s.el("sdpg-race-color").get_by_label(label, exact=True).check()
+        s.page.locator("#sdpg-race-heat-b .gtitle", has_text=label.split("  ")[0]).wait_for(timeout=30_000)
+
+
+@drives("sdpg-race-pick", "sdpg-race-open", "sdpg-race-live")
+def race_replay(s: Session) -> None:
+    race_dir = str(s.ctl.races.race.race_dir)
+    s.el("sdpg-race-pick").locator("input").first.click()  # focus lists the recorded races
+    s.el("sdpg-race-pick").get_by_role("option", name=race_dir, exact=True).click()
+    s.el("sdpg-race-open").click()
+    s.wait_text("sdpg-race-message", f"Opened race {race_dir}")
+    assert s.ctl.races.view.race_dir == Path(race_dir)
+    s.el("sdpg-race-live").click()
+    s.wait_text("sdpg-race-message", "Showing the live race")
 
 
 # ---------------- the test ----------------
