@@ -269,19 +269,25 @@ def shard_name(step: int) -> str:
     return f"step_{step:07d}.npz"
 
 
-def write_shard(path: Path, cols: dict[str, np.ndarray], meta: dict) -> int:
-    """Write a shard atomically (temporary sibling, fsync, rename); returns its size in bytes."""
+def write_atomically(path: Path, mode: str, write) -> None:
+    """Write `path` through `write(f)` atomically: a temporary sibling opened with `mode`, fsynced, renamed over
+    the original; a failure leaves the original whole and no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    meta_arr = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, meta=meta_arr, **cols)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_shard(path: Path, cols: dict[str, np.ndarray], meta: dict) -> int:
+    """Write a shard atomically (`write_atomically`); returns its size in bytes."""
+    meta_arr = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    write_atomically(path, "wb", lambda f: np.savez_compressed(f, meta=meta_arr, **cols))
     return path.stat().st_size
 
 

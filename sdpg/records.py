@@ -46,7 +46,7 @@ from sdpg.config import config_file_problems
 from sdpg.metrics import metrics_row_problem
 from sdpg.record_store import (INDEX_FILE, SHARD_DIR, VOCAB_FILE, RunVocab, ShardError, StepCache, append_line,
                                complete_lines, group_summaries, pack_step, read_shard, shard_name, step_nbytes,
-                               unpack_step, write_shard)
+                               unpack_step, write_atomically, write_shard)
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -171,17 +171,8 @@ def storage_error(what: str, path: str | Path, err: OSError) -> StorageError:
 
 
 def replace_file(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: temporary sibling, fsync, rename over the original."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` atomically (`write_atomically`), then fsync its folder."""
+    write_atomically(path, "w", lambda f: f.write(text))
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself must survive a power cut
