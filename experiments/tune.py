@@ -37,12 +37,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from experiments.compare import (RunPlan, apply_settings, base_config, check_variants, collect, git_commit,
-                                 lr_variant, replace_section, run_all, run_state, shared_settings, variant_settings,
-                                 write_figures)
+from experiments.compare import (base_config, check_variants, collect, git_commit, lr_variant, plan_runs,
+                                 replace_section, run_all, run_state, shared_settings, write_figures)
 from experiments.stats import paired_test, t_interval
 from sdpg.config import TrainConfig
-from sdpg.methods import check_config
 from sdpg.records import json_safe
 
 SELECTION_RULE = ("per variant, the learning rate with the highest mean pass@1 AUC over the tuning seeds "
@@ -54,17 +52,8 @@ METRICS = ("final_pass@1", "auc_pass@1")
 def plans_for(base: TrainConfig, rates: dict[str, list[float]], seeds: list[int], steps: int, out: Path) -> list:
     """`experiments.compare.RunPlan`s for each (variant, rate) and seed under `out`, seed by seed: a stage cut short
     has whole grids for its first seeds."""
-    plans = []
-    for seed in seeds:
-        for name, lrs in rates.items():
-            for lr in lrs:
-                tagged = lr_variant(name, lr)
-                cfg = TrainConfig.from_dict(base.to_dict())
-                run_dir = out / f"{tagged}-s{seed}"
-                apply_settings(cfg, variant_settings(tagged) | {"run.seed": seed, "run.steps": steps,
-                                                                "run.run_dir": str(run_dir)})
-                plans.append(RunPlan(tagged, seed, check_config(cfg), run_dir))
-    return plans
+    tagged = [lr_variant(name, lr) for name, lrs in rates.items() for lr in lrs]
+    return [plan for seed in seeds for plan in plan_runs(base, tagged, [seed], steps, out)]
 
 
 def select_rates(data: dict, names: list[str], lrs: list[float]) -> dict[str, dict]:
