@@ -88,8 +88,15 @@ def test_a_rollout_cut_short_is_discarded_and_the_checkpoint_is_the_last_complet
                       rollout__group_size=8, rollout__max_new_tokens=160, data__n_train=400, data__digits=(3, 3))
     handle = RunHandle(cfg).start()
     wait_for(lambda: handle.step >= 1 or handle.status == "crashed", timeout=300, what="the first step")
-    time.sleep(0.5)  # inside step 2's rollout (256 sequences x 160 tokens)
-    handle.stop(wait=True, timeout=60)
+    engine = handle.trainer.engine
+    generate = engine.generate
+
+    def stop_then_generate(*args, **kwargs):  # Stop lands inside the next rollout, however fast the host samples
+        handle.stop(wait=False)
+        return generate(*args, **kwargs)
+
+    engine.generate = stop_then_generate
+    handle.join(timeout=60)
     assert handle.status == "stopped", handle.error
     stopped = events(handle.run_dir)[-1]
     assert stopped["event"] == "stopped" and stopped["during"] == "stop requested during generation"
