@@ -87,22 +87,23 @@ def _cat(responses: list[dict], arg: str, m: int, device) -> torch.Tensor:
 
 
 def group_record(index: int, row, texts: list[str], rewards: list[float], verdicts: list,
-                 adv: list[float], token_records: list[dict]) -> dict:
+                 adv: list[float], gates: list[bool], token_records: list[dict]) -> dict:
     """One rollout group for the record stream (`sdpg.records.ROLLOUT_FIELDS`): its row (a `sdpg.data.PromptRow`),
-    and per response the text, reward, verdict, advantage, gate and the per-token arrays of `token_record`."""
+    and per response the text, reward, verdict, advantage, gate verdict and the per-token arrays of `token_record`."""
     responses = [{"text": text, "reward": float(reward), "correct": bool(v.correct), "status": v.status,
-                  "advantage": float(a), "gate": bool(a > 0), **rec}
-                 for text, reward, v, a, rec in zip(texts, rewards, verdicts, adv, token_records, strict=True)]
+                  "advantage": float(a), "gate": bool(gate), **rec}
+                 for text, reward, v, a, gate, rec in zip(texts, rewards, verdicts, adv, gates, token_records,
+                                                          strict=True)]
     return {"group": index, "prompt": row.prompt, "context": row.context, "answer": row.answer, "responses": responses}
 
 
 def group_records(rows: list, texts: list[str], rewards: list[float], verdicts: list, adv: list[float],
-                  token_records: dict[int, dict], group_size: int) -> list[dict]:
+                  gates: list[bool], token_records: dict[int, dict], group_size: int) -> list[dict]:
     """The step's recorded groups, `group_record` each: the first groups, whose responses all have per-token records
     (`token_records`: response index -> record). `rows` has one row per group; the other lists one entry per
-    response, group after group. Both trainers assemble their records here."""
+    response, group after group (`gates`: `sdpg.step.record_gates`). Both trainers assemble their records here."""
     g = group_size
     return [group_record(gi, rows[gi], texts[gi * g:(gi + 1) * g],
                          rewards[gi * g:(gi + 1) * g], verdicts[gi * g:(gi + 1) * g], adv[gi * g:(gi + 1) * g],
-                         [token_records[i] for i in range(gi * g, (gi + 1) * g)])
+                         gates[gi * g:(gi + 1) * g], [token_records[i] for i in range(gi * g, (gi + 1) * g)])
             for gi in range(len(token_records) // g)]

@@ -67,7 +67,9 @@ ROLLOUT_FIELDS = {
 RESPONSE_FIELDS = {
     "text": "decoded response", "reward": "verifier reward (after any overlong penalty)",
     "correct": "verifier verdict", "status": "verifier status: ok, no_answer, timeout, error",
-    "advantage": "group advantage A_i", "gate": "A_i > 0 (the distillation gate passes)",
+    "advantage": "group advantage A_i",
+    "gate": "the distillation gate passes: the method's own gate (SDPG: A_i > 0), every response when "
+            "loss.gate is off, SDPG's A_i > 0 as a what-if for a method without one",
     "tokens": "response tokens as text, one per position (stored as indices into the run's vocabulary)",
     "student_logp": "log p(y_t) under the student (current policy, sampling temperature)",
     "teacher_logp": "log q(y_t) under the teacher (privileged prompt)",

@@ -41,7 +41,7 @@ import torch
 from sdpg.config import TrainConfig
 from sdpg.forward import logits_self_distill, token_logp
 from sdpg.losses import fused_self_distill
-from sdpg.methods import Input, LossInputs, MethodSpec, scheduled_beta
+from sdpg.methods import Input, LossInputs, MethodSpec, positive_advantage, scheduled_beta
 from sdpg.metrics import LIVE_TEACHER_KEYS, metric
 from sdpg.reward import overlong_penalty, reward_metrics
 
@@ -209,6 +209,17 @@ def micro_step(fw: Forwards, mb: MicroBatch, ctx: StepContext) -> MicroResult:
                            {"kl": kl_mat, "logp": logp_mat.detach(), "entropy": ent_mat, "old_logp": old_logp,
                             "ref_logp": refs.get(Input.REF_LOGP.value)}, fw)
     return MicroResult(loss, stats, logp_mat.detach(), records, teacher_s)
+
+
+def record_gates(method: MethodSpec, loss, adv: list[float], correct: list[bool]) -> list[bool]:
+    """Per response (sequence advantages and verdicts, one each), the gate the records show: the method's own gate
+    (`MethodSpec.gate`) under `loss`, every response when the method's gate is switched off (the teacher's KL counts
+    on all), and SDPG's positive advantage for a method without a gate (what SDPG's gate would pass)."""
+    if method.gate is not None and not loss.gate:
+        return [True] * len(adv)
+    gate = method.gate if method.gate is not None else positive_advantage
+    a = torch.tensor(adv, dtype=torch.float32)  # (B,)
+    return gate(a, torch.tensor(correct), torch.ones_like(a)[:, None]).tolist()
 
 
 def gate_verdict(mb: MicroBatch, ctx: StepContext) -> torch.Tensor | None:

@@ -45,8 +45,8 @@ from sdpg.records import RecordStream
 from sdpg.reward import MathVerifier
 from sdpg.rollout import HFRolloutEngine, Rollout, RolloutEngine
 from sdpg.step import (MicroBatch, MicroResult, Part, StepContext, Timer, logp_gap, lr_warmup, micro_slices,
-                       micro_step, reduce_step, rollout_metrics, score, skip_reason, step_context, step_metrics,
-                       teacher_stats, update_plan)
+                       micro_step, record_gates, reduce_step, rollout_metrics, score, skip_reason, step_context,
+                       step_metrics, teacher_stats, update_plan)
 
 
 @dataclass
@@ -235,8 +235,10 @@ class Trainer:
             with timer("update"):
                 self.engine.sync_weights(self.model)
             with timer("records_write"):
-                groups = group_records(batch.rows, batch.rollout.texts, batch.rewards.tolist(), batch.verdicts,
-                                       batch.adv.tolist(), {i: rec for u in updates for i, rec in u.records.items()},
+                adv = batch.adv.tolist()
+                gates = record_gates(self.method, self.cfg.loss, adv, [v.correct for v in batch.verdicts])
+                groups = group_records(batch.rows, batch.rollout.texts, batch.rewards.tolist(), batch.verdicts, adv,
+                                       gates, {i: rec for u in updates for i, rec in u.records.items()},
                                        batch.rollout.group_size)
                 self.records.emit_rollouts(self.step + 1, groups)
         metrics = self._metrics(batch, ctx, updates, lr, groups)

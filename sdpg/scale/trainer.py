@@ -65,8 +65,8 @@ from sdpg.methods import Input, get_method
 from sdpg.reward import MathVerifier
 from sdpg.scale.config import ScaleConfig, check_supported, grpo_config, updates_per_step
 from sdpg.record_build import group_records, token_records
-from sdpg.step import (MicroBatch, Part, StepContext, lr_warmup, micro_step, reduce_step, rollout_metrics, score,
-                       skip_reason, step_context, step_metrics, teacher_stats)
+from sdpg.step import (MicroBatch, Part, StepContext, lr_warmup, micro_step, record_gates, reduce_step, rollout_metrics,
+                       score, skip_reason, step_context, step_metrics, teacher_stats)
 
 def rows_to_dataset(rows: list[PromptRow], tokenizer) -> Dataset:
     """Our rows as TRL's prompt dataset: `prompt` (a user message, or plain text for a tokenizer without a chat
@@ -472,9 +472,11 @@ class SDPGTrainer(GRPOTrainer):
         stats = reduce_step(step.parts, all_reduce)
         gap_sum, gap_count = all_reduce(step.gap[:2])
         t0 = time.perf_counter()
+        gates = record_gates(self.method, self.sdpg_cfg.loss, step.rollouts.adv,
+                             [v.correct for v in step.rollouts.verdicts])
         groups = group_records(step.rollouts.rows[::self.num_generations], step.rollouts.texts, step.rollouts.rewards,
-                               step.rollouts.verdicts, step.rollouts.adv, step.token_records, self.num_generations
-                               ) if self.accelerator.is_main_process else []
+                               step.rollouts.verdicts, step.rollouts.adv, gates, step.token_records,
+                               self.num_generations) if self.accelerator.is_main_process else []
         step.times["records"] += time.perf_counter() - t0
         elapsed = time.perf_counter() - step.started
         metrics = step_metrics(step.metrics, teacher_stats(stats, self.method, self.sdpg_cfg.loss, groups),
