@@ -7,8 +7,9 @@ paired (same seed) difference of its held-out pass@1 to GRPO's (final and area u
 bootstrap interval. GRPO never reads the privileged context (its teacher only serves the records), so one GRPO
 comparison per task serves every context of that task: a comparison without `grpo` is paired with the one of its
 task that has it. The predictor is the gap table's teacher-minus-student pass@1 (and its KL) for that task and
-context, measured before training. Across the points, the Pearson and Spearman correlations of gap and gain, each
-with a percentile-bootstrap interval over points (few points: wide intervals, read them as such).
+context, measured before training. The table is a description, one row per point: with a handful of points per
+variant no correlation coefficient across them means anything, so none is computed. To test whether the gap drives
+the gain, vary the gap within one task and look at the dose-response.
 """
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from experiments.stats import N_BOOT, paired_difference
+from experiments.stats import paired_difference
 
 BASELINE = "grpo"
 METRICS = ("final_pass@1", "auc_pass@1")
@@ -54,68 +54,18 @@ def gain_points(gap_rows: list[dict], compares: list[dict]) -> list[dict]:
     return points
 
 
-def correlation(x: list[float], y: list[float], *, rank: bool = False, n_boot: int = N_BOOT, seed: int = 0
-                ) -> dict[str, float]:
-    """Pearson (or, with `rank`, Spearman) correlation of paired points with a bootstrap interval over points."""
-    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)  # (n,)
-
-    def corr(a, b):
-        if rank:
-            a, b = _ranks(a), _ranks(b)
-        if a.std() == 0 or b.std() == 0:
-            return math.nan
-        return float(np.corrcoef(a, b)[0, 1])
-
-    n = xs.size
-    if n < 3:
-        return {"r": math.nan, "lo": math.nan, "hi": math.nan, "n": n}
-    rng = np.random.default_rng(seed)
-    boots = [corr(xs[idx], ys[idx]) for idx in rng.integers(0, n, size=(n_boot, n))]
-    boots = np.asarray([b for b in boots if math.isfinite(b)])
-    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots.size else (math.nan, math.nan)
-    return {"r": corr(xs, ys), "lo": float(lo), "hi": float(hi), "n": n}
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks from 0, ties given their mean rank (as Spearman's coefficient needs)."""
-    order = a.argsort(kind="stable")
-    ranks = np.empty(a.size)
-    ranks[order] = np.arange(a.size, dtype=np.float64)
-    for value in np.unique(a):
-        tied = a == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def correlations(points: list[dict]) -> dict[str, dict]:
-    """Per distilling variant and per gain metric: gap-gain correlations over its (task, context) points."""
-    out = {}
-    for variant in sorted({p["variant"] for p in points}):
-        pts = [p for p in points if p["variant"] == variant]
-        for metric in METRICS:
-            gains = [p[f"gain_{metric}"]["mean"] for p in pts]
-            gaps = [p["gap"] for p in pts]
-            out[f"{variant} {metric}"] = {"pearson": correlation(gaps, gains), "spearman": correlation(gaps, gains, rank=True)}
-    return out
-
-
 def _ci(d: dict, digits: int = 3) -> str:
-    if not math.isfinite(d.get("mean", d.get("r", math.nan))):
+    if not math.isfinite(d.get("mean", math.nan)):
         return "–"
-    mean = d.get("mean", d.get("r"))
-    return f"{mean:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
 
 
-def markdown(points: list[dict], corr: dict[str, dict]) -> str:
+def markdown(points: list[dict]) -> str:
     lines = ["| task | context | variant | gap (teacher − student pass@1) | KL per token | seeds | Δ final pass@1 vs grpo "
              "| Δ pass@1 AUC vs grpo |", "|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p["variant"], p["gap"])):
         lines.append(f"| `{p['task']}` | `{p['context']}` | `{p['variant']}` | {p['gap']:+.3f} | {p['gap_kl']:.3f} | "
                      f"{p['gain_final_pass@1']['n']} | {_ci(p['gain_final_pass@1'])} | {_ci(p['gain_auc_pass@1'])} |")
-    lines += ["", "| variant | gain | points | Pearson r [95 % CI] | Spearman ρ [95 % CI] |", "|---|---|---|---|---|"]
-    for key, c in corr.items():
-        variant, metric = key.split(" ")
-        lines.append(f"| `{variant}` | {metric} | {c['pearson']['n']} | {_ci(c['pearson'], 2)} | {_ci(c['spearman'], 2)} |")
     return "\n".join(lines)
 
 
@@ -123,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gap", required=True, help="the gap table's JSON (python -m experiments.gap)")
     p.add_argument("--compare", nargs="+", required=True, help="comparison JSON files (python -m experiments.compare)")
-    p.add_argument("--json", help="also write points and correlations here")
+    p.add_argument("--json", help="also write the points here")
     args = p.parse_args(argv)
     missing = [f for f in (args.gap, *args.compare) if not Path(f).is_file()]
     if missing:
@@ -134,11 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     if not points:
         print("no (task, context) of the comparisons is in the gap table, or no GRPO runs to pair with", file=sys.stderr)
         return 1
-    corr = correlations(points)
-    print(markdown(points, corr))
+    print(markdown(points))
     if args.json:
         from sdpg.records import json_safe
-        Path(args.json).write_text(json.dumps(json_safe({"points": points, "correlations": corr}), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe({"points": points}), indent=1) + "\n")
     return 0
 
 

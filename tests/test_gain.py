@@ -1,9 +1,8 @@
-"""experiments.gain: gains over GRPO per (task, context), GRPO shared across a task's contexts, and correlations."""
-import math
-
+"""experiments.gain: gains over GRPO per (task, context), GRPO shared across a task's contexts, as a table (no
+correlation coefficients over a handful of points)."""
 import pytest
 
-from experiments.gain import _ranks, correlation, correlations, gain_points, main
+from experiments.gain import gain_points, main
 
 
 def compare(task, context, finals: dict[str, list[float]]):
@@ -17,7 +16,7 @@ GAP = [{"task": "t", "context": c, "gap/pass@1": g, "gap/kl_mean": 1.0, "gap/stu
         "gap/teacher_pass@1": 0.1 + g} for c, g in (("full", 0.8), ("answer", -0.2), ("solution", 0.4))]
 
 
-def test_gains_pair_seeds_with_the_task_grpo_and_follow_the_gap():
+def test_gains_pair_seeds_with_the_task_grpo():
     comps = [compare("t", "full", {"grpo": [0.2, 0.3], "sdpg": [0.5, 0.5]}),
              compare("t", "answer", {"sdpg": [0.1, 0.2]}),  # no grpo here: the task's full-context one pairs
              compare("t", "solution", {"sdpg": [0.3, 0.4]}),
@@ -28,14 +27,6 @@ def test_gains_pair_seeds_with_the_task_grpo_and_follow_the_gap():
     assert full["gain_final_pass@1"]["mean"] == pytest.approx(0.25)  # (0.3 + 0.2) / 2
     assert answer["gain_final_pass@1"]["mean"] == pytest.approx(-0.1)
     assert solution["gain_auc_pass@1"]["mean"] == pytest.approx(0.05 / 2 + 0.05 / 2)
-    corr = correlations(points)["sdpg final_pass@1"]
-    assert corr["pearson"]["n"] == 3 and corr["pearson"]["r"] > 0.9 and corr["spearman"]["r"] == pytest.approx(1.0)
-
-
-def test_spearman_ranks_ties_and_degenerate_points():
-    assert list(_ranks(__import__("numpy").array([3.0, 1.0, 3.0, 2.0]))) == [2.5, 0.0, 2.5, 1.0]
-    assert correlation([1, 2, 3, 4], [4, 3, 2, 1], rank=True)["r"] == pytest.approx(-1.0)
-    assert math.isnan(correlation([1, 1, 1], [1, 2, 3])["r"]) and math.isnan(correlation([1, 2], [1, 2])["r"])
 
 
 def test_the_command_needs_something_to_pair(tmp_path, capsys):
@@ -46,7 +37,9 @@ def test_the_command_needs_something_to_pair(tmp_path, capsys):
     (tmp_path / "g.json").write_text(json.dumps(compare("t", "full", {"grpo": [0.2], "sdpg": [0.3]})))
     assert main(["--gap", str(tmp_path / "gap.json"), "--compare", str(tmp_path / "c.json"), str(tmp_path / "g.json"),
                  "--json", str(tmp_path / "out.json")]) == 0
-    assert "| `t` | `answer` | `sdpg` | -0.200 |" in capsys.readouterr().out and (tmp_path / "out.json").exists()
+    out = capsys.readouterr().out
+    assert "| `t` | `answer` | `sdpg` | -0.200 |" in out and "Pearson" not in out
+    assert set(json.loads((tmp_path / "out.json").read_text())) == {"points"}
 
 
 def test_a_missing_file_is_named(tmp_path, capsys):
