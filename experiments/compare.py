@@ -679,9 +679,18 @@ def shared_settings(cfg: TrainConfig) -> str:
     lc, rc, oc = cfg.loss, cfg.rollout, cfg.optim
     return (f"model {cfg.model.name}, {rc.prompts_per_step} prompts x {rc.group_size} samples, "
             f"temperature {rc.temperature}, lr {oc.lr}, beta {lc.beta}, alpha {lc.alpha} ({lc.ref_mode}), "
-            f"clip ({lc.clip_low}, {lc.clip_high}), evaluation "
+            f"clip ({lc.clip_low}, {lc.clip_high}), {updates_per_step(cfg)} per step, evaluation "
             f"{'every ' + str(cfg.run.eval_every) + ' steps' if cfg.run.eval_every else 'at the start and end'} "
-            f"with {cfg.run.eval_samples} samples per prompt")
+            f"on {cfg.data.n_val} held-out problems with {cfg.run.eval_samples} samples per prompt")
+
+
+def updates_per_step(cfg: TrainConfig) -> str:
+    """"1 optimizer update" or "N optimizer updates (mini-batches of M prompts, E epochs)" for the page."""
+    per = cfg.optim.mini_batch_prompts
+    n = (-(-cfg.rollout.prompts_per_step // per) if per else 1) * cfg.optim.epochs
+    epochs = f", {cfg.optim.epochs} epochs" if cfg.optim.epochs > 1 else ""
+    detail = f" (mini-batches of {per} prompts{epochs})" if per else ""
+    return f"{n} optimizer update{'s' if n > 1 else ''}{detail}"
 
 
 if __name__ == "__main__":
