@@ -268,7 +268,8 @@ def write(args, argv, base: TrainConfig, lrs, tune_data: dict, confirm_data: dic
     def rel(path: Path) -> str:
         return Path(os.path.relpath(Path(path).resolve(), args.results.resolve().parent)).as_posix()
 
-    result = {"meta": meta, "selection": chosen,
+    result = {"meta": meta, "context": base.data.context, "selection": chosen,
+              "variants": confirm_data["variants"] if confirm_data else {},
               "confirm": confirm_stats(confirm_data, chosen, baseline) if confirm_data else None,
               "tune_runs": tune_data["runs"], "confirm_runs": confirm_runs,
               "curves": confirm_data["curves"] if confirm_data else [],
