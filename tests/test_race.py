@@ -7,6 +7,9 @@ from conftest import tiny_config
 from fixtures.waiting import wait_for
 from lab.race import RaceView, race_curves, race_heatmaps, race_inspectors, race_status_html
 from lab.widgets import RaceLiveView
+from lab.explore import (filter_rows, prompt_across_steps_figure, prompt_choices, prompt_groups, prompt_steps_html,
+                         rollout_table_html, table_rows)
+from lab.export import export_html
 from lab.overlay import config_diff
 from lab.status import race_card_html
 from sdpg.race import RACE_FILE, Race, race_configs, race_runs, race_status
@@ -59,6 +62,25 @@ def test_a_race_trains_both_runs_pauses_and_stops_them_together_and_replays(tiny
     names = {t.name for t in race_curves(replay).data}
     assert names == {"grpo", "sdpg"}
     assert "GRPO</b>: stopped" in race_status_html(replay)
+    for method, run_dir in race_runs(tmp_path / "race"):
+        replay_views_work(run_dir, method, steps)
+
+
+def replay_views_work(run_dir, method: str, steps: list[int]) -> None:
+    """A finished race's run opened in the page's Replay: the Across-steps table and prompt view, and the export."""
+    import app as dashboard
+
+    ctl = dashboard.Controller(run_dir.parent)
+    assert ctl.open_replay(str(run_dir))[1] == "ok"
+    index = ctl.stream().group_index()
+    rows = table_rows(index)
+    assert {r["step"] for r in rows} == set(ctl.stream().rollout_steps()) >= set(steps)
+    assert filter_rows(rows, text=rows[0]["prompt"]) and "sdpg-table-row" in rollout_table_html(rows, len(rows))
+    prompt = prompt_choices(index)[0][1]
+    groups = prompt_groups(index, prompt)
+    assert groups and prompt_across_steps_figure(groups).data and "sdpg-prompt-step" in prompt_steps_html(groups)
+    page = export_html(ctl.stream(), steps[0])
+    assert f"Rollout inspector — step {steps[0]}, group 0" in page and f"{method.upper()} · " in page
 
 
 def test_the_race_status_is_the_more_active_run_then_the_worse_ending():
