@@ -88,7 +88,7 @@ def race_card_html(status: str, runs: list[dict], *, race_dir: str = "") -> str:
     errors = "".join(
         "<div class='sdpg-error' style='margin-top:8px;border:1px solid #ffc9c9;background:#fff5f5;border-radius:8px;"
         f"padding:8px 12px;color:#c92a2a'><b>The {html.escape(r['method'].upper())} run crashed:</b> "
-        f"{html.escape(r['error'].partition(chr(10))[0])}</div>" for r in runs if r.get("error"))
+        f"{html.escape(r['error'].splitlines()[0])}</div>" for r in runs if r.get("error"))
     return (f"<div class='sdpg-race-card' data-status='{html.escape(status)}' style='padding:10px 14px;"
             "border:1px solid #e9ecef;border-radius:10px;background:#fff'>"
             "<div style='display:flex;align-items:center;gap:14px;flex-wrap:wrap'>"

@@ -8,7 +8,7 @@ Design choices:
 - Its own timer redraws only when either run's records changed.
 - The page's top status card speaks of the race while the race is the page's latest training (started after the
   single run it had then) and no replay is open: the race's card instead of the single run's. Otherwise the race's
-  card is added under it while the race is active, so a race never goes unmentioned.
+  card is added under it while either run's thread lives, so a race never goes unmentioned.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class RaceController:
             return card
         if self.ctl.handle is self.run_before and self.ctl.replay is None:
             return race_card(self.race)
-        return card + race_card(self.race) if self.race.active else card
+        return card + race_card(self.race) if self.race.alive else card
 
     def top_version(self) -> tuple:
         """What the race adds to the page's version: each run's status and step."""

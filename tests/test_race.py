@@ -152,6 +152,10 @@ def test_the_page_race_refuses_a_second_race_and_stops_with_the_server(tiny_mode
         ctl.handle.join(timeout=120)
         card = ctl.status_card()  # the single run started later is the card; the active race is added under it
         assert card.index("FINISHED") < card.index("RACE · GRPO vs SDPG")
+        assert ctl.open_replay(str(ctl.handle.run_dir))[1] == "ok"
+        card = ctl.status_card()  # so is a replay's card
+        assert card.index(">replay<") < card.index("RACE · GRPO vs SDPG")
+        ctl.close_replay()
     finally:
         dashboard.shut_down(ctl)
     assert [h.status for h in ctl.races.race.handles] == ["stopped", "stopped"]
