@@ -96,7 +96,7 @@ class RunVocab:
         self._by_string: dict[str, int] = {}
         self._by_id = np.full(0, -1, dtype=np.int64)  # tokenizer id -> run index
         self._table = np.empty(0, dtype=object)
-        self._id_table = np.empty(0, dtype=np.int64)
+        self._id_table = np.empty(0, dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.strings)
@@ -131,7 +131,7 @@ class RunVocab:
     def id_table(self) -> np.ndarray:
         """All tokenizer ids (index -> id, -1 for a string without one), rebuilt only when strings were added."""
         if self._id_table.shape[0] != len(self.ids):
-            self._id_table = np.asarray(self.ids, dtype=np.int64)  # (len,)
+            self._id_table = np.asarray(self.ids, dtype=np.int32)  # (len,)
         return self._id_table
 
     def indices_of_ids(self, ids: np.ndarray, strings: np.ndarray, new: list) -> np.ndarray:
@@ -240,7 +240,7 @@ def unpack_step(cols, meta: dict, vocab: np.ndarray, vocab_ids: np.ndarray | Non
     `vocab_ids` (`RunVocab.id_table`), a response whose tokens all have a tokenizer id gets them as `token_ids`."""
     offsets = cols["offsets"].tolist()
     tokens = vocab[cols["tokens"]] if len(vocab) else np.empty(len(cols["tokens"]), dtype=object)  # (N,) shared str
-    token_ids = vocab_ids[cols["tokens"]] if vocab_ids is not None and len(vocab_ids) else None  # (N,) int64
+    token_ids = vocab_ids[cols["tokens"]] if vocab_ids is not None and len(vocab_ids) else None  # (N,) int32
     floats = {f: cols[f] for f in FLOAT_FIELDS if f in cols}
     tops = {f: (cols[f"{f}_ids"], cols[f"{f}_probs"]) for f in TOPK_FIELDS}
     groups, i = [], 0
@@ -261,7 +261,7 @@ def unpack_step(cols, meta: dict, vocab: np.ndarray, vocab_ids: np.ndarray | Non
 
 def step_nbytes(cols: dict[str, np.ndarray], meta_bytes: int) -> int:
     """Memory held by a step's unpacked groups: its columns, the token string references and ids, and the scalars."""
-    return sum(a.nbytes for a in cols.values()) + 16 * len(cols["tokens"]) + meta_bytes
+    return sum(a.nbytes for a in cols.values()) + 12 * len(cols["tokens"]) + meta_bytes
 
 
 def response_summary(r: dict) -> dict:
