@@ -128,7 +128,11 @@ class Controller(RunView):
         """set when the server shuts down: playground questions on a replay's checkpoint stop"""
 
     def status_card(self) -> str:
-        return super().status_card() + replay_problems(self.replay)
+        card = super().status_card() + replay_problems(self.replay)
+        return self.races.top_card(card) if self.races is not None else card
+
+    def version(self) -> tuple:
+        return super().version() + (self.races.top_version() if self.races is not None else ())
 
     # ---- controls: each allowed only in the statuses `sdpg.run.ACTIONS` names ----
     def refusal(self, action: str) -> tuple[str, str] | None:

@@ -4,6 +4,7 @@ Design choices:
 - `RaceView` is two `lab.viewmodel.RunView`s, one per method, each over a live run handle or a recorded run;
   a live race and the replay of a finished one are drawn by the same code.
 - The curves are the comparison overlay (`lab.overlay.overlay_figure`), one colour per method.
+- `race_card` is the page's top status card while a race is the page's training (`lab.status.race_card_html`).
 - The step both runs show is one both have records for, so the two heatmaps and inspectors compare the same
   step and the same group index (the runs draw the same prompts in the same order: same seed).
 """
@@ -15,9 +16,10 @@ from pathlib import Path
 from lab.heatmap import token_heatmap
 from lab.inspector import rollout_html
 from lab.overlay import overlay_figure
-from sdpg.run import replay_status
+from lab.status import race_card_html
 from lab.viewmodel import RunView, browsable_steps, pick_group
 from sdpg.race import Race, race_runs
+from sdpg.run import replay_status
 from sdpg.records import RecordStream
 
 
@@ -71,6 +73,13 @@ def race_status_html(view: RaceView) -> str:
         parts.append(f"<b>{html.escape(method.upper())}</b>: {html.escape(status)} at step {step} "
                      f"<code>{html.escape(str(stream.run_dir if stream is not None else ''))}</code>")
     return f"<div id='sdpg-race-state'>Race <code>{html.escape(str(view.race_dir))}</code> — {' · '.join(parts)}</div>"
+
+
+def race_card(race: Race) -> str:
+    """The status card of a live race: its status, the step both runs have reached, each run's state."""
+    runs = [{"method": m, "status": h.status, "step": h.step, "total": h.total_steps, "error": h.error}
+            for m, h in zip(race.methods, race.handles)]
+    return race_card_html(race.status, runs, race_dir=str(race.race_dir))
 
 
 def race_heatmaps(view: RaceView, step, group, color_by: str = "kl") -> list:

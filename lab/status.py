@@ -6,6 +6,8 @@ Design choices:
 - Statuses are the engine's (`sdpg.run.STATUSES`, one spelling each); a replay's comes from
   `sdpg.run.replay_status`, so a crashed run reads "crashed" with its message after its process is gone.
 - A crash shows the message first and the traceback tail in a scrollable box under it.
+- A race gets a card of its own (`race_card_html`): "RACE · GRPO vs SDPG · step k / n" with the race's status
+  badge, where k is the step both runs have reached, and each run's status and step under it.
 - Health events (`sdpg.health`) get their own banner, one line per finding, red for errors and amber for
   warnings, so a run that "finished" without learning does not look like a success.
 """
@@ -68,6 +70,35 @@ def status_html(status: str, *, step: int = 0, total: int | None = None, source:
                f"{html.escape(tail.strip())}</pre>" if tail.strip() else "")
             + "<div style='color:#495057;margin-top:4px'>Records up to the crash stay browsable below.</div></div>")
     return "<div style='padding:10px 14px;border:1px solid #e9ecef;border-radius:10px;background:#fff'>" + "".join(parts) + "</div>"
+
+
+def race_card_html(status: str, runs: list[dict], *, race_dir: str = "") -> str:
+    """A race's status card. `status` is the race's (`sdpg.race.race_status`); `runs` one dict per run with
+    `method`, `status`, `step`, `total` and `error` (None unless it crashed)."""
+    if status not in STATUS_COLORS:
+        raise ValueError(f"status {status!r} is not a run status (one of {', '.join(STATUSES)})")
+    color = STATUS_COLORS[status]
+    step, total = min(r["step"] for r in runs), max(r["total"] or 0 for r in runs)
+    share = min(1.0, step / total) if total else 0.0
+    title = f"RACE · {' vs '.join(r['method'].upper() for r in runs)} · step {step}" + (f" / {total}" if total else "")
+    each = " &nbsp;│&nbsp; ".join(
+        f"<span class='sdpg-race-run' data-status='{html.escape(r['status'])}'><b>{html.escape(r['method'].upper())}</b> "
+        f"<span style='color:{STATUS_COLORS.get(r['status'], '#495057')}'>{html.escape(r['status'])}</span> at step "
+        f"{r['step']}" + (f" / {r['total']}" if r["total"] else "") + "</span>" for r in runs)
+    errors = "".join(
+        "<div class='sdpg-error' style='margin-top:8px;border:1px solid #ffc9c9;background:#fff5f5;border-radius:8px;"
+        f"padding:8px 12px;color:#c92a2a'><b>The {html.escape(r['method'].upper())} run crashed:</b> "
+        f"{html.escape(r['error'].splitlines()[0])}</div>" for r in runs if r.get("error"))
+    return (f"<div class='sdpg-race-card' data-status='{html.escape(status)}' style='padding:10px 14px;"
+            "border:1px solid #e9ecef;border-radius:10px;background:#fff'>"
+            "<div style='display:flex;align-items:center;gap:14px;flex-wrap:wrap'>"
+            f"<span class='sdpg-race-badge' style='padding:3px 12px;border-radius:999px;background:{color};color:#fff;"
+            f"font-weight:700;letter-spacing:.03em'>{html.escape(status.upper())}</span>"
+            f"<b class='sdpg-race-title'>{html.escape(title)}</b>"
+            f"<div style='flex:1;min-width:160px;height:8px;background:#e9ecef;border-radius:4px;overflow:hidden'>"
+            f"<div style='width:{share:.1%};height:100%;background:{color}'></div></div>"
+            + (f"<code style='color:#868e96'>{html.escape(race_dir)}</code>" if race_dir else "")
+            + f"</div><div style='color:#495057;font-size:13px;margin-top:6px'>{each}</div>{errors}</div>")
 
 
 def message_html(text: str, kind: str = "info") -> str:

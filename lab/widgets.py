@@ -203,6 +203,8 @@ class RaceLiveView:
         self.widget = widgets.VBox([widgets.HBox(buttons), self.curves, widgets.HBox(columns)])
         self.sides[0].step.observe(self._same_step, names="value")
         self._version = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.update()
 
     def update(self) -> bool:
@@ -227,17 +229,27 @@ class RaceLiveView:
 
     def start(self, interval: float | None = None) -> "RaceLiveView":
         """Refresh both sides and the overlay in the background (see `LiveView.start`)."""
+        if interval is not None:
+            self.interval = interval
         for side in self.sides:
             side.start(interval)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sdpg-raceview", daemon=True)
-        self._thread.start()
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="sdpg-raceview", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         for side in self.sides:
             side.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the refreshers to end (after `stop()`, or once both runs have ended and been drawn)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for side in self.sides:
+            side.join(timeout)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

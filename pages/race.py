@@ -6,6 +6,9 @@ Design choices:
 - The race takes every setting from the run settings on the left and changes only the method; it refuses to
   start while the page's single run or another race is active (2 cores cannot carry three trainings).
 - Its own timer redraws only when either run's records changed.
+- The page's top status card speaks of the race while the race is the page's latest training (started after the
+  single run it had then) and no replay is open: the race's card instead of the single run's. Otherwise the race's
+  card is added under it while either run's thread lives, so a race never goes unmentioned.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Callable
 import gradio as gr
 
 from lab.heatmap import COLOR_MODES
-from lab.race import RaceView, race_curves, race_heatmaps, race_inspectors, race_status_html
+from lab.race import RaceView, race_card, race_curves, race_heatmaps, race_inspectors, race_status_html
 from lab.status import message_html
 from lab.style import empty_figure
 from lab.viewmodel import follow_step, group_ids
@@ -36,6 +39,8 @@ class RaceController:
         """the page's `Controller`: its runs root, allowed roots, run factory and live run"""
         self.race: Race | None = None
         self.view: RaceView | None = None
+        self.run_before = None
+        """the page's single run handle when the race started: the race is the latest training while it still is"""
         self._lock = threading.Lock()
 
     def start(self, cfg: TrainConfig, method_a: str, method_b: str) -> tuple[str, str]:
@@ -46,7 +51,7 @@ class RaceController:
                 return "The single run on the left is still active; stop it before starting a race.", "error"
             methods = (method_a, method_b)
             race = Race(cfg, fresh_race_dir(self.ctl.runs_root, methods), methods, run_factory=self.ctl.run_factory)
-            self.race, self.view = race.start(), RaceView.of(race)
+            self.race, self.view, self.run_before = race.start(), RaceView.of(race), self.ctl.handle
         return f"Race started: {method_a.upper()} vs {method_b.upper()} for {cfg.run.steps} steps → {race.race_dir}", "ok"
 
     def act(self, action: str) -> tuple[str, str]:
@@ -77,6 +82,18 @@ class RaceController:
 
     def version(self) -> tuple:
         return ("none",) if self.view is None else self.view.version()
+
+    def top_card(self, card: str) -> str:
+        """The page's status card `card` (the single run's or the replay's) with the live race in it."""
+        if self.race is None:
+            return card
+        if self.ctl.handle is self.run_before and self.ctl.replay is None:
+            return race_card(self.race)
+        return card + race_card(self.race) if self.race.alive else card
+
+    def top_version(self) -> tuple:
+        """What the race adds to the page's version: each run's status and step."""
+        return () if self.race is None else tuple((h.status, h.step) for h in self.race.handles)
 
 
 def confined(text: str, roots: list[Path]) -> Path:

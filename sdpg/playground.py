@@ -147,8 +147,11 @@ def response_ids(tokenizer, text: str, *, eos: bool = True) -> list[int]:
 
 
 def recorded_response_ids(tokenizer, response: dict) -> list[int]:
-    """The token ids of a recorded response (`sdpg.records.RESPONSE_FIELDS`): its text, plus EOS when its
-    per-token arrays show one more token than the text has."""
+    """The token ids of a recorded response (`sdpg.records.RESPONSE_FIELDS`): the sampled ids (`token_ids`) when
+    the record has them, since a BPE tokenizer may encode the decoded text into other tokens; else (an old run's
+    record) its text re-encoded, plus EOS when its per-token arrays show one more token than the text has."""
+    if response.get("token_ids") is not None:
+        return [int(i) for i in response["token_ids"]]
     ids = response_ids(tokenizer, response["text"], eos=False)
     return ids + [tokenizer.eos_token_id] if len(response.get("tokens", ())) == len(ids) + 1 else ids
 

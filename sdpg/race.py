@@ -8,6 +8,8 @@ Design choices:
   the CPU cores and torch's global random stream, so each run is about half as fast as alone on 2 cores and
   its samples are not those of the same run trained alone (the prompt order is: it comes from the seed).
 - A race directory is recognised by its `race.json` (the methods and their run directories).
+- The race has one status (`race_status`): while either run is still going, the more active of the two (a pause
+  shows once both have paused); once both have ended, the worse ending (crashed, then stopped, then finished).
 """
 from __future__ import annotations
 
@@ -21,6 +23,16 @@ from sdpg.run import ACTIVE, RunHandle
 
 RACE_FILE = "race.json"
 DEFAULT_METHODS = ("grpo", "sdpg")
+RACE_ORDER = ("running", "loading", "created", "stopping", "paused", "crashed", "incomplete", "stopped", "finished")
+"""run statuses from the one that decides a race's status to the one that decides it last (see `race_status`)"""
+
+
+def race_status(statuses: list[str]) -> str:
+    """The race's status from its runs' (`sdpg.run.STATUSES`): the first of `RACE_ORDER` that any run has."""
+    unknown = [s for s in statuses if s not in RACE_ORDER]
+    if unknown or not statuses:
+        raise ValueError(f"race_status: statuses {statuses} are not run statuses of a started race")
+    return next(s for s in RACE_ORDER if s in statuses)
 
 
 def race_configs(base: TrainConfig, race_dir: str | Path, methods: tuple[str, str] = DEFAULT_METHODS
@@ -101,6 +113,11 @@ class Race:
     def active(self) -> bool:
         """Either run still loading, running or paused."""
         return any(h.status in ACTIVE for h in self.handles)
+
+    @property
+    def status(self) -> str:
+        """One status for both runs (`race_status`)."""
+        return race_status([h.status for h in self.handles])
 
     @property
     def alive(self) -> bool:

@@ -10,7 +10,9 @@ Design choices:
 - Token strings are stored once per run, in `rollouts/vocab.jsonl` (append-only lines of new strings); shards
   hold int32 indices into it. Records built from a tokenizer carry its ids (`token_ids`, `TopK.ids`) and a
   string table, mapped to run indices with one vectorised lookup; records given as strings (old runs, tests)
-  map through a string dictionary.
+  map through a string dictionary. The vocabulary file keeps each string's tokenizer id (-1 when it came as a
+  string), so a response read back carries its sampled `token_ids` again when every one of its tokens has one:
+  re-encoding the decoded text with a BPE tokenizer does not always give the sampled ids.
 - Crash safety: a step's new strings are appended (flushed) first, then its shard is written to a temporary
   sibling, fsynced and renamed into place, then one line is appended to `rollouts/index.jsonl`. A kill at any
   point loses at most that step; a shard renamed but not yet indexed is found by listing the folder on open.
@@ -89,9 +91,12 @@ class RunVocab:
 
     def __init__(self):
         self.strings: list[str] = []
+        self.ids: list[int] = []
+        """each string's tokenizer id, -1 when it came as a string"""
         self._by_string: dict[str, int] = {}
         self._by_id = np.full(0, -1, dtype=np.int64)  # tokenizer id -> run index
         self._table = np.empty(0, dtype=object)
+        self._id_table = np.empty(0, dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.strings)
@@ -103,6 +108,7 @@ class RunVocab:
             if i >= 0:
                 self._map_id(i, len(self.strings))
             self.strings.append(s)
+            self.ids.append(i)
 
     def _map_id(self, token_id: int, index: int) -> None:
         self._grow(token_id + 1)
@@ -122,6 +128,12 @@ class RunVocab:
             self._table = table
         return self._table
 
+    def id_table(self) -> np.ndarray:
+        """All tokenizer ids (index -> id, -1 for a string without one), rebuilt only when strings were added."""
+        if self._id_table.shape[0] != len(self.ids):
+            self._id_table = np.asarray(self.ids, dtype=np.int32)  # (len,)
+        return self._id_table
+
     def indices_of_ids(self, ids: np.ndarray, strings: np.ndarray, new: list) -> np.ndarray:
         """Run indices of tokenizer `ids` (any shape), `strings` their token strings (same shape); ids not seen
         before are added and listed in `new` as (string, id)."""
@@ -136,6 +148,7 @@ class RunVocab:
                 self._map_id(token_id, len(self.strings))
                 self._by_string.setdefault(s, len(self.strings))
                 self.strings.append(s)
+                self.ids.append(token_id)
                 new.append((s, token_id))
         return self._by_id[flat].reshape(ids.shape).astype(np.int32)
 
@@ -148,6 +161,7 @@ class RunVocab:
             if index is None:
                 index = self._by_string[s] = len(self.strings)
                 self.strings.append(s)
+                self.ids.append(-1)
                 new.append((s, -1))
             out[j] = index
         return out
@@ -221,10 +235,12 @@ def _pack_response(r: dict, cols: dict, lo: int, hi: int, vocab: RunVocab, new: 
     return has
 
 
-def unpack_step(cols, meta: dict, vocab: np.ndarray) -> list[dict]:
-    """The groups of a shard: responses hold views into the step's columns (`cols`: name -> array)."""
+def unpack_step(cols, meta: dict, vocab: np.ndarray, vocab_ids: np.ndarray | None = None) -> list[dict]:
+    """The groups of a shard: responses hold views into the step's columns (`cols`: name -> array). With
+    `vocab_ids` (`RunVocab.id_table`), a response whose tokens all have a tokenizer id gets them as `token_ids`."""
     offsets = cols["offsets"].tolist()
     tokens = vocab[cols["tokens"]] if len(vocab) else np.empty(len(cols["tokens"]), dtype=object)  # (N,) shared str
+    token_ids = vocab_ids[cols["tokens"]] if vocab_ids is not None and len(vocab_ids) else None  # (N,) int32
     floats = {f: cols[f] for f in FLOAT_FIELDS if f in cols}
     tops = {f: (cols[f"{f}_ids"], cols[f"{f}_probs"]) for f in TOPK_FIELDS}
     groups, i = [], 0
@@ -233,6 +249,8 @@ def unpack_step(cols, meta: dict, vocab: np.ndarray) -> list[dict]:
         for r in g["responses"]:
             lo, hi, has = offsets[i], offsets[i + 1], meta["fields"][i]
             rec = {**r, "tokens": tokens[lo:hi]} if "tokens" in has else dict(r)
+            if "tokens" in has and token_ids is not None and (token_ids[lo:hi] >= 0).all():
+                rec["token_ids"] = token_ids[lo:hi]
             rec |= {f: floats[f][lo:hi] for f in FLOAT_FIELDS if f in has}
             rec |= {f: TopK(tops[f][0][lo:hi], tops[f][1][lo:hi], vocab) for f in TOPK_FIELDS if f in has}
             responses.append(rec)
@@ -242,8 +260,8 @@ def unpack_step(cols, meta: dict, vocab: np.ndarray) -> list[dict]:
 
 
 def step_nbytes(cols: dict[str, np.ndarray], meta_bytes: int) -> int:
-    """Memory held by a step's unpacked groups: its columns, the token string references and the scalars."""
-    return sum(a.nbytes for a in cols.values()) + 8 * len(cols["tokens"]) + meta_bytes
+    """Memory held by a step's unpacked groups: its columns, the token string references and ids, and the scalars."""
+    return sum(a.nbytes for a in cols.values()) + 12 * len(cols["tokens"]) + meta_bytes
 
 
 def response_summary(r: dict) -> dict:

@@ -71,6 +71,7 @@ RESPONSE_FIELDS = {
     "gate": "the distillation gate passes: the method's own gate (SDPG: A_i > 0), every response when "
             "loss.gate is off, SDPG's A_i > 0 as a what-if for a method without one",
     "tokens": "response tokens as text, one per position (stored as indices into the run's vocabulary)",
+    "token_ids": "the sampled tokenizer ids, one per position (absent when the records came as strings only)",
     "student_logp": "log p(y_t) under the student (current policy, sampling temperature)",
     "teacher_logp": "log q(y_t) under the teacher (privileged prompt)",
     "old_logp": "the PPO ratio's old log-prob: the sampling policy's, recomputed by the training model unless "
@@ -237,7 +238,7 @@ class RecordStream:
         with self._lock:
             cols, meta, new = pack_step(step, groups, self._vocab)
             meta = json_safe(meta)
-            groups = unpack_step(cols, meta, self._vocab.table())
+            groups = unpack_step(cols, meta, self._vocab.table(), self._vocab.id_table())
             entry = {"step": step, "file": shard_name(step), "groups": json_safe(group_summaries(groups))}
             if self._write:
                 shards = self.run_dir / SHARD_DIR
@@ -436,7 +437,8 @@ class RecordStream:
             return [], 0
         if cols and int(cols["tokens"].max(initial=-1)) >= len(self._vocab):
             self.refresh_vocab()
-        return unpack_step(cols, meta, self._vocab.table()), step_nbytes(cols, len(json.dumps(meta)))
+        return (unpack_step(cols, meta, self._vocab.table(), self._vocab.id_table()),
+                step_nbytes(cols, len(json.dumps(meta))))
 
     # ---- replay ----
     @classmethod

@@ -82,16 +82,22 @@ def test_race_table_prompt_across_steps_and_export_in_the_browser(lesson_page):
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(url)
             open_tab(page, "Race")
+            assert "IDLE" in page.inner_text("#sdpg-status")
             page.locator("#sdpg-race-start").click()
             page.wait_for_selector("#sdpg-race-message .sdpg-message", timeout=30_000)
             assert page.inner_text("#sdpg-race-message").startswith("Race started"), page.inner_text("#sdpg-race-message")
             race_dir = next(ctl.runs_root.glob(f"race-*/{RACE_FILE}")).parent
+            page.wait_for_selector("#sdpg-status .sdpg-race-card", timeout=30_000)  # the top card: the race, not IDLE
+            racing = page.inner_text("#sdpg-status")
             wait_for(lambda: min(metric_steps(race_dir / m) for m in ("grpo", "sdpg")) >= RACE_STEPS, timeout=600,
                      what=f"{RACE_STEPS} steps in both runs", every=0.5)
             page.locator("#sdpg-race-pause").click()
             page.wait_for_function("document.querySelector('#sdpg-race-state') && "
                                    "document.querySelector('#sdpg-race-state').innerText.split('paused').length == 3",
                                    timeout=120_000)
+            page.wait_for_selector("#sdpg-status .sdpg-race-card[data-status='paused']", timeout=30_000)
+            paused_card = page.inner_text("#sdpg-status")
+            paused_at = min(h.step for h in ctl.races.race.handles)
             page.locator("#sdpg-race-follow input").uncheck()
             for side in ("a", "b"):
                 page.wait_for_selector(f"#sdpg-race-heat-{side} .heatmaplayer .hm", timeout=60_000)
@@ -101,6 +107,23 @@ def test_race_table_prompt_across_steps_and_export_in_the_browser(lesson_page):
             page.locator("#sdpg-race-stop").click()
             page.wait_for_function("document.querySelector('#sdpg-race-state').innerText.split('stopped').length == 3",
                                    timeout=120_000)
+            page.wait_for_selector("#sdpg-status .sdpg-race-card[data-status='stopped']", timeout=30_000)
+            stopped_card = page.inner_text("#sdpg-status")
+
+            page.locator("#sdpg-race-pick input").first.click()  # the finished race, opened as a recording
+            page.get_by_role("option", name=str(race_dir), exact=True).click()
+            page.locator("#sdpg-race-open").click()
+            page.wait_for_selector(f"#sdpg-race-message :text('Opened race {race_dir}')", timeout=30_000)
+            assert ctl.races.view.views[0].replay is not None, "the race view reads the recording, not the handles"
+            first = ctl.races.view.common_steps()[0]
+            page.locator("#sdpg-race-step input").first.click()
+            page.get_by_role("option", name=str(first), exact=True).click()
+            for side in ("a", "b"):  # both heatmaps redrawn from the recording at the chosen step
+                page.locator(f"#sdpg-race-heat-{side} .gtitle", has_text=f"Step {first}, group").wait_for(timeout=60_000)
+                page.locator(f"#sdpg-race-insp-{side}", has_text=f"Step {first} · group").wait_for(timeout=60_000)
+            replayed_state = page.inner_text("#sdpg-race-state")
+            replayed_curves = set(page.locator("#sdpg-race-curves .legendtext").all_text_contents())
+            replayed_inspectors = [page.inner_text(f"#sdpg-race-insp-{side}") for side in ("a", "b")]
 
             text, kind = ctl.open_replay(str(race_dir / "sdpg"))
             assert kind == "ok", text
@@ -146,6 +169,13 @@ def test_race_table_prompt_across_steps_and_export_in_the_browser(lesson_page):
             browser.close()
     assert {"grpo", "sdpg"} <= curves
     assert inspectors[0].startswith("GRPO") and inspectors[1].startswith("SDPG")
+    assert "RACE · GRPO vs SDPG · step" in racing and "IDLE" not in racing, racing
+    assert paused_card.startswith("PAUSED") and f"step {paused_at} / " in paused_card, paused_card
+    assert paused_card.count("paused at step") == 2, paused_card
+    assert stopped_card.startswith("STOPPED") and stopped_card.count("stopped at step") == 2, stopped_card
+    assert replayed_state.count("stopped") == 2 and {"grpo", "sdpg"} <= replayed_curves
+    assert f"GRPO\nStep {first} · group" in replayed_inspectors[0], replayed_inspectors
+    assert f"SDPG\nStep {first} · group" in replayed_inspectors[1], replayed_inspectors
     assert 0 < len(negative) < len(rows) and 0 < len(searched) < len(negative)
     assert advantages and all(a < 0 for a in advantages)
     assert all(r >= 0 for r in rewards)

@@ -13,6 +13,7 @@ Design choices:
 """
 from __future__ import annotations
 
+import re
 import shutil
 import traceback
 from pathlib import Path
@@ -428,7 +429,9 @@ def rollout_table(s: Session) -> None:
     s.tab("Rollout table")
 
     def shows(n: int, what: str) -> None:
-        s.page.locator("#sdpg-table-count", has_text=f"{n} of {len(rows)} recorded").wait_for(timeout=30_000)
+        # anchored: "0 of 30 recorded" is a substring of "30 of 30 recorded"
+        count = re.compile(rf"^\s*{n} of {len(rows)} recorded")
+        s.page.locator("#sdpg-table-count", has_text=count).wait_for(timeout=30_000)
         assert s.page.locator("#sdpg-table .sdpg-table-row").count() == min(n, TABLE_LIMIT), what
 
     s.el("sdpg-table-refresh").click()
@@ -484,13 +487,14 @@ def export(s: Session) -> None:
 
 @drives("sdpg-race-a", "sdpg-race-b", "sdpg-race-start", "sdpg-race-pause", "sdpg-race-resume", "sdpg-race-stop")
 def race(s: Session) -> None:
-    """A race of 20 steps (long enough to be paused before it ends), stopped after a first common step."""
-    s.fill("sdpg-steps", 20)
+    """A race planned long enough to be paused before it ends (the tiny model does 5-10 steps a second), stopped
+    after a first common step; the page's top status card shows the race meanwhile."""
+    s.fill("sdpg-steps", 400)
     s.tab("Race")
     s.choose("sdpg-race-a", "grpo")
     s.choose("sdpg-race-b", "sdpg")
     s.el("sdpg-race-start").click()
-    s.wait_text("sdpg-race-message", "Race started: GRPO vs SDPG for 20 steps")
+    s.wait_text("sdpg-race-message", "Race started: GRPO vs SDPG for 400 steps")
     race = s.ctl.races.race
     assert race.methods == ("grpo", "sdpg")
     s.el("sdpg-race-pause").click()
@@ -498,6 +502,7 @@ def race(s: Session) -> None:
     state = s.page.locator("#sdpg-race-state")
     wait_for(lambda: state.count() and state.inner_text().count(": paused at step") == 2, timeout=120,
              what="both race runs to show paused")
+    s.page.locator("#sdpg-status .sdpg-race-card[data-status='paused']").wait_for(timeout=30_000)
     s.el("sdpg-race-resume").click()
     s.wait_text("sdpg-race-message", "Resume requested for both runs")
     wait_for(lambda: s.ctl.races.view.common_steps(), timeout=120, what="a step both race runs recorded")

@@ -9,6 +9,8 @@ Design choices:
   first when it is missing (minutes, once per machine), so no notebook cell has to wait for it.
 - Notebook 03 runs three times: on a `docs/compare.json` written by the comparison experiment's own
   writer (so a format change breaks this test, not a reader), on run directories only, and on nothing.
+  Its race (GRPO against SDPG, paused, resumed and stopped) runs in the first, a few steps long; the other two
+  set its steps to 0, as the race does not depend on where the comparison came from.
 - Outputs are stripped in git: a committed notebook with outputs, execution counts or widget state fails.
 """
 import argparse
@@ -68,7 +70,7 @@ def nb_env(monkeypatch, tmp_path):
     settings = {
         "SDPG_NB_PROMPTS": "4", "SDPG_NB_GROUP": "4", "SDPG_NB_VAL": "8",
         "SDPG_NB_RUNS": str(tmp_path / "runs"), "SDPG_NB_RUNS_ROOT": str(tmp_path / "runs"),
-        "SDPG_NB_COMPARE": str(tmp_path / "docs" / "compare.json"),
+        "SDPG_NB_COMPARE": str(tmp_path / "docs" / "compare.json"), "SDPG_NB_RACE_STEPS": "0",
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
@@ -109,14 +111,33 @@ def _write_compare_results(tmp_path: Path) -> Path:
     return args.results.with_name("compare.json")
 
 
-def test_compare_notebook_plots_comparison_results(nb_env):
+def test_compare_notebook_plots_comparison_results_and_races_grpo_against_sdpg(embedded_model, nb_env, monkeypatch):
+    # The race must outlast the clicks (pause after step 1, stop at step 3); the planned steps after the stop cost nothing.
+    monkeypatch.setenv("SDPG_NB_RACE_STEPS", "40")
+    monkeypatch.setenv("SDPG_NB_RACE_STOP_AT", "3")
+    monkeypatch.setenv("SDPG_NB_PROMPTS", "2")
     assert _write_compare_results(nb_env) == Path(os.environ["SDPG_NB_COMPARE"])
     text, bundles = outputs(execute("03_compare_methods.ipynb"))
     assert "Comparison results from" in text and "falls back" not in text
     figures = plotly_figures(bundles)
-    assert len(figures) == 3
-    names = {trace.get("name") for fig in figures for trace in fig["data"]}
+    assert len(figures) == 6, "three comparison figures, then the race's curves and its two heatmaps"
+    names = {trace.get("name") for fig in figures[:3] for trace in fig["data"]}
     assert {"sdpg", "grpo"} <= names
+
+    assert "race checks passed" in text
+    (race_dir,) = (nb_env / "runs").glob("race-grpo-sdpg-*")
+    assert {t.get("name") for t in figures[3]["data"]} == {"grpo", "sdpg"}
+    heatmaps = figures[4:]
+    assert [f["layout"]["title"]["text"].split(" — ")[0] for f in heatmaps] == ["GRPO", "SDPG"]
+    assert all(f["data"][0]["type"] == "heatmap" and f["data"][0]["z"] for f in heatmaps)
+    for method in ("grpo", "sdpg"):
+        stream = RecordStream.open(race_dir / method)
+        assert stream.config()["loss"]["method"] == method
+        events = [e["event"] for e in stream.events()]
+        assert events.count("pause") == 1 and events.count("resume") == 1 and events[-1] == "stopped", events
+        assert 3 <= max(m["step"] for m in stream.metrics()) < 40
+    widgets = [b for b in bundles if "application/vnd.jupyter.widget-view+json" in b]
+    assert widgets, "the race's live view is a widget"
 
 
 def test_compare_notebook_falls_back_to_run_directories(nb_env):

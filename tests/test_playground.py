@@ -11,7 +11,7 @@ from sdpg.data import PromptRow, render_prompts, teacher_context
 from sdpg.forward import lm_head_weight, logits_self_distill
 from sdpg.models import load_model_and_tokenizer
 from sdpg.playground import (SANITY, Subject, context_gap, context_variants, load_subject, probe_response,
-                             response_ids)
+                             recorded_response_ids, response_ids)
 from sdpg.reward import MathVerifier, Verdict
 from sdpg.run import RunHandle
 from sdpg.tasks.addition import make_row
@@ -144,3 +144,36 @@ def test_live_run_answers_between_steps_and_a_checkpoint_answers_after(tiny_mode
     assert again["variants"][0]["kl"] == pytest.approx(live["variants"][0]["kl"], abs=1e-5)
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         load_subject(tmp_path)
+
+
+def test_a_recorded_response_gives_its_sampled_ids_not_its_text_re_encoded(tmp_path):
+    """With Qwen's BPE, a sample may split a word the tokenizer would merge: the playground must probe the sampled
+    ids (carried by the records live and read back from disk), and re-encodes the text only for old records."""
+    from sdpg.record_build import token_record
+    from sdpg.records import RecordStream
+    from sdpg.vocab import token_strings
+    from tests.fixtures.qwen_vocab import QWEN3_VOCAB, qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    pieces = [" the", " ans", "wer", " is", " 4", "2"]
+    sampled = [i for p in pieces for i in tok(p, add_special_tokens=False).input_ids] + [tok.eos_token_id]
+    text = tok.decode(sampled[:-1])
+    assert text == " the answer is 42"
+    assert response_ids(tok, text) != sampled, "the fixture needs a text whose re-encoding differs from the sample"
+
+    n, hidden = len(sampled), 8
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(QWEN3_VOCAB, hidden, generator=gen)  # (V, H)
+    h = torch.randn(2, n, hidden, generator=gen)  # (2, n, H) student, teacher
+    zeros = torch.zeros(n)  # (n,)
+    record = token_record(tok, weight, 1.0, h[0], h[1], torch.tensor(sampled), kl=zeros, logp=zeros - 1.0,
+                          entropy=zeros, old_logp=zeros - 1.0)
+    response = {"text": text, "reward": 1.0, "correct": True, "status": "ok", "advantage": 1.0, "gate": True, **record}
+    stream = RecordStream(tmp_path / "run")
+    stream.emit_rollouts(1, [{"group": 0, "prompt": "Q", "context": "C", "answer": "42", "responses": [response]}])
+
+    live = stream.rollouts(1)[0]["responses"][0]
+    replayed = RecordStream.open(tmp_path / "run").rollouts(1)[0]["responses"][0]
+    assert recorded_response_ids(tok, live) == recorded_response_ids(tok, replayed) == sampled
+    old = {"text": text, "tokens": token_strings(tok, sampled)}  # a record from before ids were kept
+    assert recorded_response_ids(tok, old) == response_ids(tok, text, eos=False) != sampled[:-1]

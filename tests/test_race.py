@@ -7,8 +7,12 @@ from conftest import tiny_config
 from fixtures.waiting import wait_for
 from lab.race import RaceView, race_curves, race_heatmaps, race_inspectors, race_status_html
 from lab.widgets import RaceLiveView
+from lab.explore import (filter_rows, prompt_across_steps_figure, prompt_choices, prompt_groups, prompt_steps_html,
+                         rollout_table_html, table_rows)
+from lab.export import export_html
 from lab.overlay import config_diff
-from sdpg.race import RACE_FILE, Race, race_configs, race_runs
+from lab.status import race_card_html
+from sdpg.race import RACE_FILE, Race, race_configs, race_runs, race_status
 from sdpg.records import RecordStream
 
 
@@ -58,6 +62,43 @@ def test_a_race_trains_both_runs_pauses_and_stops_them_together_and_replays(tiny
     names = {t.name for t in race_curves(replay).data}
     assert names == {"grpo", "sdpg"}
     assert "GRPO</b>: stopped" in race_status_html(replay)
+    for method, run_dir in race_runs(tmp_path / "race"):
+        replay_views_work(run_dir, method, steps)
+
+
+def replay_views_work(run_dir, method: str, steps: list[int]) -> None:
+    """A finished race's run opened in the page's Replay: the Across-steps table and prompt view, and the export."""
+    import app as dashboard
+
+    ctl = dashboard.Controller(run_dir.parent)
+    assert ctl.open_replay(str(run_dir))[1] == "ok"
+    index = ctl.stream().group_index()
+    rows = table_rows(index)
+    assert {r["step"] for r in rows} == set(ctl.stream().rollout_steps()) >= set(steps)
+    assert filter_rows(rows, text=rows[0]["prompt"]) and "sdpg-table-row" in rollout_table_html(rows, len(rows))
+    prompt = prompt_choices(index)[0][1]
+    groups = prompt_groups(index, prompt)
+    assert groups and prompt_across_steps_figure(groups).data and "sdpg-prompt-step" in prompt_steps_html(groups)
+    page = export_html(ctl.stream(), steps[0])
+    assert f"Rollout inspector — step {steps[0]}, group 0" in page and f"{method.upper()} · " in page
+
+
+def test_the_race_status_is_the_more_active_run_then_the_worse_ending():
+    assert race_status(["running", "paused"]) == "running"  # a pause shows once both runs have paused
+    assert race_status(["paused", "paused"]) == "paused"
+    assert race_status(["stopping", "paused"]) == "stopping"
+    assert race_status(["loading", "running"]) == "running"
+    assert race_status(["stopped", "running"]) == "running"
+    assert race_status(["stopped", "crashed"]) == "crashed"
+    assert race_status(["finished", "stopped"]) == "stopped"
+    assert race_status(["finished", "finished"]) == "finished"
+    with pytest.raises(ValueError, match="not run statuses"):
+        race_status(["running", "idle"])
+    runs = [{"method": "grpo", "status": "paused", "step": 7, "total": 40, "error": None},
+            {"method": "sdpg", "status": "crashed", "step": 5, "total": 40, "error": "OSError: disk full\ntrace"}]
+    card = race_card_html("crashed", runs, race_dir="runs/race-x")
+    assert "RACE · GRPO vs SDPG · step 5 / 40" in card and ">CRASHED<" in card
+    assert "The SDPG run crashed:</b> OSError: disk full<" in card and "trace" not in card
 
 
 def test_a_directory_that_is_not_a_race_is_refused(tmp_path):
@@ -97,17 +138,28 @@ def test_the_page_race_refuses_a_second_race_and_stops_with_the_server(tiny_mode
     ctl = dashboard.Controller(tmp_path / "runs")
     dashboard.build_app(ctl, base_config=tiny_config(tiny_model_dir, ""))
     cfg = tiny_config(tiny_model_dir, "", run__steps=500)
+    idle = ctl.version()
     text, kind = ctl.races.start(cfg, "grpo", "sdpg")
     assert kind == "ok" and text.startswith("Race started: GRPO vs SDPG")
     try:
+        wait_for(lambda: all(h.step >= 1 for h in ctl.races.race.handles), timeout=120, what="a step in both runs")
+        card = ctl.status_card()  # the race is the page's training: its card, not "IDLE"
+        assert "sdpg-race-card" in card and "RACE · GRPO vs SDPG · step " in card and "IDLE" not in card
+        assert ctl.version() != idle
         assert ctl.races.start(cfg, "grpo", "rlsd") == ("A race is already running; stop it before starting another.",
                                                         "error")
         assert ctl.start(tiny_config(tiny_model_dir, "", run__steps=1))[1] == "ok"
         ctl.handle.join(timeout=120)
-        wait_for(lambda: all(h.step >= 1 for h in ctl.races.race.handles), timeout=120, what="a step in both runs")
+        card = ctl.status_card()  # the single run started later is the card; the active race is added under it
+        assert card.index("FINISHED") < card.index("RACE · GRPO vs SDPG")
+        assert ctl.open_replay(str(ctl.handle.run_dir))[1] == "ok"
+        card = ctl.status_card()  # so is a replay's card
+        assert card.index(">replay<") < card.index("RACE · GRPO vs SDPG")
+        ctl.close_replay()
     finally:
         dashboard.shut_down(ctl)
     assert [h.status for h in ctl.races.race.handles] == ["stopped", "stopped"]
+    assert "RACE" not in ctl.status_card(), "an ended race is not added under a later single run"
     assert ctl.races.act("pause") == ("No live race to pause.", "error")
     assert ctl.races.open(str(tmp_path / "elsewhere"))[1] == "error"
     race_dir = str(ctl.races.race.race_dir)
