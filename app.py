@@ -390,8 +390,8 @@ DEMO_WHY = ("worked multi-step answers, where the teacher still disagrees with r
 
 DEMO_LR = 1e-5
 """the page's learning rate: in the tuned comparison on the demo task (docs/results.md, 4 updates a step) the largest
-rate of the grid at which no method's mean held-out pass@1 ended below its start (at 3e-5 GRPO and SDPG fell; at 1e-4
-every method did)"""
+rate of the grid at which no method's mean held-out pass@1 ended below its start (at 3e-5 GRPO, SDPG and RLSD fell;
+at 1e-4 every method did)"""
 DEMO_MINI_BATCH = 4
 """prompt groups per optimizer update on the page (4 updates a step), the recipe that comparison tuned"""
 
