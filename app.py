@@ -12,7 +12,8 @@ Design choices:
   nothing new returns `gr.skip()` for every output, so an idle page costs almost nothing. What a new
   version shows is built once and shared by every viewer (`SharedViews`), so a classroom costs one build
   per change, not one per viewer; curves carry at most `lab.curves.MAX_POINTS` steps, and replayed record
-  files are limited to `MAX_RECORD_BYTES`.
+  files are limited to `MAX_RECORD_BYTES`. The page draws each view once with no records while it starts
+  (`warm_views`), so plotly's one-time setup (~0.6 s on 2 cores) is not paid by the first viewer's first refresh.
 - Pictures come from `lab/`; this file builds a config from the controls, calls the handle, and
   routes records to views. It holds no math.
 - Bad settings are refused before anything starts: `check_config` plus a check that named
