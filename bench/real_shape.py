@@ -160,7 +160,7 @@ def main() -> None:
             rss.wrap(trainer.engine, "generate", "rollout")
             rss.wrap(trainer.verifier, "score", "reward")
             rss.wrap(trainer.optimizer, "step", "optimizer step")
-            rss.wrap(record_build, "token_records", "per-token records")
+            rss.wrap(trainer_module, "token_records", "per-token records")  # the name the trainer calls
             rss.hook_forwards(model, "teacher forward (no grad)")
             if ref is not None:
                 rss.hook_forwards(ref, "reference forward")
@@ -173,6 +173,14 @@ def main() -> None:
                 rss.set("after step")
             trainer.verifier.close()
     report(args, cfg, shape, plan, rss.peaks, metrics, step_s, time.perf_counter() - t_start)
+
+
+def records_share(cfg: TrainConfig, metrics: dict, step_s: float) -> str:
+    """The per-token records' phase (`time/records`: built in the update, then written) against the whole step."""
+    recorded = min(cfg.run.record_groups, cfg.rollout.prompts_per_step) / cfg.rollout.prompts_per_step
+    return (f"Records (built and written, `time/records`): {metrics['time/records']:.2f} s = "
+            f"**{metrics['time/records'] / step_s:.1%} of the step** ({recorded:.0%} of its responses recorded; "
+            f"target ≤ 5 %).")
 
 
 def report(args, cfg, shape, plan, peaks: dict, metrics: dict, step_s: float, total_s: float) -> None:
@@ -188,7 +196,8 @@ def report(args, cfg, shape, plan, peaks: dict, metrics: dict, step_s: float, to
              f"{cfg.loss.method}` defaults (reference model: {get_method(cfg.loss.method).uses_reference(cfg.loss)}), one group recorded. "
              f"Step {args.steps} of {args.steps}: {step_s:.0f} s (rollout {metrics['time/rollout']:.0f} s, teacher "
              f"{metrics['time/teacher']:.0f} s, reference {metrics['time/reference']:.0f} s, update "
-             f"{metrics['time/update']:.0f} s); whole script {total_s / 60:.1f} min.",
+             f"{metrics['time/update']:.0f} s, records {metrics['time/records']:.1f} s); whole script "
+             f"{total_s / 60:.1f} min.", "", records_share(cfg, metrics, step_s),
              "", f"Command: `python bench/real_shape.py{' --steps ' + str(args.steps) if args.steps != 1 else ''}`. "
              "Peak RSS of the process while the step was in each phase (the phases of the last step; the first "
              "step also creates the AdamW state inside its optimizer step):", "",

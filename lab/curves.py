@@ -195,12 +195,13 @@ def curves_figure(metrics: list[dict], config: dict | None = None, *, panels: tu
                 latest = ys[-1]
         if latest is not None:
             fig.layout.annotations[i].text = f"{panel.title} · <b>{latest:.3g}</b>"
+        axes = fig.get_subplot(r + 1, c + 1)  # the panel's own axes: update_xaxes(row=, col=) scans every axis
         if total:
-            fig.update_xaxes(range=[0, total], row=r + 1, col=c + 1)
+            axes.xaxis.range = [0, total]
         if drawn and max(drawn) == min(drawn):
-            fig.update_yaxes(range=flat_range(drawn[0]), row=r + 1, col=c + 1)
+            axes.yaxis.range = flat_range(drawn[0])
         if panel.log_y:
-            fig.update_yaxes(type="log", row=r + 1, col=c + 1)
+            axes.yaxis.type = "log"
     fig.update_xaxes(showgrid=True, gridcolor="#eef0f3", zeroline=False, tickfont={"size": 10})
     fig.update_yaxes(showgrid=True, gridcolor="#eef0f3", zeroline=False, tickfont={"size": 10}, exponentformat="e")
     fig.update_annotations(font={"size": 12})
