@@ -18,7 +18,8 @@ from pathlib import Path
 
 SCIENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "science"
 PREFIX = "science:"
-FIRST_LOOK_TASK = "reasoning"
+FIRST_LOOK_TASK = "add"
+"""the demo task (app.DEMO_TASK), whose tuned comparison the Compare tab opens on"""
 UNTUNED_FIRST_LOOK = ("compare-reasoning.json::grpo", "compare-reasoning.json::sdpg")
 """the first look without a tuned comparison: GRPO against gated SDPG on the demo task, every seed"""
 PATTERNS = ("compare-*.json", "tuned-*.json")

@@ -225,22 +225,17 @@ def test_compare_overlays_chosen_runs_with_summary_and_config_diff(served, tiny_
     assert "loss.method" in diff and "run.seed" in diff and "loss.alpha" in diff and "run.run_dir" not in diff
 
 
-def test_the_demo_recipe_is_one_the_tuned_comparison_ran_without_any_method_losing_ground():
-    """The page's learning rate and mini-batches follow docs/science/tuned-<demo task>.json: a rate of its grid, run
-    with the same updates per step, at which every method's mean final - step-0 pass@1 over the tuning seeds is >= 0."""
+def test_the_demo_recipe_is_the_tuned_baseline_s_and_the_baseline_learns_there():
+    """The page's task, learning rate and mini-batches follow docs/science/tuned-<demo task>.json: the rate the tuned
+    baseline chose, run with the same updates per step, and on the fresh seeds that baseline's final - step-0 pass@1
+    interval lies above 0 (the teacher's signal is shown where GRPO learns too)."""
     cfg = dashboard.demo_config()
     assert (cfg.optim.lr, cfg.optim.mini_batch_prompts) == (dashboard.DEMO_LR, dashboard.DEMO_MINI_BATCH)
     tuned = json.loads((Path(dashboard.__file__).parent / "docs" / "science" / f"tuned-{dashboard.DEMO_TASK}.json")
                        .read_text())
-    assert dashboard.DEMO_LR in tuned["meta"]["lrs"] and f"mini-batches of {dashboard.DEMO_MINI_BATCH} prompts" in \
-        tuned["meta"]["base"]
-    start = {(e["variant"], e["seed"]): e["eval/pass@1"] for e in tuned["evals"] if e["step"] == 0}
-    at_demo = [r for r in tuned["tune_runs"] if r["variant"].endswith(f"-lr{dashboard.DEMO_LR:g}")]
-    methods = {r["variant"] for r in at_demo}
-    assert len(methods) == len(tuned["selection"])
-    for variant in methods:
-        gains = [r["summary"]["final_pass@1"] - start[(variant, r["seed"])] for r in at_demo if r["variant"] == variant]
-        assert sum(gains) / len(gains) >= 0, variant
+    assert f"mini-batches of {dashboard.DEMO_MINI_BATCH} prompts" in tuned["meta"]["base"]
+    baseline = tuned["confirm"]["variants"][tuned["confirm"]["baseline"]]
+    assert baseline["lr"] == dashboard.DEMO_LR and baseline["gain"]["lo"] > 0
 
 
 def test_the_page_starts_from_the_demo_task_and_its_task_control_sets_the_run():

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import app as dashboard
-from sdpg.published import SCIENCE_DIR, contents, first_look, is_published, load_published, published_choices
+from sdpg.published import FIRST_LOOK_TASK, SCIENCE_DIR, contents, first_look, is_published, load_published, published_choices
 from lab.overlay import overlay_figure, summary_table_html
 
 
@@ -58,7 +58,7 @@ def _tuned(confirm: bool) -> dict:
     runs = [{"variant": tag, "seed": seed, "status": "finished", "summary": {"final_pass@1": 0.2}}
             for tag in tags.values() for seed in (200, 201)]
     evals = [{"variant": tag, "seed": seed, "step": 0, "eval/pass@1": 0.15} for tag in tags.values() for seed in (200, 201)]
-    return {"meta": {"task": "reasoning"}, "context": "full", "selection": {},
+    return {"meta": {"task": FIRST_LOOK_TASK}, "context": "full", "selection": {},
             "confirm": {"baseline": "grpo-anchor", "variants": {n: {"lr": float(t.rpartition("lr")[2])}
                                                                 for n, t in tags.items()}} if confirm else None,
             "variants": variants if confirm else {}, "confirm_runs": runs if confirm else [],
@@ -68,12 +68,12 @@ def _tuned(confirm: bool) -> dict:
 
 def test_the_first_look_is_the_tuned_comparison_once_stage_2_has_run(tmp_path):
     (tmp_path / "compare-reasoning.json").write_text((SCIENCE_DIR / "compare-reasoning.json").read_text())
-    (tmp_path / "tuned-reasoning.json").write_text(json.dumps(_tuned(confirm=False)))
+    tuned = tmp_path / f"tuned-{FIRST_LOOK_TASK}.json"
+    tuned.write_text(json.dumps(_tuned(confirm=False)))
     assert first_look(tmp_path) == ["science:compare-reasoning.json::grpo", "science:compare-reasoning.json::sdpg"]
     assert not [v for _, v in published_choices(tmp_path) if "tuned" in v]
-    (tmp_path / "tuned-reasoning.json").write_text(json.dumps(_tuned(confirm=True)))
-    assert first_look(tmp_path) == ["science:tuned-reasoning.json::grpo-anchor-lr1e-05",
-                                    "science:tuned-reasoning.json::sdpg-lr3e-05"]
+    tuned.write_text(json.dumps(_tuned(confirm=True)))
+    assert first_look(tmp_path) == [f"science:{tuned.name}::grpo-anchor-lr1e-05", f"science:{tuned.name}::sdpg-lr3e-05"]
     assert {v for _, v in published_choices(tmp_path) if "tuned" in v} == set(first_look(tmp_path))
     runs = load_published(first_look(tmp_path)[1], tmp_path)
     assert [r["seed"] for r in runs] == [200, 201]
