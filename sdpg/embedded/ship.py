@@ -30,10 +30,9 @@ from sdpg.embedded.warmstart import WarmStartConfig, skill_check
 from sdpg.tasks import TASKS
 
 SHIPPED_DTYPE = torch.float32
-SHIPPED_TASKS = ("add", "reasoning")
-"""tasks whose warm start reaches its skill check, so their model ships; `sparse`'s default recipe ends at 0.008
-greedy pass rate against its stop_at of 0.05 (rewards there are rare by design), so it is refused and a sparse run
-warm-starts through the cache as before"""
+SHIPPED_TASKS = ("add", "reasoning", "sparse")
+"""tasks whose model ships: every task, each warm-started to its skill check (`sparse` to its onset of learning, 0.05
+greedy on unseen problems)"""
 
 
 def shipped_recipe(task: str) -> WarmStartConfig:

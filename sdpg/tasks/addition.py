@@ -132,5 +132,5 @@ SPARSE = Task(
     description="3+3-digit addition from a student at the onset of learning: rare rewards, a reliable hinted teacher",
     generate=partial(addition_problems, digits=SPARSE_DIGITS, source="embedded/sparse"),
     response_tokens=len(boxed("9999")), max_new_tokens=24,
-    warm_start={"stop_at": 0.05, "check_every": 5},
+    warm_start={"steps": 1500, "stop_at": 0.05, "check_every": 5},  # 600 steps ended at 0.008, below the target
 )
