@@ -961,8 +961,8 @@ def compare_tab(ctl: Controller) -> SimpleNamespace:
                 "results of docs/science, which a fresh clone shows at once): curves "
                 "overlaid on the same panels (colour = method, dash = seed), a summary table, and every setting that differs.")
     with gr.Row():
-        ui.pick = gr.Dropdown(comparable_runs(ctl), value=first_look(), multiselect=True, allow_custom_value=True,
-                              label="Runs to compare", scale=5, elem_id="sdpg-cmp-pick")
+        ui.pick = gr.Dropdown(comparable_runs(ctl), value=first_look(task=DEMO_TASK), multiselect=True,
+                              allow_custom_value=True, label="Runs to compare", scale=5, elem_id="sdpg-cmp-pick")
         ui.refresh = gr.Button("↻ Refresh list", size="sm", scale=0, min_width=120, elem_id="sdpg-cmp-refresh")
         ui.go = gr.Button("Compare", variant="primary", scale=0, min_width=120, elem_id="sdpg-cmp-go")
     ui.message = gr.Markdown()

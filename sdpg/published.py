@@ -19,7 +19,7 @@ from pathlib import Path
 SCIENCE_DIR = Path(__file__).resolve().parents[1] / "docs" / "science"
 PREFIX = "science:"
 FIRST_LOOK_TASK = "add"
-"""the demo task (app.DEMO_TASK), whose tuned comparison the Compare tab opens on"""
+"""the task whose tuned comparison the first look shows when the caller names none (the page passes its demo task)"""
 UNTUNED_FIRST_LOOK = ("compare-reasoning.json::grpo", "compare-reasoning.json::sdpg")
 """the first look without a tuned comparison: GRPO against gated SDPG on the demo task, every seed"""
 PATTERNS = ("compare-*.json", "tuned-*.json")
@@ -53,11 +53,11 @@ def published_choices(science_dir: Path | None = None) -> list[tuple[str, str]]:
     return choices
 
 
-def first_look(science_dir: Path | None = None) -> list[str]:
-    """The choices the Compare tab starts with: the demo task's tuned comparison (its baseline and gated SDPG, each at
-    its chosen rate) when Stage 2 has run, else `UNTUNED_FIRST_LOOK` where its file is there."""
+def first_look(science_dir: Path | None = None, task: str = FIRST_LOOK_TASK) -> list[str]:
+    """The choices the Compare tab starts with: `task`'s tuned comparison (its baseline and gated SDPG, each at its
+    chosen rate) when Stage 2 has run, else `UNTUNED_FIRST_LOOK` where its file is there."""
     folder = science_dir or SCIENCE_DIR
-    tuned = folder / f"tuned-{FIRST_LOOK_TASK}.json"
+    tuned = folder / f"tuned-{task}.json"
     if tuned.is_file():
         data = json.loads(tuned.read_text())
         stats = data.get("confirm")
