@@ -185,7 +185,7 @@ def settings(s: Session) -> None:
     s.choose("sdpg-method", "sdpg")
     s.wait_text("sdpg-method", METHODS["sdpg"].description[:40])
     for elem_id, value in (("sdpg-beta", 0.07), ("sdpg-alpha", 0.002), ("sdpg-beta-warmup", 1), ("sdpg-beta-decay", 3),
-                           ("sdpg-lr", 0.0002), ("sdpg-temperature", 0.9), ("sdpg-group-size", 3), ("sdpg-steps", 60)):
+                           ("sdpg-lr", 0.0002), ("sdpg-temperature", 0.9), ("sdpg-group-size", 3), ("sdpg-steps", 600)):
         s.fill(elem_id, value)
     s.choose("sdpg-ref-mode", "ufkl")
     s.tick("sdpg-gate", False)
@@ -205,12 +205,12 @@ def start(s: Session) -> None:
     assert s.ctl.handle is None
     s.fill("sdpg-model", s.model_dir)
     s.el("sdpg-start").click()
-    s.wait_text("sdpg-message", "Started SDPG for 60 steps")
+    s.wait_text("sdpg-message", "Started SDPG for 600 steps")
     cfg = s.ctl.handle.cfg
     assert (cfg.loss.method, cfg.loss.beta, cfg.loss.alpha, cfg.loss.ref_mode, cfg.loss.gate) == ("sdpg", 0.07, 0.002,
                                                                                                 "ufkl", False)
     assert (cfg.loss.beta_warmup, cfg.loss.beta_decay, cfg.optim.lr, cfg.rollout.temperature) == (1, 3, 0.0002, 0.9)
-    assert (cfg.rollout.group_size, cfg.run.steps, cfg.model.name) == (3, 60, str(s.model_dir))
+    assert (cfg.rollout.group_size, cfg.run.steps, cfg.model.name) == (3, 600, str(s.model_dir))
     assert (cfg.data.train, cfg.data.val, cfg.data.task) == ("embedded", "embedded", "add")
 
 
@@ -242,7 +242,7 @@ def resume(s: Session) -> None:
 def stop(s: Session) -> None:
     s.el("sdpg-stop").click()
     s.wait_status("stopped")
-    assert s.ctl.handle.step < 60
+    assert s.ctl.handle.step < 600
     wait_for(lambda: s.buttons_enabled() == set(ACTIONS["stopped"]), timeout=10, what="the stopped run's buttons")
     s.shared.steps = browsable_steps(s.ctl.handle.records)
     assert len(s.shared.steps) >= 3
